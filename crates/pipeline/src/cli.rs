@@ -1,0 +1,120 @@
+//! The command-line surface every stage shares, and its progress reporting.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::Result;
+use indicatif::{ProgressBar, ProgressStyle};
+
+use crate::config::Config;
+
+/// Options common to every stage.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ConfigArgs {
+    /// The pipeline config file.
+    #[arg(long, value_name = "PATH", default_value = "pipeline.yaml")]
+    pub config: PathBuf,
+    /// Override one config key, e.g. `--set training.learning_rate=2e-5` (repeatable).
+    #[arg(long = "set", value_name = "SECTION.KEY=VALUE")]
+    pub overrides: Vec<String>,
+    /// Print the effective config (after overrides) and exit.
+    #[arg(long)]
+    pub print_config: bool,
+    /// Run even if the outputs are up to date.
+    #[arg(long)]
+    pub force: bool,
+}
+
+impl ConfigArgs {
+    /// The effective config, or `None` after printing it for `--print-config`.
+    pub fn load(&self) -> Result<Option<Config>> {
+        let config = Config::load(&self.config, &self.overrides)?;
+        if self.print_config {
+            print!("{}", config.to_yaml());
+            return Ok(None);
+        }
+        Ok(Some(config))
+    }
+}
+
+/// Runs a stage's body and turns an error into a message and exit code 1.
+pub fn run_stage(name: &str, body: impl FnOnce() -> Result<()>) {
+    if let Err(err) = body() {
+        eprintln!("error: {name}: {err:#}");
+        std::process::exit(1);
+    }
+}
+
+/// A progress bar on a terminal; plain log lines every few seconds when
+/// stderr is not one (CI logs).
+pub struct Progress {
+    bar: Option<ProgressBar>,
+    label: String,
+    total: u64,
+    done: u64,
+    started: Instant,
+    last_log: Instant,
+}
+
+impl Progress {
+    pub fn new(label: &str, total: u64) -> Self {
+        let bar = std::io::stderr().is_terminal().then(|| {
+            let bar = ProgressBar::new(total);
+            bar.set_style(
+                ProgressStyle::with_template(
+                    "{prefix:>12} [{bar:30}] {pos}/{len} {msg} ({elapsed} < {eta})",
+                )
+                .expect("valid template")
+                .progress_chars("=> "),
+            );
+            bar.set_prefix(label.to_string());
+            bar
+        });
+        Self {
+            bar,
+            label: label.to_string(),
+            total,
+            done: 0,
+            started: Instant::now(),
+            last_log: Instant::now(),
+        }
+    }
+
+    /// Advances by `n` and shows `message` (e.g. the current loss).
+    pub fn advance(&mut self, n: u64, message: &str) {
+        self.done += n;
+        match &self.bar {
+            Some(bar) => {
+                bar.set_message(message.to_string());
+                bar.inc(n);
+            }
+            None => {
+                if self.last_log.elapsed().as_secs_f64() >= 10.0 || self.done == self.total {
+                    self.last_log = Instant::now();
+                    eprintln!(
+                        "{}: {}/{} {message} ({:.0}s)",
+                        self.label,
+                        self.done,
+                        self.total,
+                        self.started.elapsed().as_secs_f64()
+                    );
+                }
+            }
+        }
+    }
+
+    /// Prints a line without breaking the bar.
+    pub fn println(&self, line: &str) {
+        match &self.bar {
+            Some(bar) => bar.println(line),
+            None => eprintln!("{line}"),
+        }
+    }
+
+    pub fn finish(self) {
+        if let Some(bar) = self.bar {
+            bar.finish_and_clear();
+        }
+    }
+}

@@ -1,0 +1,131 @@
+//! Finding models and datasets: a local folder, or a Hugging Face hub id
+//! resolved through the standard HF cache (`HF_HOME`), downloading into the
+//! cache only when the file is not there and the hub may be reached.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use hf_hub::{Cache, Repo, RepoType};
+
+/// `HF_HUB_OFFLINE` as huggingface_hub reads it.
+pub fn offline() -> bool {
+    std::env::var("HF_HUB_OFFLINE")
+        .map(|v| matches!(v.to_ascii_lowercase().as_str(), "1" | "true" | "yes" | "on"))
+        .unwrap_or(false)
+}
+
+/// Is `source` a local path rather than a hub id?
+pub fn is_local(source: &str) -> bool {
+    let path = Path::new(source);
+    path.exists() || source.starts_with('.') || source.starts_with('/') || source.contains('\\')
+}
+
+fn cache() -> Cache {
+    Cache::from_env()
+}
+
+/// One file of a hub repository: from the cache, else downloaded into it.
+pub fn hub_file(repo_id: &str, kind: RepoType, revision: &str, file: &str) -> Result<PathBuf> {
+    let repo = Repo::with_revision(repo_id.to_string(), kind, revision.to_string());
+    let cache = cache();
+    if let Some(path) = cache.repo(repo.clone()).get(file) {
+        return Ok(path);
+    }
+    let what = match kind {
+        RepoType::Dataset => "dataset",
+        _ => "model",
+    };
+    let fix = format!(
+        "set HF_HOME to a Hugging Face cache that holds it, download it on a machine with \
+         internet (`huggingface-cli download {}{repo_id} {file}`), or point the source at a local folder",
+        if matches!(kind, RepoType::Dataset) { "--repo-type dataset " } else { "" }
+    );
+    if offline() {
+        bail!(
+            "{what} {repo_id}: {file} is not in the Hugging Face cache at {} and HF_HUB_OFFLINE is set: {fix}",
+            cache.path().display()
+        );
+    }
+    let api = hf_hub::api::sync::ApiBuilder::from_env()
+        .with_progress(true)
+        .build()
+        .context("cannot set up the Hugging Face hub client")?;
+    api.repo(repo).get(file).map_err(|err| {
+        anyhow::anyhow!(
+            "{what} {repo_id}: {file} is not in the Hugging Face cache at {} and downloading it failed ({err}): {fix}",
+            cache.path().display()
+        )
+    })
+}
+
+/// A model folder holding `config.json`, the weights (single file or
+/// shards) and, when `tokenizer` is set, `tokenizer.json`.
+pub fn model_dir(source: &str, revision: &str, weights: bool, tokenizer: bool) -> Result<PathBuf> {
+    let mut needed = vec!["config.json"];
+    if tokenizer {
+        needed.push("tokenizer.json");
+    }
+    if is_local(source) {
+        let dir = Path::new(source);
+        if !dir.is_dir() {
+            bail!("model folder {} does not exist", dir.display());
+        }
+        for file in &needed {
+            if !dir.join(file).exists() {
+                bail!("model folder {} has no {file}", dir.display());
+            }
+        }
+        return Ok(dir.to_path_buf());
+    }
+    let mut dir = None;
+    for file in needed {
+        let path = hub_file(source, RepoType::Model, revision, file)?;
+        dir = path.parent().map(Path::to_path_buf);
+    }
+    if weights {
+        // Single file first; else the shard index and every shard it names.
+        let single = Repo::with_revision(source.to_string(), RepoType::Model, revision.to_string());
+        if cache().repo(single).get("model.safetensors").is_none() {
+            match hub_file(
+                source,
+                RepoType::Model,
+                revision,
+                "model.safetensors.index.json",
+            ) {
+                Ok(index) => {
+                    for shard in shard_names(&index)? {
+                        hub_file(source, RepoType::Model, revision, &shard)?;
+                    }
+                }
+                Err(_) => {
+                    hub_file(source, RepoType::Model, revision, "model.safetensors")?;
+                }
+            }
+        }
+    }
+    dir.context("model files resolved to no folder")
+}
+
+/// The shard files named by a `model.safetensors.index.json`.
+pub fn shard_names(index: &Path) -> Result<Vec<String>> {
+    let text = std::fs::read_to_string(index)
+        .with_context(|| format!("cannot read {}", index.display()))?;
+    let json: serde_json::Value = serde_json::from_str(&text)
+        .with_context(|| format!("{} is not valid JSON", index.display()))?;
+    let map = json
+        .get("weight_map")
+        .and_then(|m| m.as_object())
+        .with_context(|| format!("{}: no weight_map object", index.display()))?;
+    let mut names: Vec<String> = map
+        .values()
+        .filter_map(|v| v.as_str().map(String::from))
+        .collect();
+    names.sort();
+    names.dedup();
+    Ok(names)
+}
+
+/// A file of a hub dataset repository (through the cache).
+pub fn dataset_file(repo_id: &str, revision: &str, file: &str) -> Result<PathBuf> {
+    hub_file(repo_id, RepoType::Dataset, revision, file)
+}

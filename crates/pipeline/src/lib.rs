@@ -1,0 +1,15 @@
+//! What the pipeline's stages share: the config (`pipeline.yaml`), where
+//! artifacts live and what they hold, stamps that let an unchanged stage be
+//! skipped, atomic writes, and model/dataset resolution through the HF cache.
+
+pub mod atomic;
+pub mod cli;
+pub mod config;
+pub mod data;
+pub mod hub;
+pub mod layout;
+pub mod stamp;
+pub mod tokens;
+
+pub use config::Config;
+pub use layout::{Layout, Split, StageId};

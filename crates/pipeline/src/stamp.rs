@@ -1,0 +1,407 @@
+//! Stage stamps: what a stage's outputs were made from.
+//!
+//! Each stage writes `stamp.json` into its output folder, recording the
+//! content hashes of its inputs, the config keys it reads, the program
+//! version, its upstream stages and the hashes of its outputs. A stage whose
+//! stamp still matches does no work; a stage reading from an upstream whose
+//! stamp no longer matches the current config (or whose files changed) stops
+//! and names the stage to run, instead of silently using stale artifacts.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::config::Config;
+use crate::layout::{Layout, StageId};
+
+pub const STAMP_FILE: &str = "stamp.json";
+
+/// Bumped when an artifact's format changes, so old artifacts are rebuilt.
+pub const ARTIFACT_FORMAT: u32 = 1;
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Stamp {
+    pub stage: String,
+    pub program_version: String,
+    pub artifact_format: u32,
+    /// The config keys this stage reads, with their values.
+    pub config: serde_json::Value,
+    /// Input name → sha256 of its content.
+    pub inputs: BTreeMap<String, String>,
+    /// Output path (relative to the stage folder) → sha256.
+    pub outputs: BTreeMap<String, String>,
+    /// Stages whose outputs this one read.
+    pub upstream: Vec<String>,
+}
+
+/// Whether a stage must run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Freshness {
+    UpToDate,
+    /// Why it must run.
+    Stale(String),
+}
+
+/// sha256 of a file's content, hex.
+pub fn hash_file(path: &Path) -> Result<String> {
+    let mut file =
+        fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = file.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    Ok(hex::encode(hasher.finalize()))
+}
+
+pub fn hash_bytes(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+/// Hashes every file under `dir` (except the stamp), keyed by relative path.
+fn hash_outputs(dir: &Path) -> Result<BTreeMap<String, String>> {
+    fn walk(base: &Path, dir: &Path, out: &mut BTreeMap<String, String>) -> Result<()> {
+        let mut entries: Vec<_> = fs::read_dir(dir)?.collect::<Result<_, _>>()?;
+        entries.sort_by_key(|e| e.file_name());
+        for entry in entries {
+            let path = entry.path();
+            if entry.file_type()?.is_dir() {
+                walk(base, &path, out)?;
+            } else {
+                let rel = path
+                    .strip_prefix(base)
+                    .unwrap()
+                    .to_string_lossy()
+                    .into_owned();
+                if rel != STAMP_FILE {
+                    out.insert(rel, hash_file(&path)?);
+                }
+            }
+        }
+        Ok(())
+    }
+    let mut out = BTreeMap::new();
+    walk(dir, dir, &mut out)?;
+    Ok(out)
+}
+
+/// What a stage is about to do: its identity, config and hashed inputs.
+pub struct StageRun {
+    pub id: StageId,
+    pub dir: PathBuf,
+    config: serde_json::Value,
+    inputs: BTreeMap<String, String>,
+    upstream: Vec<StageId>,
+}
+
+impl StageRun {
+    pub fn new(layout: &Layout, id: StageId, config: &Config) -> Self {
+        Self {
+            id,
+            dir: layout.stage_dir(id),
+            config: config.sections(id.config_keys()),
+            inputs: BTreeMap::new(),
+            upstream: Vec::new(),
+        }
+    }
+
+    /// Records an input file by a stable name (not its path, which differs
+    /// between machines and caches).
+    pub fn input_file(&mut self, name: &str, path: &Path) -> Result<()> {
+        let hash = hash_file(path).with_context(|| format!("hashing input {name}"))?;
+        self.inputs.insert(name.to_string(), hash);
+        Ok(())
+    }
+
+    /// Records an input that is not a file (e.g. the content hash of a folder).
+    pub fn input_hash(&mut self, name: &str, hash: String) {
+        self.inputs.insert(name.to_string(), hash);
+    }
+
+    /// Checks that `upstream` is complete and current, then records each of
+    /// `files` (paths relative to the upstream folder) as an input.
+    pub fn upstream(
+        &mut self,
+        layout: &Layout,
+        config: &Config,
+        upstream: StageId,
+        files: &[&str],
+    ) -> Result<()> {
+        verify_current(layout, config, upstream)?;
+        let dir = layout.stage_dir(upstream);
+        for file in files {
+            let path = dir.join(file);
+            if !path.exists() {
+                bail!(
+                    "{} is missing: run `just {}` first",
+                    path.display(),
+                    upstream.recipe()
+                );
+            }
+            self.input_file(&format!("{}/{file}", upstream.dir_name()), &path)?;
+        }
+        if !self.upstream.contains(&upstream) {
+            self.upstream.push(upstream);
+        }
+        Ok(())
+    }
+
+    fn stamp_with(&self, outputs: BTreeMap<String, String>) -> Stamp {
+        Stamp {
+            stage: self.id.recipe().to_string(),
+            program_version: env!("CARGO_PKG_VERSION").to_string(),
+            artifact_format: ARTIFACT_FORMAT,
+            config: self.config.clone(),
+            inputs: self.inputs.clone(),
+            outputs,
+            upstream: self
+                .upstream
+                .iter()
+                .map(|s| s.recipe().to_string())
+                .collect(),
+        }
+    }
+
+    /// Compares the stamp on disk with what this run would record.
+    pub fn freshness(&self) -> Result<Freshness> {
+        let Some(stamp) = read_stamp(&self.dir)? else {
+            return Ok(Freshness::Stale("no previous run".into()));
+        };
+        let expected = self.stamp_with(BTreeMap::new());
+        if stamp.program_version != expected.program_version
+            || stamp.artifact_format != expected.artifact_format
+        {
+            return Ok(Freshness::Stale("the program changed".into()));
+        }
+        if stamp.config != expected.config {
+            return Ok(Freshness::Stale(format!(
+                "config changed: {}",
+                changed_keys(&stamp.config, &expected.config)
+            )));
+        }
+        if stamp.inputs != expected.inputs {
+            let changed: Vec<_> = expected
+                .inputs
+                .iter()
+                .filter(|(k, v)| stamp.inputs.get(*k) != Some(v))
+                .map(|(k, _)| k.as_str())
+                .chain(
+                    stamp
+                        .inputs
+                        .keys()
+                        .filter(|k| !expected.inputs.contains_key(*k))
+                        .map(String::as_str),
+                )
+                .collect();
+            return Ok(Freshness::Stale(format!(
+                "inputs changed: {}",
+                changed.join(", ")
+            )));
+        }
+        if let Some(reason) = outputs_damaged(&self.dir, &stamp)? {
+            return Ok(Freshness::Stale(reason));
+        }
+        Ok(Freshness::UpToDate)
+    }
+
+    /// Writes the stamp into the staged output folder, hashing what is there.
+    pub fn write_stamp(&self, staged_dir: &Path) -> Result<()> {
+        let stamp = self.stamp_with(hash_outputs(staged_dir)?);
+        crate::atomic::write_json(&staged_dir.join(STAMP_FILE), &stamp)
+    }
+}
+
+fn changed_keys(old: &serde_json::Value, new: &serde_json::Value) -> String {
+    fn walk(prefix: &str, old: &serde_json::Value, new: &serde_json::Value, out: &mut Vec<String>) {
+        match (old, new) {
+            (serde_json::Value::Object(a), serde_json::Value::Object(b)) => {
+                let keys: std::collections::BTreeSet<_> = a.keys().chain(b.keys()).collect();
+                for k in keys {
+                    let p = if prefix.is_empty() {
+                        k.clone()
+                    } else {
+                        format!("{prefix}.{k}")
+                    };
+                    match (a.get(k), b.get(k)) {
+                        (Some(x), Some(y)) => walk(&p, x, y, out),
+                        _ => out.push(p),
+                    }
+                }
+            }
+            _ if old != new => out.push(prefix.to_string()),
+            _ => {}
+        }
+    }
+    let mut out = Vec::new();
+    walk("", old, new, &mut out);
+    out.join(", ")
+}
+
+pub fn read_stamp(dir: &Path) -> Result<Option<Stamp>> {
+    let path = dir.join(STAMP_FILE);
+    if !path.exists() {
+        return Ok(None);
+    }
+    let text = fs::read_to_string(&path)?;
+    // A stamp we cannot read counts as no stamp: the stage simply reruns.
+    Ok(serde_json::from_str(&text).ok())
+}
+
+fn outputs_damaged(dir: &Path, stamp: &Stamp) -> Result<Option<String>> {
+    for (rel, hash) in &stamp.outputs {
+        let path = dir.join(rel);
+        if !path.exists() {
+            return Ok(Some(format!("{} is missing", path.display())));
+        }
+        if &hash_file(&path)? != hash {
+            return Ok(Some(format!("{} was modified", path.display())));
+        }
+    }
+    Ok(None)
+}
+
+/// Errors unless `stage`'s outputs exist, are intact and were made with the
+/// current config, and the same holds for its own upstream stages.
+pub fn verify_current(layout: &Layout, config: &Config, stage: StageId) -> Result<()> {
+    let dir = layout.stage_dir(stage);
+    let run = format!("run `just {}` (or `just all`) first", stage.recipe());
+    let Some(stamp) = read_stamp(&dir)? else {
+        bail!("{} has no complete output: {run}", dir.display());
+    };
+    let current = config.sections(stage.config_keys());
+    if stamp.config != current {
+        bail!(
+            "{} is stale: {} changed since `{}` ran; {run}",
+            dir.display(),
+            changed_keys(&stamp.config, &current),
+            stage.recipe()
+        );
+    }
+    if stamp.program_version != env!("CARGO_PKG_VERSION")
+        || stamp.artifact_format != ARTIFACT_FORMAT
+    {
+        bail!(
+            "{} was written by another program version; {run}",
+            dir.display()
+        );
+    }
+    if let Some(reason) = outputs_damaged(&dir, &stamp)? {
+        bail!("{} is incomplete ({reason}); {run}", dir.display());
+    }
+    for up in &stamp.upstream {
+        let id = StageId::from_recipe(up).with_context(|| {
+            format!(
+                "{}: unknown upstream stage {up}",
+                dir.join(STAMP_FILE).display()
+            )
+        })?;
+        verify_current(layout, config, id)
+            .with_context(|| format!("{} depends on it", dir.display()))?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn setup() -> (tempfile::TempDir, Layout, Config) {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = Config::default();
+        config.artifacts = dir.path().join("artifacts");
+        let layout = Layout::new(&config.artifacts);
+        (dir, layout, config)
+    }
+
+    fn produce(run: &StageRun, files: &[(&str, &str)]) {
+        let staged = crate::atomic::StagingDir::new(&run.dir).unwrap();
+        for (name, content) in files {
+            fs::write(staged.path().join(name), content).unwrap();
+        }
+        run.write_stamp(staged.path()).unwrap();
+        staged.commit().unwrap();
+    }
+
+    #[test]
+    fn a_stage_is_fresh_until_its_config_or_inputs_change() {
+        let (tmp, layout, mut config) = setup();
+        let source = tmp.path().join("source.txt");
+        fs::write(&source, "reviews").unwrap();
+        let make = |config: &Config| {
+            let mut run = StageRun::new(&layout, StageId::DataPrep, config);
+            run.input_file("source", &source).unwrap();
+            run
+        };
+        let run = make(&config);
+        assert!(matches!(run.freshness().unwrap(), Freshness::Stale(_)));
+        produce(&run, &[("train.parquet", "rows")]);
+        assert_eq!(make(&config).freshness().unwrap(), Freshness::UpToDate);
+
+        // A key this stage does not read changes nothing.
+        config.training.epochs = 7;
+        assert_eq!(make(&config).freshness().unwrap(), Freshness::UpToDate);
+
+        config.data.train_fraction = 0.5;
+        match make(&config).freshness().unwrap() {
+            Freshness::Stale(why) => assert!(why.contains("data.train_fraction"), "{why}"),
+            f => panic!("{f:?}"),
+        }
+        config.data.train_fraction = 0.1;
+        fs::write(&source, "other reviews").unwrap();
+        assert!(matches!(
+            make(&config).freshness().unwrap(),
+            Freshness::Stale(_)
+        ));
+    }
+
+    #[test]
+    fn damaged_outputs_make_a_stage_stale() {
+        let (_tmp, layout, config) = setup();
+        let run = StageRun::new(&layout, StageId::DataPrep, &config);
+        produce(&run, &[("train.parquet", "rows")]);
+        fs::write(run.dir.join("train.parquet"), "edited").unwrap();
+        assert!(matches!(run.freshness().unwrap(), Freshness::Stale(_)));
+        fs::remove_file(run.dir.join("train.parquet")).unwrap();
+        assert!(matches!(run.freshness().unwrap(), Freshness::Stale(_)));
+    }
+
+    #[test]
+    fn downstream_refuses_a_stale_upstream_and_names_the_stage() {
+        let (_tmp, layout, mut config) = setup();
+        let data = StageRun::new(&layout, StageId::DataPrep, &config);
+        produce(&data, &[("train.parquet", "rows")]);
+        let mut tok = StageRun::new(&layout, StageId::Tokenize, &config);
+        tok.upstream(&layout, &config, StageId::DataPrep, &["train.parquet"])
+            .unwrap();
+        produce(&tok, &[("train.safetensors", "ids")]);
+
+        // Changing what data-prep reads makes data stale for tokenize and for train.
+        config.data.train_fraction = 0.2;
+        let mut tok = StageRun::new(&layout, StageId::Tokenize, &config);
+        let err = tok
+            .upstream(&layout, &config, StageId::DataPrep, &["train.parquet"])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("just data-prep") && err.contains("data.train_fraction"),
+            "{err}"
+        );
+        let err = verify_current(&layout, &config, StageId::Tokenize).unwrap_err();
+        assert!(format!("{err:#}").contains("just data-prep"), "{err:#}");
+
+        // A missing upstream names its stage too.
+        let err = verify_current(&layout, &config, StageId::Train)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("just train"), "{err}");
+    }
+}

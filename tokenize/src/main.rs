@@ -1,0 +1,4 @@
+fn main() {
+    eprintln!("error: the tokenize stage is not built yet");
+    std::process::exit(2);
+}
