@@ -2,6 +2,8 @@
 # Each stage skips itself when its inputs and config did not change.
 
 set shell := ["bash", "-euo", "pipefail", "-c"]
+# Pass recipe arguments through as they were quoted ("$@").
+set positional-arguments := true
 
 # Use the shared offline Hugging Face cache beside the project when HF_HOME is unset.
 export HF_HOME := env_var_or_default("HF_HOME", if path_exists(justfile_directory() / "../shared/hf-home") == "true" { justfile_directory() / "../shared/hf-home" } else { "" })
@@ -20,35 +22,46 @@ build:
 
 # Run every stage in order: data-prep → tokenize → train → evaluate → report.
 all *ARGS: build
-    {{bin}}/data-prep --config {{config}} {{ARGS}}
-    {{bin}}/tokenize --config {{config}} {{ARGS}}
-    {{bin}}/train --config {{config}} {{ARGS}}
-    {{bin}}/evaluate --config {{config}} {{ARGS}}
-    {{bin}}/report --config {{config}} {{ARGS}}
+    {{bin}}/data-prep --config {{config}} "$@"
+    {{bin}}/tokenize --config {{config}} "$@"
+    {{bin}}/train --config {{config}} "$@"
+    {{bin}}/evaluate --config {{config}} "$@"
+    {{bin}}/report --config {{config}} "$@"
 
 # Load IMDb, sample train, split test into test/validation → artifacts/data.
 data-prep *ARGS: build
-    {{bin}}/data-prep --config {{config}} {{ARGS}}
+    {{bin}}/data-prep --config {{config}} "$@"
 
 # Tokenize every split to padded tensors → artifacts/tokens.
 tokenize *ARGS: build
-    {{bin}}/tokenize --config {{config}} {{ARGS}}
+    {{bin}}/tokenize --config {{config}} "$@"
 
 # Fine-tune the model with LoRA → artifacts/train (adapter, history, summary).
 train *ARGS: build
-    {{bin}}/train --config {{config}} {{ARGS}}
+    {{bin}}/train --config {{config}} "$@"
 
 # Evaluate on the test split → artifacts/evaluate (metrics, predictions).
 evaluate *ARGS: build
-    {{bin}}/evaluate --config {{config}} {{ARGS}}
+    {{bin}}/evaluate --config {{config}} "$@"
 
 # Render figures and the HTML/Markdown report → artifacts/report.
 report *ARGS: build
-    {{bin}}/report --config {{config}} {{ARGS}}
+    {{bin}}/report --config {{config}} "$@"
 
 # Classify texts given as arguments (or stdin with no arguments).
 predict *TEXTS: build
-    {{bin}}/predict --config {{config}} {{TEXTS}}
+    {{bin}}/predict --config {{config}} "$@"
+
+# The whole chain on a small slice of the real data, in its own artifacts folder.
+smoke: build
+    #!/usr/bin/env bash
+    set -euo pipefail
+    sets=(--set artifacts=artifacts-smoke --set data.max_train=200 --set data.max_validation=200
+          --set data.max_test=400 --set training.epochs=1 --set training.checkpoint_every_steps=5)
+    for stage in data-prep tokenize train evaluate report; do
+        "{{bin}}/$stage" --config {{config}} "${sets[@]}"
+    done
+    "{{bin}}/predict" --config {{config}} "${sets[@]}" "A wonderful, moving film." "Dull and far too long."
 
 # Run the whole test suite.
 test:

@@ -1,4 +1,52 @@
+use std::path::PathBuf;
+
+use clap::Parser;
+use evaluate::{ModelChoice, Outcome};
+
+/// Evaluate the fine-tuned classifier on the test split.
+///
+/// Loads the base model and the LoRA adapter (merged for speed), classifies
+/// the test split (and the validation split with `evaluate.validation`), and
+/// writes artifacts/evaluate/: predictions.parquet, metrics.json
+/// (classification report, confusion matrix, ROC-AUC and ROC curve, as
+/// scikit-learn computes them), classification_report.txt and examples.json.
+#[derive(Parser)]
+#[command(version)]
+struct Args {
+    #[command(flatten)]
+    common: pipeline::cli::ConfigArgs,
+    /// A Hugging Face checkpoint folder to use instead of `model.source`.
+    #[arg(long, value_name = "DIR")]
+    model: Option<PathBuf>,
+    /// A PEFT LoRA adapter folder to use instead of artifacts/train/adapter
+    /// (one trained in Python with PEFT works too).
+    #[arg(long, value_name = "DIR")]
+    adapter: Option<PathBuf>,
+}
+
 fn main() {
-    eprintln!("error: the evaluate stage is not built yet");
-    std::process::exit(2);
+    let args = Args::parse();
+    pipeline::cli::run_stage("evaluate", || {
+        let Some(config) = args.common.load()? else {
+            return Ok(());
+        };
+        let choice = ModelChoice {
+            model: args.model.clone(),
+            adapter: args.adapter.clone(),
+        };
+        match evaluate::run(&config, &choice, args.common.force)? {
+            Outcome::UpToDate(dir) => println!("evaluate: up to date ({})", dir.display()),
+            Outcome::Evaluated {
+                dir,
+                metrics,
+                reviews_per_s,
+            } => println!(
+                "evaluate: accuracy {:.4}, ROC-AUC {}, {reviews_per_s:.1} reviews/s → {}",
+                metrics.accuracy,
+                metrics.roc_auc.map_or("n/a".into(), |a| format!("{a:.4}")),
+                dir.display()
+            ),
+        }
+        Ok(())
+    });
 }

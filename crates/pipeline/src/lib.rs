@@ -6,10 +6,14 @@ pub mod atomic;
 pub mod cli;
 pub mod config;
 pub mod data;
+pub mod encode;
+pub mod history;
 pub mod hub;
 pub mod layout;
+pub mod predictions;
 pub mod stamp;
 pub mod tokens;
+pub mod train_summary;
 
 pub use config::Config;
 pub use layout::{Layout, Split, StageId};

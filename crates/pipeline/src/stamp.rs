@@ -67,6 +67,26 @@ pub fn hash_bytes(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
 }
 
+/// The running program: its version and a hash of its executable, so that a
+/// rebuilt stage with changed code reruns even when the version number did
+/// not change (e.g. artifacts restored from a CI cache).
+pub fn program_version() -> String {
+    static VERSION: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    VERSION
+        .get_or_init(|| {
+            let exe = std::env::current_exe()
+                .ok()
+                .and_then(|p| hash_file(&p).ok())
+                .unwrap_or_else(|| "unknown".into());
+            format!(
+                "{} ({})",
+                env!("CARGO_PKG_VERSION"),
+                &exe[..exe.len().min(16)]
+            )
+        })
+        .clone()
+}
+
 /// Hashes every file under `dir` (except the stamp), keyed by relative path.
 fn hash_outputs(dir: &Path) -> Result<BTreeMap<String, String>> {
     fn walk(base: &Path, dir: &Path, out: &mut BTreeMap<String, String>) -> Result<()> {
@@ -158,7 +178,7 @@ impl StageRun {
     fn stamp_with(&self, outputs: BTreeMap<String, String>) -> Stamp {
         Stamp {
             stage: self.id.recipe().to_string(),
-            program_version: env!("CARGO_PKG_VERSION").to_string(),
+            program_version: program_version(),
             artifact_format: ARTIFACT_FORMAT,
             config: self.config.clone(),
             inputs: self.inputs.clone(),
@@ -286,11 +306,11 @@ pub fn verify_current(layout: &Layout, config: &Config, stage: StageId) -> Resul
             stage.recipe()
         );
     }
-    if stamp.program_version != env!("CARGO_PKG_VERSION")
-        || stamp.artifact_format != ARTIFACT_FORMAT
-    {
+    // Only the format is checked here: the producer is another binary, and it
+    // reruns itself when its own code changed.
+    if stamp.artifact_format != ARTIFACT_FORMAT {
         bail!(
-            "{} was written by another program version; {run}",
+            "{} was written in an older artifact format; {run}",
             dir.display()
         );
     }

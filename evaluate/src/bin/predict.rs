@@ -1,0 +1,75 @@
+use std::io::{BufRead, IsTerminal};
+use std::path::PathBuf;
+
+use anyhow::{bail, Context};
+use clap::Parser;
+use evaluate::{Classifier, ModelChoice};
+use pipeline::predictions::ExamplePrediction;
+
+/// Classify new texts as positive or negative.
+///
+/// Texts come from the arguments, from --file (one per line), or from
+/// standard input (one per line). Uses this run's model and adapter unless
+/// --model/--adapter name others.
+#[derive(Parser)]
+#[command(version)]
+struct Args {
+    #[command(flatten)]
+    common: pipeline::cli::ConfigArgs,
+    /// A Hugging Face checkpoint folder to use instead of `model.source`.
+    #[arg(long, value_name = "DIR")]
+    model: Option<PathBuf>,
+    /// A PEFT LoRA adapter folder to use instead of artifacts/train/adapter.
+    #[arg(long, value_name = "DIR")]
+    adapter: Option<PathBuf>,
+    /// Read texts from this file, one per line.
+    #[arg(long, value_name = "PATH", conflicts_with = "texts")]
+    file: Option<PathBuf>,
+    /// Print one JSON object per text instead of a table.
+    #[arg(long)]
+    json: bool,
+    /// The texts to classify.
+    texts: Vec<String>,
+}
+
+fn main() {
+    let args = Args::parse();
+    pipeline::cli::run_stage("predict", || {
+        let Some(config) = args.common.load()? else {
+            return Ok(());
+        };
+        let texts: Vec<String> = if !args.texts.is_empty() {
+            args.texts.clone()
+        } else if let Some(path) = &args.file {
+            std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read {}", path.display()))?
+                .lines()
+                .map(str::to_string)
+                .collect()
+        } else if !std::io::stdin().is_terminal() {
+            std::io::stdin().lock().lines().collect::<Result<_, _>>()?
+        } else {
+            bail!("no texts given: pass them as arguments, with --file PATH, or on standard input");
+        };
+        let texts: Vec<String> = texts.into_iter().filter(|t| !t.trim().is_empty()).collect();
+        if texts.is_empty() {
+            bail!("the input holds no text to classify (only empty lines)");
+        }
+        let choice = ModelChoice {
+            model: args.model.clone(),
+            adapter: args.adapter.clone(),
+        };
+        let classifier = Classifier::load(&config, &choice)?;
+        let encoder = evaluate::encoder_for(&config, args.model.as_deref())?;
+        let probs = classifier.classify_texts(&encoder, &texts, config.evaluate.batch_size)?;
+        for (text, p) in texts.iter().zip(probs) {
+            let pred = ExamplePrediction::new(text, p, config.evaluate.threshold);
+            if args.json {
+                println!("{}", serde_json::to_string(&pred)?);
+            } else {
+                println!("{} ({:.4})\t{}", pred.label, pred.probability, text);
+            }
+        }
+        Ok(())
+    });
+}

@@ -1,0 +1,348 @@
+//! Evaluation and inference: load a base model with a LoRA adapter (merged
+//! for speed), classify tokenized splits or new texts, and compute the
+//! metrics as scikit-learn does.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use candle_core::{DType, Device, Tensor};
+use lora_classifier::{Checkpoint, Mode, SequenceClassifier};
+use pipeline::atomic::{self, StagingDir};
+use pipeline::cli::Progress;
+use pipeline::encode::TextEncoder;
+use pipeline::predictions::{self, ExamplePrediction, Predictions};
+use pipeline::stamp::{Freshness, StageRun};
+use pipeline::tokens::TokenSplit;
+use pipeline::{Config, Layout, Split, StageId};
+
+/// Which model and adapter to use; `None` = this run's (config and artifacts).
+#[derive(Debug, Clone, Default)]
+pub struct ModelChoice {
+    /// A Hugging Face checkpoint folder (config.json + safetensors).
+    pub model: Option<PathBuf>,
+    /// A PEFT LoRA adapter folder (adapter_config.json + adapter_model.safetensors).
+    pub adapter: Option<PathBuf>,
+}
+
+/// A classifier ready for inference.
+pub struct Classifier {
+    pub model: SequenceClassifier,
+    pub model_dir: PathBuf,
+    pub adapter_dir: PathBuf,
+    device: Device,
+}
+
+impl Classifier {
+    /// Loads the base model and the adapter, and merges the adapter into the
+    /// weights (one matmul per layer instead of three).
+    pub fn load(config: &Config, choice: &ModelChoice) -> Result<Self> {
+        let model_dir = match &choice.model {
+            Some(dir) => dir.clone(),
+            None => {
+                pipeline::hub::model_dir(&config.model.source, &config.model.revision, true, false)?
+            }
+        };
+        let adapter_dir = match &choice.adapter {
+            Some(dir) => dir.clone(),
+            None => {
+                let dir = Layout::new(&config.artifacts)
+                    .stage_dir(StageId::Train)
+                    .join("adapter");
+                if !dir.exists() {
+                    bail!(
+                        "no trained adapter at {}: run `just train` first, or pass --adapter DIR",
+                        dir.display()
+                    );
+                }
+                dir
+            }
+        };
+        let device = select_device(&config.training.device)?;
+        let checkpoint = Checkpoint::open(&model_dir)?;
+        let mut model =
+            SequenceClassifier::load_adapter(&checkpoint, &adapter_dir, &device, DType::F32)
+                .with_context(|| {
+                    format!(
+                        "loading adapter {} onto model {}",
+                        adapter_dir.display(),
+                        model_dir.display()
+                    )
+                })?;
+        model.merge()?;
+        Ok(Self {
+            model,
+            model_dir,
+            adapter_dir,
+            device,
+        })
+    }
+
+    /// P(positive) for each row of `input_ids`/`attention_mask` ([n, max_len]).
+    pub fn positive_probabilities(
+        &self,
+        input_ids: &[u32],
+        attention_mask: &[u32],
+        max_len: usize,
+        batch_size: usize,
+        mut progress: Option<&mut Progress>,
+    ) -> Result<Vec<f64>> {
+        let n = input_ids.len() / max_len;
+        let mut probs = Vec::with_capacity(n);
+        let started = Instant::now();
+        for start in (0..n).step_by(batch_size) {
+            let end = (start + batch_size).min(n);
+            let rows = end - start;
+            let mask = &attention_mask[start * max_len..end * max_len];
+            // Padding is on the right and masked out as keys, so columns that are padding in
+            // every row change nothing: drop them.
+            let width = (0..max_len)
+                .rev()
+                .find(|&c| (0..rows).any(|r| mask[r * max_len + c] != 0))
+                .map_or(1, |c| c + 1);
+            let take = |v: &[u32]| -> Vec<u32> {
+                (0..rows)
+                    .flat_map(|r| {
+                        v[(start + r) * max_len..(start + r) * max_len + width]
+                            .iter()
+                            .copied()
+                    })
+                    .collect()
+            };
+            let ids = Tensor::from_vec(take(input_ids), (rows, width), &self.device)?;
+            let m = Tensor::from_vec(take(attention_mask), (rows, width), &self.device)?;
+            let logits = self.model.forward(&ids, &m, Mode::Inference)?;
+            let logits: Vec<Vec<f32>> = logits.to_dtype(DType::F32)?.to_vec2()?;
+            probs.extend(logits.iter().map(|l| positive_probability(l)));
+            if let Some(p) = progress.as_deref_mut() {
+                let rate = probs.len() as f64 / started.elapsed().as_secs_f64().max(1e-9);
+                p.advance(rows as u64, &format!("{rate:.1} reviews/s"));
+            }
+        }
+        Ok(probs)
+    }
+
+    /// Tokenizes and classifies new texts.
+    pub fn classify_texts(
+        &self,
+        encoder: &TextEncoder,
+        texts: &[String],
+        batch_size: usize,
+    ) -> Result<Vec<f64>> {
+        let encoded = encoder.encode(texts)?;
+        self.positive_probabilities(
+            &encoded.input_ids,
+            &encoded.attention_mask,
+            encoder.max_len(),
+            batch_size,
+            None,
+        )
+    }
+}
+
+/// softmax(logits)[1] for two logits, computed stably in f64.
+fn positive_probability(logits: &[f32]) -> f64 {
+    let d = logits[0] as f64 - logits[1] as f64;
+    1.0 / (1.0 + d.exp())
+}
+
+/// `training.device` → a candle device; `auto` takes CUDA when this build
+/// has it and a GPU is present.
+pub fn select_device(setting: &str) -> Result<Device> {
+    use pipeline::config::{parse_device, DeviceSetting};
+    match parse_device(setting)? {
+        DeviceSetting::Cpu => Ok(Device::Cpu),
+        DeviceSetting::Auto => Ok(Device::cuda_if_available(0).unwrap_or(Device::Cpu)),
+        DeviceSetting::Cuda(n) => {
+            if !candle_core::utils::cuda_is_available() {
+                bail!("training.device is {setting:?} but this build has no CUDA support (build with `just build-cuda`) or no GPU is present");
+            }
+            Ok(Device::new_cuda(n)?)
+        }
+    }
+}
+
+/// The tokenizer of the configured model, set up as the tokenize stage did.
+pub fn encoder_for(config: &Config, model_dir: Option<&Path>) -> Result<TextEncoder> {
+    let dir = match model_dir {
+        Some(dir) => dir.to_path_buf(),
+        None => {
+            pipeline::hub::model_dir(&config.model.source, &config.model.revision, false, true)?
+        }
+    };
+    let path = dir.join("tokenizer.json");
+    if !path.exists() {
+        bail!(
+            "{} is missing: the model folder needs its tokenizer",
+            path.display()
+        );
+    }
+    TextEncoder::from_file(&path, config.model.max_len)
+}
+
+/// What `evaluate` did.
+pub enum Outcome {
+    UpToDate(PathBuf),
+    Evaluated {
+        dir: PathBuf,
+        metrics: Box<metrics::Metrics>,
+        reviews_per_s: f64,
+    },
+}
+
+/// The evaluate stage: predictions and metrics for the test split (and the
+/// validation split when `evaluate.validation` is set) → artifacts/evaluate.
+pub fn run(config: &Config, choice: &ModelChoice, force: bool) -> Result<Outcome> {
+    let layout = Layout::new(&config.artifacts);
+    let mut splits = vec![Split::Test];
+    if config.evaluate.validation {
+        splits.push(Split::Validation);
+    }
+    let mut stage = StageRun::new(&layout, StageId::Evaluate, config);
+    let token_files: Vec<String> = splits.iter().map(|&s| Layout::tokens_file(s)).collect();
+    let data_files: Vec<String> = splits.iter().map(|&s| Layout::data_file(s)).collect();
+    stage.upstream(
+        &layout,
+        config,
+        StageId::Tokenize,
+        &token_files.iter().map(String::as_str).collect::<Vec<_>>(),
+    )?;
+    stage.upstream(
+        &layout,
+        config,
+        StageId::DataPrep,
+        &data_files.iter().map(String::as_str).collect::<Vec<_>>(),
+    )?;
+    match &choice.adapter {
+        None => stage.upstream(
+            &layout,
+            config,
+            StageId::Train,
+            &[
+                "adapter/adapter_config.json",
+                "adapter/adapter_model.safetensors",
+            ],
+        )?,
+        Some(dir) => {
+            for file in ["adapter_config.json", "adapter_model.safetensors"] {
+                stage.input_file(&format!("adapter/{file}"), &dir.join(file))?;
+            }
+        }
+    }
+    let classifier = Classifier::load(config, choice)?;
+    for file in ["config.json", "model.safetensors"] {
+        let path = classifier.model_dir.join(file);
+        if path.exists() {
+            stage.input_file(&format!("model/{file}"), &path)?;
+        }
+    }
+    let dir = stage.dir.clone();
+    if !force {
+        if let Freshness::UpToDate = stage.freshness()? {
+            return Ok(Outcome::UpToDate(dir));
+        }
+    }
+
+    let threshold = config.evaluate.threshold;
+    let staged = StagingDir::new(&dir)?;
+    let mut test_metrics = None;
+    let mut rate = 0.0;
+    for &split in &splits {
+        let tokens = TokenSplit::read(
+            &layout
+                .stage_dir(StageId::Tokenize)
+                .join(Layout::tokens_file(split)),
+        )?;
+        if tokens.is_empty() {
+            bail!("the {split} split has no reviews");
+        }
+        let data = pipeline::data::Reviews::read_parquet(
+            &layout
+                .stage_dir(StageId::DataPrep)
+                .join(Layout::data_file(split)),
+        )?;
+        let mut progress = Progress::new(&format!("evaluate {split}"), tokens.len() as u64);
+        let started = Instant::now();
+        let probs = classifier.positive_probabilities(
+            &tokens.input_ids,
+            &tokens.attention_mask,
+            tokens.max_len,
+            config.evaluate.batch_size,
+            Some(&mut progress),
+        )?;
+        progress.finish();
+        rate = tokens.len() as f64 / started.elapsed().as_secs_f64();
+        let metrics = metrics::evaluate(&tokens.labels, &probs, threshold)
+            .map_err(|e| anyhow::anyhow!("metrics of the {split} split: {e}"))?;
+        let ids = tokens
+            .rows
+            .iter()
+            .map(|&r| {
+                data.ids
+                    .get(r as usize)
+                    .cloned()
+                    .context("token rows do not match the data split: rerun `just tokenize`")
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let prefix = if split == Split::Test {
+            String::new()
+        } else {
+            format!("{split}_")
+        };
+        Predictions {
+            ids,
+            labels: tokens.labels.clone(),
+            predicted: metrics::predict(&probs, threshold),
+            prob_positive: probs,
+        }
+        .write_parquet(
+            &staged
+                .path()
+                .join(format!("{prefix}{}", predictions::PREDICTIONS_FILE)),
+        )?;
+        atomic::write_json(
+            &staged
+                .path()
+                .join(format!("{prefix}{}", predictions::METRICS_FILE)),
+            &metrics,
+        )?;
+        atomic::write_bytes(
+            &staged
+                .path()
+                .join(format!("{prefix}{}", predictions::REPORT_TEXT_FILE)),
+            metrics.classification_report_text.as_bytes(),
+        )?;
+        println!(
+            "{split} split ({} reviews, {rate:.1} reviews/s):",
+            tokens.len()
+        );
+        println!("{}", metrics.classification_report_text);
+        if let Some(auc) = metrics.roc_auc {
+            println!("ROC-AUC: {auc:.4}\n");
+        }
+        if split == Split::Test {
+            test_metrics = Some(metrics);
+        }
+    }
+
+    let encoder = encoder_for(config, choice.model.as_deref())?;
+    let texts = &config.evaluate.examples;
+    let examples: Vec<ExamplePrediction> = if texts.is_empty() {
+        Vec::new()
+    } else {
+        let probs = classifier.classify_texts(&encoder, texts, config.evaluate.batch_size)?;
+        texts
+            .iter()
+            .zip(probs)
+            .map(|(t, p)| ExamplePrediction::new(t, p, threshold))
+            .collect()
+    };
+    atomic::write_json(&staged.path().join(predictions::EXAMPLES_FILE), &examples)?;
+    stage.write_stamp(staged.path())?;
+    let dir = staged.commit()?;
+    Ok(Outcome::Evaluated {
+        dir,
+        metrics: Box::new(test_metrics.expect("the test split is always evaluated")),
+        reviews_per_s: rate,
+    })
+}
