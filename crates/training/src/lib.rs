@@ -1,1 +1,21 @@
-//! placeholder
+//! Fine-tuning a [`lora_classifier::SequenceClassifier`]: PyTorch's optimizers, Hugging
+//! Face's learning-rate schedules, gradient clipping, and a resumable training loop.
+//!
+//! - `optim`: AdamW, Adam, SGD, RMSprop over candle `Var`s, with exportable state.
+//! - `schedule`: constant, linear, cosine and step schedules with warmup.
+//! - `clip`: `clip_grad_norm_`.
+//! - `trainer`: the loop, validation and history; `checkpoint`: its resumable state.
+//! - `seeds`: the shuffles and dropout seeds, derived from the run seed.
+
+pub mod checkpoint;
+pub mod clip;
+pub mod optim;
+pub mod schedule;
+pub mod seeds;
+pub mod trainer;
+
+pub use checkpoint::CheckpointStore;
+pub use clip::clip_grad_norm;
+pub use optim::{Optimizer, OptimizerKind, OptimizerState};
+pub use schedule::{Schedule, ScheduleKind};
+pub use trainer::{evaluate, train, TrainOutcome, TrainSettings, Validation};

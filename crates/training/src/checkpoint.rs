@@ -1,0 +1,289 @@
+//! Resumable training checkpoints.
+//!
+//! Each checkpoint is a folder `step-NNNNNNNN/` (the optimizer steps done) holding
+//! - `tensors.safetensors`: `param/<name>` (the trainable tensors), `optim/<key>` (the
+//!   optimizer state) and, when the best adapter is kept, `best/<name>`;
+//! - `history.parquet`: the history so far (parquet keeps every f64 bit, which resuming
+//!   bit-for-bit needs; the best epoch and the epoch's running loss are derived from it);
+//! - `state.json`: the fingerprint, the position (epoch, next batch) and the optimizer's count.
+//!
+//! A checkpoint is written into `.tmp-step-…` and renamed into place, so a folder named
+//! `step-…` is complete by construction; leftovers of a killed write are removed.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use candle_core::{Device, Tensor};
+use serde::{Deserialize, Serialize};
+
+use pipeline::history::{self, HistoryRow};
+
+const STATE_FILE: &str = "state.json";
+const TENSORS_FILE: &str = "tensors.safetensors";
+const HISTORY_FILE: &str = "history.parquet";
+const FORMAT: u32 = 1;
+/// How many complete checkpoints to keep.
+const KEEP: usize = 2;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Position {
+    /// Optimizer steps done.
+    pub global_step: u64,
+    /// The 0-based epoch to continue in.
+    pub epoch: u64,
+    /// The next batch of that epoch.
+    pub batch: u64,
+    /// `Optimizer::steps()`.
+    pub optimizer_steps: u64,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct StateFile {
+    format: u32,
+    fingerprint: String,
+    position: Position,
+}
+
+/// What a checkpoint holds.
+pub struct Snapshot {
+    pub position: Position,
+    pub params: Vec<(String, Tensor)>,
+    pub optimizer: Vec<(String, Tensor)>,
+    pub best: Vec<(String, Tensor)>,
+    pub history: Vec<HistoryRow>,
+}
+
+/// The checkpoint folder of one training run.
+pub struct CheckpointStore {
+    dir: PathBuf,
+    fingerprint: String,
+}
+
+fn step_of(name: &str) -> Option<u64> {
+    name.strip_prefix("step-")?.parse().ok()
+}
+
+impl CheckpointStore {
+    /// `fingerprint` identifies the run's config and inputs: checkpoints of another are
+    /// never resumed.
+    pub fn new(dir: &Path, fingerprint: &str) -> Self {
+        Self {
+            dir: dir.to_path_buf(),
+            fingerprint: fingerprint.to_string(),
+        }
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Complete checkpoints, newest first.
+    fn complete(&self) -> Result<Vec<(u64, PathBuf)>> {
+        if !self.dir.exists() {
+            return Ok(Vec::new());
+        }
+        let mut found = Vec::new();
+        for entry in fs::read_dir(&self.dir)? {
+            let entry = entry?;
+            if let Some(step) = entry.file_name().to_str().and_then(step_of) {
+                found.push((step, entry.path()));
+            }
+        }
+        found.sort_by_key(|(step, _)| std::cmp::Reverse(*step));
+        Ok(found)
+    }
+
+    /// The newest complete checkpoint with this run's fingerprint, if any; older or
+    /// foreign ones are skipped (and said so).
+    pub fn latest(&self, device: &Device) -> Result<Option<(PathBuf, Snapshot)>> {
+        for (_, path) in self.complete()? {
+            match self.read(&path, device) {
+                Ok(Some(snapshot)) => return Ok(Some((path, snapshot))),
+                Ok(None) => println!(
+                    "train: ignoring checkpoint {} (made with another config or other inputs)",
+                    path.display()
+                ),
+                Err(err) => println!(
+                    "train: ignoring unreadable checkpoint {}: {err:#}",
+                    path.display()
+                ),
+            }
+        }
+        Ok(None)
+    }
+
+    fn read(&self, path: &Path, device: &Device) -> Result<Option<Snapshot>> {
+        let text = fs::read_to_string(path.join(STATE_FILE))?;
+        let state: StateFile = serde_json::from_str(&text)?;
+        if state.format != FORMAT || state.fingerprint != self.fingerprint {
+            return Ok(None);
+        }
+        let tensors = candle_core::safetensors::load(path.join(TENSORS_FILE), device)?;
+        let (mut params, mut optimizer, mut best) = (Vec::new(), Vec::new(), Vec::new());
+        for (name, t) in tensors {
+            if let Some(n) = name.strip_prefix("param/") {
+                params.push((n.to_string(), t));
+            } else if let Some(n) = name.strip_prefix("optim/") {
+                optimizer.push((n.to_string(), t));
+            } else if let Some(n) = name.strip_prefix("best/") {
+                best.push((n.to_string(), t));
+            } else {
+                bail!("unexpected tensor {name}");
+            }
+        }
+        Ok(Some(Snapshot {
+            position: state.position,
+            params,
+            optimizer,
+            best,
+            history: history::read_parquet(&path.join(HISTORY_FILE))?,
+        }))
+    }
+
+    /// The newest complete checkpoint of this run, if any.
+    pub fn latest_path(&self) -> Result<Option<PathBuf>> {
+        for (_, path) in self.complete()? {
+            let state = fs::read_to_string(path.join(STATE_FILE))
+                .ok()
+                .and_then(|text| serde_json::from_str::<StateFile>(&text).ok());
+            if state.is_some_and(|s| s.fingerprint == self.fingerprint) {
+                return Ok(Some(path));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Removes leftovers of writes that were killed.
+    pub fn clean_partial(&self) -> Result<()> {
+        if !self.dir.exists() {
+            return Ok(());
+        }
+        for entry in fs::read_dir(&self.dir)? {
+            let entry = entry?;
+            if entry.file_name().to_string_lossy().starts_with(".tmp-") {
+                fs::remove_dir_all(entry.path()).ok();
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes a checkpoint, then keeps only the newest two. Returns its folder.
+    pub fn write(&self, snapshot: &Snapshot) -> Result<PathBuf> {
+        let name = format!("step-{:08}", snapshot.position.global_step);
+        let target = self.dir.join(&name);
+        let tmp = self.dir.join(format!(".tmp-{name}-{}", std::process::id()));
+        let result = (|| -> Result<()> {
+            if tmp.exists() {
+                fs::remove_dir_all(&tmp)?;
+            }
+            fs::create_dir_all(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
+            let tensors: std::collections::HashMap<String, Tensor> = [
+                ("param", &snapshot.params),
+                ("optim", &snapshot.optimizer),
+                ("best", &snapshot.best),
+            ]
+            .into_iter()
+            .flat_map(|(prefix, list)| {
+                list.iter()
+                    .map(move |(n, t)| (format!("{prefix}/{n}"), t.clone()))
+            })
+            .collect();
+            candle_core::safetensors::save(&tensors, tmp.join(TENSORS_FILE))?;
+            history::write_parquet(&snapshot.history, &tmp.join(HISTORY_FILE))?;
+            let state = StateFile {
+                format: FORMAT,
+                fingerprint: self.fingerprint.clone(),
+                position: snapshot.position.clone(),
+            };
+            pipeline::atomic::write_json(&tmp.join(STATE_FILE), &state)?;
+            if target.exists() {
+                // Same step from another config (or a rerun): replace it.
+                fs::remove_dir_all(&target)?;
+            }
+            fs::rename(&tmp, &target).with_context(|| {
+                format!("cannot rename {} to {}", tmp.display(), target.display())
+            })?;
+            Ok(())
+        })();
+        if result.is_err() {
+            fs::remove_dir_all(&tmp).ok();
+        }
+        result.with_context(|| format!("writing checkpoint {}", target.display()))?;
+        for (_, old) in self.complete()?.into_iter().skip(KEEP) {
+            fs::remove_dir_all(&old).ok();
+        }
+        Ok(target)
+    }
+
+    /// Removes every checkpoint (after the stage's outputs are committed).
+    pub fn remove_all(&self) -> Result<()> {
+        if self.dir.exists() {
+            fs::remove_dir_all(&self.dir)
+                .with_context(|| format!("cannot remove {}", self.dir.display()))?;
+        }
+        // `checkpoints/` too, when nothing else is in it (fails harmlessly otherwise).
+        if let Some(parent) = self.dir.parent() {
+            fs::remove_dir(parent).ok();
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn snapshot(step: u64) -> Snapshot {
+        let t = Tensor::new(&[step as f32, 1.5], &Device::Cpu).unwrap();
+        Snapshot {
+            position: Position {
+                global_step: step,
+                epoch: 0,
+                batch: step,
+                optimizer_steps: step,
+            },
+            params: vec![("w".into(), t.clone())],
+            optimizer: vec![("exp_avg/w".into(), t)],
+            best: vec![],
+            history: vec![],
+        }
+    }
+
+    #[test]
+    fn keeps_the_newest_two_and_resumes_only_its_own() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("ckpt");
+        let store = CheckpointStore::new(&dir, "run a");
+        for step in [2, 4, 6] {
+            store.write(&snapshot(step)).unwrap();
+        }
+        let names: Vec<_> = store
+            .complete()
+            .unwrap()
+            .into_iter()
+            .map(|(s, _)| s)
+            .collect();
+        assert_eq!(names, vec![6, 4]);
+        let (path, snap) = store.latest(&Device::Cpu).unwrap().unwrap();
+        assert!(path.ends_with("step-00000006"));
+        assert_eq!(snap.position, snapshot(6).position);
+        assert_eq!(snap.params[0].1.to_vec1::<f32>().unwrap(), vec![6.0, 1.5]);
+
+        // A half-written folder is not a checkpoint, and is cleaned up.
+        fs::create_dir_all(dir.join(".tmp-step-00000008-1")).unwrap();
+        assert!(store
+            .latest_path()
+            .unwrap()
+            .unwrap()
+            .ends_with("step-00000006"));
+        store.clean_partial().unwrap();
+        assert!(!dir.join(".tmp-step-00000008-1").exists());
+
+        let other = CheckpointStore::new(&dir, "run b");
+        assert!(other.latest(&Device::Cpu).unwrap().is_none());
+        assert!(other.latest_path().unwrap().is_none());
+        store.remove_all().unwrap();
+        assert!(!dir.exists());
+    }
+}

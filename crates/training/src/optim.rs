@@ -1,0 +1,289 @@
+//! Optimizers as `torch.optim` defines them: AdamW, Adam, SGD and RMSprop.
+//!
+//! candle-nn's AdamW cannot export or import its moment estimates, which resuming a run
+//! exactly needs, so these work directly on `Var`s and a `GradStore` and expose their state
+//! as named tensors. State is kept in f32 (the trainable parameters are f32 too), and every
+//! update follows PyTorch's single-tensor code path operation by operation (the same
+//! rounding points), with scalars computed in f64 as Python does.
+
+use std::collections::HashMap;
+
+use anyhow::{bail, Context, Result};
+use candle_core::{backprop::GradStore, DType, Tensor, Var};
+
+/// Which algorithm, with its hyper-parameters (the learning rate is given per step).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum OptimizerKind {
+    /// Adam with decoupled weight decay (`torch.optim.AdamW`).
+    AdamW {
+        beta1: f64,
+        beta2: f64,
+        eps: f64,
+        weight_decay: f64,
+    },
+    /// `torch.optim.Adam`: weight decay as L2, added to the gradient.
+    Adam {
+        beta1: f64,
+        beta2: f64,
+        eps: f64,
+        weight_decay: f64,
+    },
+    /// `torch.optim.SGD` (dampening 0, not Nesterov); weight decay as L2.
+    Sgd { momentum: f64, weight_decay: f64 },
+    /// `torch.optim.RMSprop` (not centered); weight decay as L2.
+    RmsProp {
+        alpha: f64,
+        eps: f64,
+        momentum: f64,
+        weight_decay: f64,
+    },
+}
+
+impl OptimizerKind {
+    /// The state tensors kept per parameter, by the names PyTorch's state dict uses.
+    fn slots(&self) -> &'static [&'static str] {
+        match self {
+            OptimizerKind::AdamW { .. } | OptimizerKind::Adam { .. } => &["exp_avg", "exp_avg_sq"],
+            OptimizerKind::Sgd { momentum, .. } if *momentum != 0.0 => &["momentum_buffer"],
+            OptimizerKind::Sgd { .. } => &[],
+            OptimizerKind::RmsProp { momentum, .. } if *momentum > 0.0 => {
+                &["square_avg", "momentum_buffer"]
+            }
+            OptimizerKind::RmsProp { .. } => &["square_avg"],
+        }
+    }
+}
+
+/// Per-parameter state: PyTorch counts steps per parameter (a parameter without a gradient
+/// is skipped and its count does not advance).
+#[derive(Debug, Clone)]
+struct ParamState {
+    step: u64,
+    /// One tensor per slot; empty until the first step (as PyTorch's lazy state).
+    buffers: Vec<Tensor>,
+}
+
+/// An optimizer over named parameters.
+pub struct Optimizer {
+    kind: OptimizerKind,
+    params: Vec<(String, Var)>,
+    state: Vec<ParamState>,
+    steps: u64,
+}
+
+/// The optimizer's state for a checkpoint: `steps` calls to [`Optimizer::step`], and tensors
+/// named `<slot>/<param>` plus `step/<param>` (a [1] f64 tensor: PyTorch's per-parameter count).
+pub struct OptimizerState {
+    pub steps: u64,
+    pub tensors: Vec<(String, Tensor)>,
+}
+
+impl Optimizer {
+    pub fn new(kind: OptimizerKind, params: Vec<(String, Var)>) -> Result<Self> {
+        for (name, var) in &params {
+            if var.dtype() != DType::F32 {
+                bail!(
+                    "parameter {name} is {:?}; the optimizers keep f32 parameters",
+                    var.dtype()
+                );
+            }
+        }
+        let state = vec![
+            ParamState {
+                step: 0,
+                buffers: Vec::new()
+            };
+            params.len()
+        ];
+        Ok(Self {
+            kind,
+            params,
+            state,
+            steps: 0,
+        })
+    }
+
+    pub fn kind(&self) -> OptimizerKind {
+        self.kind
+    }
+
+    pub fn params(&self) -> &[(String, Var)] {
+        &self.params
+    }
+
+    /// How many times [`Optimizer::step`] ran.
+    pub fn steps(&self) -> u64 {
+        self.steps
+    }
+
+    /// One update of every parameter that has a gradient in `grads`, with learning rate `lr`.
+    pub fn step(&mut self, grads: &GradStore, lr: f64) -> Result<()> {
+        for ((name, var), state) in self.params.iter().zip(self.state.iter_mut()) {
+            let Some(grad) = grads.get(var.as_tensor()) else {
+                continue;
+            };
+            let grad = grad.to_dtype(DType::F32)?;
+            let p = var.as_tensor();
+            if state.buffers.is_empty() {
+                state.buffers = self
+                    .kind
+                    .slots()
+                    .iter()
+                    .map(|_| p.zeros_like())
+                    .collect::<candle_core::Result<_>>()?;
+            }
+            state.step += 1;
+            let new = update(self.kind, p, &grad, &mut state.buffers, state.step, lr)
+                .with_context(|| format!("updating {name}"))?;
+            var.set(&new)?;
+        }
+        self.steps += 1;
+        Ok(())
+    }
+
+    pub fn export_state(&self) -> Result<OptimizerState> {
+        let mut tensors = Vec::new();
+        for ((name, var), state) in self.params.iter().zip(&self.state) {
+            let step = Tensor::new(&[state.step as f64], var.device())?;
+            tensors.push((format!("step/{name}"), step));
+            for (slot, buf) in self.kind.slots().iter().zip(&state.buffers) {
+                // A copy: the live buffers are replaced, not mutated, but be safe.
+                tensors.push((format!("{slot}/{name}"), buf.copy()?));
+            }
+        }
+        Ok(OptimizerState {
+            steps: self.steps,
+            tensors,
+        })
+    }
+
+    /// Restores what [`Optimizer::export_state`] gave, for the same parameters and algorithm.
+    pub fn import_state(&mut self, state: OptimizerState) -> Result<()> {
+        let mut by_name: HashMap<String, Tensor> = state.tensors.into_iter().collect();
+        for ((name, var), ps) in self.params.iter().zip(self.state.iter_mut()) {
+            let step = by_name
+                .remove(&format!("step/{name}"))
+                .with_context(|| format!("optimizer state has no step for {name}"))?;
+            let step = step.to_dtype(DType::F64)?.to_vec1::<f64>()?;
+            ps.step = *step.first().context("empty step tensor")? as u64;
+            ps.buffers.clear();
+            if ps.step == 0 {
+                continue;
+            }
+            for slot in self.kind.slots() {
+                let key = format!("{slot}/{name}");
+                let t = by_name
+                    .remove(&key)
+                    .with_context(|| format!("optimizer state has no {key}"))?;
+                if t.dims() != var.dims() {
+                    bail!(
+                        "optimizer state {key} is {:?}, the parameter {:?}",
+                        t.dims(),
+                        var.dims()
+                    );
+                }
+                ps.buffers
+                    .push(t.to_dtype(DType::F32)?.to_device(var.device())?);
+            }
+        }
+        if let Some(extra) = by_name.keys().next() {
+            bail!("optimizer state has {extra}, which matches no parameter of this optimizer");
+        }
+        self.steps = state.steps;
+        Ok(())
+    }
+}
+
+/// The new parameter value; updates `buf` in place. Each line mirrors PyTorch's code.
+fn update(
+    kind: OptimizerKind,
+    p: &Tensor,
+    grad: &Tensor,
+    buf: &mut [Tensor],
+    step: u64,
+    lr: f64,
+) -> candle_core::Result<Tensor> {
+    // grad = grad.add(param, alpha=weight_decay)
+    let l2 = |grad: &Tensor, wd: f64| -> candle_core::Result<Tensor> {
+        if wd != 0.0 {
+            grad + p.affine(wd, 0.0)?
+        } else {
+            Ok(grad.clone())
+        }
+    };
+    match kind {
+        OptimizerKind::AdamW {
+            beta1,
+            beta2,
+            eps,
+            weight_decay,
+        }
+        | OptimizerKind::Adam {
+            beta1,
+            beta2,
+            eps,
+            weight_decay,
+        } => {
+            let decoupled = matches!(kind, OptimizerKind::AdamW { .. });
+            let (p, grad) = if decoupled {
+                // param.mul_(1 - lr * weight_decay)
+                (p.affine(1.0 - lr * weight_decay, 0.0)?, grad.clone())
+            } else {
+                (p.clone(), l2(grad, weight_decay)?)
+            };
+            // exp_avg.lerp_(grad, 1 - beta1): ATen computes self + w * (end - self) for w < 0.5.
+            let w = 1.0 - beta1;
+            buf[0] = if w < 0.5 {
+                (&buf[0] + (&grad - &buf[0])?.affine(w, 0.0)?)?
+            } else {
+                (&grad - (&grad - &buf[0])?.affine(1.0 - w, 0.0)?)?
+            };
+            // exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+            buf[1] = (buf[1].affine(beta2, 0.0)? + (grad.affine(1.0 - beta2, 0.0)? * &grad)?)?;
+            let bias_correction1 = 1.0 - beta1.powi(step as i32);
+            let bias_correction2 = 1.0 - beta2.powi(step as i32);
+            let step_size = lr / bias_correction1;
+            // denom = (exp_avg_sq.sqrt() / bias_correction2_sqrt).add_(eps)
+            let denom = (buf[1].sqrt()? / bias_correction2.sqrt())?.affine(1.0, eps)?;
+            // param.addcdiv_(exp_avg, denom, value=-step_size)
+            &p + (&buf[0] / &denom)?.affine(-step_size, 0.0)?
+        }
+        OptimizerKind::Sgd {
+            momentum,
+            weight_decay,
+        } => {
+            let mut d_p = l2(grad, weight_decay)?;
+            if momentum != 0.0 {
+                // First step: buf = clone(grad); then buf.mul_(momentum).add_(grad) (dampening 0).
+                buf[0] = if step == 1 {
+                    d_p.clone()
+                } else {
+                    (buf[0].affine(momentum, 0.0)? + &d_p)?
+                };
+                d_p = buf[0].clone();
+            }
+            // param.add_(grad, alpha=-lr)
+            p + d_p.affine(-lr, 0.0)?
+        }
+        OptimizerKind::RmsProp {
+            alpha,
+            eps,
+            momentum,
+            weight_decay,
+        } => {
+            let grad = l2(grad, weight_decay)?;
+            // square_avg.mul_(alpha).addcmul_(grad, grad, value=1 - alpha)
+            buf[0] = (buf[0].affine(alpha, 0.0)? + (grad.affine(1.0 - alpha, 0.0)? * &grad)?)?;
+            // avg = square_avg.sqrt().add_(eps)
+            let avg = buf[0].sqrt()?.affine(1.0, eps)?;
+            if momentum > 0.0 {
+                // buf.mul_(momentum).addcdiv_(grad, avg); param.add_(buf, alpha=-lr)
+                buf[1] = (buf[1].affine(momentum, 0.0)? + (&grad / &avg)?)?;
+                p + buf[1].affine(-lr, 0.0)?
+            } else {
+                // param.addcdiv_(grad, avg, value=-lr)
+                p + (&grad / &avg)?.affine(-lr, 0.0)?
+            }
+        }
+    }
+}

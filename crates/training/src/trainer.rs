@@ -1,0 +1,485 @@
+//! The training loop: shuffled mini-batches, mean cross-entropy, backward, clipping, an
+//! optimizer step on the scheduled learning rate; validation, history and checkpoints.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use candle_core::{Device, Tensor, Var};
+use lora_classifier::{Mode, SequenceClassifier};
+use pipeline::cli::Progress;
+use pipeline::config::{
+    KeepAdapter, OptimizerKind as OptimizerSetting, SchedulerKind, TrainingConfig,
+};
+use pipeline::history::{HistoryRow, RowKind};
+use pipeline::tokens::TokenSplit;
+
+use crate::checkpoint::{CheckpointStore, Position, Snapshot};
+use crate::clip::clip_grad_norm;
+use crate::optim::{Optimizer, OptimizerKind, OptimizerState};
+use crate::schedule::{warmup_steps, Schedule, ScheduleKind};
+use crate::seeds::{dropout_seed, epoch_permutation};
+
+/// Everything the loop needs to know, from `pipeline.yaml`'s `seed` and `training`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TrainSettings {
+    pub seed: u64,
+    pub optimizer: OptimizerKind,
+    pub learning_rate: f64,
+    pub schedule: ScheduleKind,
+    pub warmup_steps: u64,
+    /// Used when `warmup_steps` is 0.
+    pub warmup_ratio: f64,
+    pub batch_size: usize,
+    pub epochs: usize,
+    pub max_grad_norm: Option<f64>,
+    pub eval_every_steps: Option<u64>,
+    pub checkpoint_every_steps: u64,
+    /// Keep the adapter of the epoch with the lowest validation loss (else the last).
+    pub keep_best: bool,
+}
+
+impl TrainSettings {
+    pub fn from_config(seed: u64, t: &TrainingConfig) -> Self {
+        let optimizer = match t.optimizer {
+            OptimizerSetting::Adamw => OptimizerKind::AdamW {
+                beta1: t.adam_beta1,
+                beta2: t.adam_beta2,
+                eps: t.adam_epsilon,
+                weight_decay: t.weight_decay,
+            },
+            OptimizerSetting::Adam => OptimizerKind::Adam {
+                beta1: t.adam_beta1,
+                beta2: t.adam_beta2,
+                eps: t.adam_epsilon,
+                weight_decay: t.weight_decay,
+            },
+            OptimizerSetting::Sgd => OptimizerKind::Sgd {
+                momentum: t.momentum,
+                weight_decay: t.weight_decay,
+            },
+            // PyTorch's defaults for what the config does not set.
+            OptimizerSetting::Rmsprop => OptimizerKind::RmsProp {
+                alpha: 0.99,
+                eps: 1e-8,
+                momentum: t.momentum,
+                weight_decay: t.weight_decay,
+            },
+        };
+        let schedule = match t.scheduler {
+            SchedulerKind::Constant => ScheduleKind::Constant,
+            SchedulerKind::Linear => ScheduleKind::Linear,
+            SchedulerKind::Cosine => ScheduleKind::Cosine,
+            SchedulerKind::Step => ScheduleKind::Step {
+                step_size: t.step_size as u64,
+                gamma: t.step_gamma,
+            },
+        };
+        Self {
+            seed,
+            optimizer,
+            learning_rate: t.learning_rate,
+            schedule,
+            warmup_steps: t.warmup_steps as u64,
+            warmup_ratio: t.warmup_ratio,
+            batch_size: t.batch_size,
+            epochs: t.epochs,
+            max_grad_norm: t.max_grad_norm,
+            eval_every_steps: t.eval_every_steps.map(|n| n as u64),
+            checkpoint_every_steps: t.checkpoint_every_steps as u64,
+            keep_best: t.keep == KeepAdapter::Best,
+        }
+    }
+
+    /// Optimizer steps per epoch (the last batch may be partial).
+    pub fn steps_per_epoch(&self, train_len: usize) -> u64 {
+        train_len.div_ceil(self.batch_size) as u64
+    }
+
+    pub fn schedule_for(&self, train_len: usize) -> Schedule {
+        let total = self.steps_per_epoch(train_len) * self.epochs as u64;
+        Schedule {
+            kind: self.schedule,
+            base_lr: self.learning_rate,
+            warmup_steps: warmup_steps(self.warmup_steps, self.warmup_ratio, total),
+            total_steps: total,
+        }
+    }
+}
+
+/// Validation loss (mean cross-entropy) and accuracy.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Validation {
+    pub loss: f64,
+    pub accuracy: f64,
+}
+
+/// What a finished run gives; the model's trainable tensors then hold the kept adapter.
+#[derive(Debug, Clone)]
+pub struct TrainOutcome {
+    pub history: Vec<HistoryRow>,
+    pub steps: u64,
+    /// 1-based epoch with the lowest validation loss.
+    pub best_epoch: u32,
+    pub best: Validation,
+    pub last: Validation,
+    /// The epoch whose tensors the model now holds.
+    pub adapter_epoch: u32,
+    /// This run's training throughput (a resumed run counts only its own steps).
+    pub samples_per_s: f64,
+    pub wall_time_s: f64,
+    pub resumed_from_step: Option<u64>,
+}
+
+/// The rows `indices` of a split as [B, S] ids and mask (S trimmed to the longest row's last
+/// attended token: padding beyond it changes nothing but costs time) and [B] labels.
+pub fn batch(
+    split: &TokenSplit,
+    indices: &[usize],
+    device: &Device,
+) -> Result<(Tensor, Tensor, Tensor)> {
+    let len = split.max_len;
+    let width = indices
+        .iter()
+        .map(|&i| {
+            let mask = &split.attention_mask[i * len..(i + 1) * len];
+            mask.iter().rposition(|&m| m != 0).map_or(1, |p| p + 1)
+        })
+        .max()
+        .unwrap_or(1);
+    let mut ids = Vec::with_capacity(indices.len() * width);
+    let mut mask = Vec::with_capacity(indices.len() * width);
+    for &i in indices {
+        ids.extend_from_slice(&split.input_ids[i * len..i * len + width]);
+        mask.extend_from_slice(&split.attention_mask[i * len..i * len + width]);
+    }
+    let labels: Vec<u32> = indices.iter().map(|&i| split.labels[i]).collect();
+    let b = indices.len();
+    Ok((
+        Tensor::from_vec(ids, (b, width), device)?,
+        Tensor::from_vec(mask, (b, width), device)?,
+        Tensor::from_vec(labels, b, device)?,
+    ))
+}
+
+/// Mean cross-entropy and accuracy over `split`, in batches, without dropout or autograd.
+pub fn evaluate(
+    model: &SequenceClassifier,
+    split: &TokenSplit,
+    batch_size: usize,
+    device: &Device,
+) -> Result<Validation> {
+    if split.is_empty() {
+        bail!("cannot validate on an empty split");
+    }
+    let (mut loss_sum, mut correct) = (0f64, 0usize);
+    let all: Vec<usize> = (0..split.len()).collect();
+    for chunk in all.chunks(batch_size.max(1)) {
+        let (ids, mask, labels) = batch(split, chunk, device)?;
+        let logits = model.forward(&ids, &mask, Mode::Inference)?;
+        let loss = candle_nn::loss::cross_entropy(&logits, &labels)?.to_scalar::<f32>()?;
+        loss_sum += loss as f64 * chunk.len() as f64;
+        for (row, &i) in logits.to_vec2::<f32>()?.iter().zip(chunk) {
+            // The first maximum, as torch.argmax.
+            let pred = row
+                .iter()
+                .enumerate()
+                .fold(0, |best, (j, &v)| if v > row[best] { j } else { best });
+            correct += (pred as u32 == split.labels[i]) as usize;
+        }
+    }
+    Ok(Validation {
+        loss: loss_sum / split.len() as f64,
+        accuracy: correct as f64 / split.len() as f64,
+    })
+}
+
+/// The epoch rows' best (lowest validation loss, the earliest on ties) and last.
+fn best_and_last(history: &[HistoryRow]) -> Option<(&HistoryRow, &HistoryRow)> {
+    let epochs: Vec<&HistoryRow> = history
+        .iter()
+        .filter(|r| r.kind == RowKind::Epoch)
+        .collect();
+    let last = *epochs.last()?;
+    let best = epochs
+        .iter()
+        .filter(|r| r.val_loss.is_some_and(f64::is_finite))
+        .fold(None::<&HistoryRow>, |best, r| match best {
+            Some(b) if b.val_loss <= r.val_loss => Some(b),
+            _ => Some(r),
+        })
+        .unwrap_or(last);
+    Some((best, last))
+}
+
+fn validation_of(row: &HistoryRow) -> Validation {
+    Validation {
+        loss: row.val_loss.unwrap_or(f64::NAN),
+        accuracy: row.val_accuracy.unwrap_or(f64::NAN),
+    }
+}
+
+/// Mean step loss of `epoch` (1-based) so far.
+fn epoch_mean_loss(history: &[HistoryRow], epoch: u32) -> f64 {
+    let (sum, n) = history
+        .iter()
+        .filter(|r| r.kind == RowKind::Step && r.epoch == epoch)
+        .fold((0f64, 0usize), |(s, n), r| (s + r.train_loss, n + 1));
+    sum / n.max(1) as f64
+}
+
+fn copies(vars: &[Var]) -> Result<Vec<Tensor>> {
+    Ok(vars
+        .iter()
+        .map(|v| v.as_tensor().copy())
+        .collect::<candle_core::Result<_>>()?)
+}
+
+/// The state of a run between steps: what a checkpoint saves.
+struct Run<'a> {
+    model: &'a SequenceClassifier,
+    names: Vec<String>,
+    vars: Vec<Var>,
+    optimizer: Optimizer,
+    /// Optimizer steps done (the schedule's position).
+    step: u64,
+    history: Vec<HistoryRow>,
+    /// The trainable tensors of the best epoch so far (kept only for `keep_best`).
+    best: Vec<Tensor>,
+}
+
+impl Run<'_> {
+    fn restore(&mut self, snap: Snapshot) -> Result<()> {
+        let mut params: HashMap<_, _> = snap.params.into_iter().collect();
+        for (name, var) in self.names.iter().zip(&self.vars) {
+            let t = params
+                .remove(name)
+                .with_context(|| format!("no tensor for {name}"))?;
+            var.set(&t.to_dtype(var.dtype())?)?;
+        }
+        self.optimizer.import_state(OptimizerState {
+            steps: snap.position.optimizer_steps,
+            tensors: snap.optimizer,
+        })?;
+        let mut best: HashMap<_, _> = snap.best.into_iter().collect();
+        if !best.is_empty() {
+            self.best = (self.names.iter())
+                .map(|n| {
+                    best.remove(n)
+                        .with_context(|| format!("no best tensor for {n}"))
+                })
+                .collect::<Result<_>>()?;
+        }
+        self.history = snap.history;
+        self.step = snap.position.global_step;
+        Ok(())
+    }
+
+    fn snapshot(&self, position: Position) -> Result<Snapshot> {
+        let named = |tensors: Vec<Tensor>| self.names.iter().cloned().zip(tensors).collect();
+        Ok(Snapshot {
+            position,
+            params: named(self.vars.iter().map(|v| v.as_tensor().clone()).collect()),
+            optimizer: self.optimizer.export_state()?.tensors,
+            best: named(self.best.clone()),
+            history: self.history.clone(),
+        })
+    }
+
+    /// Validates and records it as a `kind` row of epoch `epoch_no`.
+    fn validate(
+        &mut self,
+        kind: RowKind,
+        epoch_no: u32,
+        validation: &TokenSplit,
+        batch_size: usize,
+        device: &Device,
+    ) -> Result<Validation> {
+        let v = evaluate(self.model, validation, batch_size, device)?;
+        self.history.push(HistoryRow {
+            kind,
+            epoch: epoch_no,
+            step: self.step,
+            train_loss: epoch_mean_loss(&self.history, epoch_no),
+            learning_rate: None,
+            samples_per_s: None,
+            val_loss: Some(v.loss),
+            val_accuracy: Some(v.accuracy),
+        });
+        Ok(v)
+    }
+}
+
+/// Trains `model`'s trainable tensors on `train`, validating on `validation`.
+///
+/// Resumes from the newest complete checkpoint in `store` made with the same fingerprint;
+/// `after_checkpoint(dir, step)` is called after each checkpoint is written.
+pub fn train(
+    model: &SequenceClassifier,
+    train: &TokenSplit,
+    validation: &TokenSplit,
+    settings: &TrainSettings,
+    device: &Device,
+    store: &CheckpointStore,
+    after_checkpoint: &mut dyn FnMut(&Path, u64),
+) -> Result<TrainOutcome> {
+    let started = Instant::now();
+    if train.is_empty() || validation.is_empty() {
+        bail!("the train and validation splits must not be empty");
+    }
+    let params = model.trainable();
+    let mut run = Run {
+        model,
+        names: params.iter().map(|(n, _)| n.clone()).collect(),
+        vars: params.iter().map(|(_, v)| v.clone()).collect(),
+        optimizer: Optimizer::new(settings.optimizer, params)?,
+        step: 0,
+        history: Vec::new(),
+        best: Vec::new(),
+    };
+    let (n, bs) = (train.len(), settings.batch_size);
+    let per_epoch = settings.steps_per_epoch(n);
+    let schedule = settings.schedule_for(n);
+
+    let (mut epoch0, mut batch0, mut resumed_from_step) = (0, 0, None);
+    store.clean_partial()?;
+    if let Some((path, snap)) = store.latest(device)? {
+        (epoch0, batch0) = (snap.position.epoch, snap.position.batch);
+        run.restore(snap)
+            .with_context(|| format!("resuming from {}", path.display()))?;
+        resumed_from_step = Some(run.step);
+        println!(
+            "train: resuming from checkpoint {} (step {}, epoch {}, batch {batch0}/{per_epoch})",
+            path.display(),
+            run.step,
+            epoch0 + 1
+        );
+    }
+
+    let (mut trained_samples, mut step_seconds) = (0usize, 0f64);
+    for epoch in epoch0..settings.epochs as u64 {
+        let epoch_no = epoch as u32 + 1;
+        let order = epoch_permutation(settings.seed, epoch, n);
+        let start = if epoch == epoch0 { batch0 } else { 0 };
+        let mut progress =
+            Progress::new(&format!("epoch {epoch_no}/{}", settings.epochs), per_epoch);
+        if start > 0 {
+            progress.advance(start, "resumed");
+        }
+        for b in start..per_epoch {
+            let rows = &order[b as usize * bs..((b as usize + 1) * bs).min(n)];
+            let t0 = Instant::now();
+            let (ids, mask, labels) = batch(train, rows, device)?;
+            let lr = schedule.lr(run.step);
+            let mode = Mode::Train {
+                dropout_seed: dropout_seed(settings.seed, run.step),
+            };
+            let logits = model.forward(&ids, &mask, mode)?;
+            let loss = candle_nn::loss::cross_entropy(&logits, &labels)?;
+            let loss_value = loss.to_scalar::<f32>()? as f64;
+            if !loss_value.is_finite() {
+                let kept = match store.latest_path()? {
+                    Some(p) => format!("the last good checkpoint, {}, is kept", p.display()),
+                    None => "no checkpoint was written yet".to_string(),
+                };
+                bail!(
+                    "the training loss is {loss_value} at step {} (epoch {epoch_no}, batch {}): \
+                     stopping; {kept}. Lower training.learning_rate or set training.max_grad_norm",
+                    run.step + 1,
+                    b + 1
+                );
+            }
+            let mut grads = loss.backward()?;
+            if let Some(max_norm) = settings.max_grad_norm {
+                clip_grad_norm(&mut grads, &run.vars, max_norm)?;
+            }
+            run.optimizer.step(&grads, lr)?;
+            run.step += 1;
+            let seconds = t0.elapsed().as_secs_f64();
+            let samples_per_s = rows.len() as f64 / seconds.max(1e-9);
+            trained_samples += rows.len();
+            step_seconds += seconds;
+            run.history.push(HistoryRow {
+                kind: RowKind::Step,
+                epoch: epoch_no,
+                step: run.step,
+                train_loss: loss_value,
+                learning_rate: Some(lr),
+                samples_per_s: Some(samples_per_s),
+                val_loss: None,
+                val_accuracy: None,
+            });
+            progress.advance(
+                1,
+                &format!("loss {loss_value:.4} lr {lr:.2e} {samples_per_s:.1} samples/s"),
+            );
+
+            let step = run.step;
+            let position = |epoch, batch, run: &Run| Position {
+                global_step: step,
+                epoch,
+                batch,
+                optimizer_steps: run.optimizer.steps(),
+            };
+            let checkpoint = if b + 1 == per_epoch {
+                let v = run.validate(RowKind::Epoch, epoch_no, validation, bs, device)?;
+                progress.println(&format!(
+                    "epoch {epoch_no}: train loss {:.4}, validation loss {:.4}, accuracy {:.4}",
+                    epoch_mean_loss(&run.history, epoch_no),
+                    v.loss,
+                    v.accuracy
+                ));
+                if settings.keep_best
+                    && best_and_last(&run.history).is_some_and(|(b, _)| b.epoch == epoch_no)
+                {
+                    run.best = copies(&run.vars)?;
+                }
+                Some(position(epoch + 1, 0, &run))
+            } else {
+                if settings.eval_every_steps.is_some_and(|k| step % k == 0) {
+                    let v = run.validate(RowKind::Eval, epoch_no, validation, bs, device)?;
+                    progress.println(&format!(
+                        "step {step}: validation loss {:.4}, accuracy {:.4}",
+                        v.loss, v.accuracy
+                    ));
+                }
+                (step % settings.checkpoint_every_steps == 0).then(|| position(epoch, b + 1, &run))
+            };
+            if let Some(position) = checkpoint {
+                let dir = store.write(&run.snapshot(position)?)?;
+                after_checkpoint(&dir, step);
+            }
+        }
+        progress.finish();
+    }
+
+    let (best_row, last_row) = best_and_last(&run.history).context("training ran no epoch")?;
+    let (best_epoch, best, last) = (
+        best_row.epoch,
+        validation_of(best_row),
+        validation_of(last_row),
+    );
+    let mut adapter_epoch = last_row.epoch;
+    if settings.keep_best && best_epoch != adapter_epoch && run.best.len() == run.vars.len() {
+        for (var, t) in run.vars.iter().zip(&run.best) {
+            var.set(t)?;
+        }
+        adapter_epoch = best_epoch;
+    }
+    Ok(TrainOutcome {
+        steps: run.step,
+        best_epoch,
+        best,
+        last,
+        adapter_epoch,
+        samples_per_s: if step_seconds > 0.0 {
+            trained_samples as f64 / step_seconds
+        } else {
+            0.0
+        },
+        wall_time_s: started.elapsed().as_secs_f64(),
+        resumed_from_step,
+        history: run.history,
+    })
+}
