@@ -1,0 +1,140 @@
+//! Tokenizing long texts from a prefix gives exactly the ids of tokenizing
+//! them whole: on real reviews and on texts built to break it at the cut.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use common::{hub_snapshot, FIXTURES};
+use polars::prelude::*;
+use tokenize::encoder;
+
+fn models() -> [PathBuf; 2] {
+    [
+        hub_snapshot("model", "sentence-transformers/all-MiniLM-L6-v2"),
+        hub_snapshot("model", "openai-community/gpt2"),
+    ]
+}
+
+fn assert_same_as_whole(dir: &Path, max_len: usize, texts: &[String]) {
+    let fast = encoder(dir, max_len).unwrap();
+    assert!(fast.cuts_prefixes(), "{}", dir.display());
+    let whole = encoder(dir, max_len).unwrap().with_prefix_cut(false);
+    let (a, b) = (fast.encode(texts).unwrap(), whole.encode(texts).unwrap());
+    assert_eq!(
+        a.truncated,
+        b.truncated,
+        "{} max_len {max_len}",
+        dir.display()
+    );
+    for (row, text) in texts.iter().enumerate() {
+        let span = row * max_len..(row + 1) * max_len;
+        assert_eq!(a.input_ids[span.clone()], b.input_ids[span], "{text:?}");
+    }
+    assert_eq!(a, b);
+}
+
+#[test]
+fn real_reviews_give_the_same_ids() {
+    let file =
+        hub_snapshot("dataset", "stanfordnlp/imdb").join("plain_text/train-00000-of-00001.parquet");
+    let df = ParquetReader::new(std::fs::File::open(file).unwrap())
+        .finish()
+        .unwrap();
+    let texts: Vec<String> = df
+        .column("text")
+        .unwrap()
+        .str()
+        .unwrap()
+        .iter()
+        .take(1000)
+        .map(|t| t.unwrap().to_string())
+        .collect();
+    for dir in models() {
+        for max_len in [32, 128] {
+            assert_same_as_whole(&dir, max_len, &texts);
+        }
+    }
+}
+
+#[test]
+fn texts_made_to_break_at_the_cut_give_the_same_ids() {
+    // Whitespace runs and kinds, controls BERT drops, accents and combining
+    // marks, CJK, long words, contractions, digits, added tokens.
+    const PIECES: &[&str] = &[
+        "film",
+        " ",
+        "  ",
+        "   ",
+        "\t",
+        "\n",
+        " \n ",
+        "\u{a0}",
+        "\u{3000}",
+        "\u{c}",
+        "\u{0}",
+        "e\u{301}",
+        "\u{301}",
+        "Café",
+        "naïve",
+        "映画",
+        "好",
+        "'s",
+        "'ll",
+        "n't",
+        "!!!",
+        "?!",
+        "...",
+        "—",
+        "1984",
+        "3.5",
+        "<|endoftext|>",
+        "[SEP]",
+        "[MASK]",
+        "<br /><br />",
+        "antidisestablishmentarianism",
+        "x",
+        "😀",
+        "\u{200b}",
+        "\r\n",
+        "\n\n\n\n\n\n\n",
+        "        ",
+        "\t\t\t\t",
+        " \t \n  ",
+    ];
+    let mut state = 0x2545_f491_4f6c_dd1d_u64;
+    let mut next = move |n: usize| {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        (state % n as u64) as usize
+    };
+    let texts: Vec<String> = (0..2000)
+        .map(|_| {
+            (0..10 + next(120))
+                .map(|_| PIECES[next(PIECES.len())])
+                .collect()
+        })
+        .collect();
+    for dir in models()
+        .into_iter()
+        .chain(["bert", "gpt2"].map(|m| Path::new(FIXTURES).join(format!("{m}-tiny-lora/base"))))
+    {
+        for max_len in [4, 5, 8, 13, 24] {
+            assert_same_as_whole(&dir, max_len, &texts);
+        }
+    }
+}
+
+#[test]
+fn other_pre_tokenizers_are_tokenized_whole() {
+    let tmp = tempfile::tempdir().unwrap();
+    let base = Path::new(FIXTURES).join("bert-tiny-lora/base");
+    std::fs::copy(base.join("config.json"), tmp.path().join("config.json")).unwrap();
+    let mut json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(base.join("tokenizer.json")).unwrap())
+            .unwrap();
+    json["pre_tokenizer"] = serde_json::json!({"type": "Metaspace", "replacement": "▁", "prepend_scheme": "always", "split": true});
+    std::fs::write(tmp.path().join("tokenizer.json"), json.to_string()).unwrap();
+    assert!(!encoder(tmp.path(), 16).unwrap().cuts_prefixes());
+}
