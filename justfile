@@ -63,6 +63,16 @@ smoke: build
     done
     "{{bin}}/predict" --config {{config}} "${sets[@]}" "A wonderful, moving film." "Dull and far too long."
 
+# Build train/evaluate/predict with CUDA for Hopper GPUs → target/cuda/release (toolkit from PyPI wheels in .cuda/).
+build-cuda:
+    #!/usr/bin/env bash
+    set -euo pipefail
+    cargo fetch --quiet
+    cuda_home=$(scripts/cuda-toolkit.sh .cuda | sed -n 's/^CUDA_HOME=//p')
+    export CUDA_HOME=$cuda_home PATH=$cuda_home/bin:$PATH CUDA_COMPUTE_CAP=90
+    cargo build --release --features cuda -p train -p evaluate --target-dir target/cuda
+    ls -la target/cuda/release/{train,evaluate,predict}
+
 # Run the whole test suite.
 test:
     cargo test --release --workspace

@@ -15,6 +15,14 @@ use pipeline::{Config, Layout, StageId};
 
 use crate::{ImageFormat, ReportInputs};
 
+/// A config enum as pipeline.yaml spells it.
+fn yaml_name<T: serde::Serialize>(value: &T) -> String {
+    serde_json::to_value(value)
+        .ok()
+        .and_then(|v| v.as_str().map(String::from))
+        .unwrap_or_default()
+}
+
 fn read_json<T: serde::de::DeserializeOwned>(path: &std::path::Path) -> Result<T> {
     let text =
         std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
@@ -84,11 +92,11 @@ fn gather(config: &Config, layout: &Layout) -> Result<ReportInputs> {
         (
             "LoRA",
             format!(
-                "r={} alpha={} dropout={} bias={:?} targets={}",
+                "r={} alpha={} dropout={} bias={} targets={}",
                 l.r,
                 l.alpha,
                 l.dropout,
-                l.bias,
+                yaml_name(&l.bias),
                 l.target_modules
                     .as_ref()
                     .map_or("default".into(), |t| t.join(","))
@@ -97,15 +105,21 @@ fn gather(config: &Config, layout: &Layout) -> Result<ReportInputs> {
         (
             "optimizer",
             format!(
-                "{:?} lr={} weight_decay={} batch={} epochs={}",
-                t.optimizer, t.learning_rate, t.weight_decay, t.batch_size, t.epochs
+                "{} lr={} weight_decay={} batch={} epochs={}",
+                yaml_name(&t.optimizer),
+                t.learning_rate,
+                t.weight_decay,
+                t.batch_size,
+                t.epochs
             ),
         ),
         (
             "scheduler",
             format!(
-                "{:?} (warmup {} steps / ratio {})",
-                t.scheduler, t.warmup_steps, t.warmup_ratio
+                "{} (warmup {} steps / ratio {})",
+                yaml_name(&t.scheduler),
+                t.warmup_steps,
+                t.warmup_ratio
             ),
         ),
     ]);
