@@ -2,6 +2,7 @@
 //! for speed), classify tokenized splits or new texts, and compute the
 //! metrics as scikit-learn does.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -12,7 +13,7 @@ use pipeline::atomic::{self, StagingDir};
 use pipeline::cli::Progress;
 use pipeline::encode::TextEncoder;
 use pipeline::predictions::{self, ExamplePrediction, Predictions};
-use pipeline::stamp::{Freshness, StageRun};
+use pipeline::stamp::{self, Freshness, StageRun};
 use pipeline::tokens::TokenSplit;
 use pipeline::{Config, Layout, Split, StageId};
 
@@ -37,12 +38,7 @@ impl Classifier {
     /// Loads the base model and the adapter, and merges the adapter into the
     /// weights (one matmul per layer instead of three).
     pub fn load(config: &Config, choice: &ModelChoice) -> Result<Self> {
-        let model_dir = match &choice.model {
-            Some(dir) => dir.clone(),
-            None => {
-                pipeline::hub::model_dir(&config.model.source, &config.model.revision, true, false)?
-            }
-        };
+        let model_dir = resolve_model_dir(config, choice)?;
         let adapter_dir = match &choice.adapter {
             Some(dir) => dir.clone(),
             None => {
@@ -140,6 +136,61 @@ impl Classifier {
     }
 }
 
+/// The checkpoint folder: `--model DIR`, else `model.source` (through the HF cache).
+fn resolve_model_dir(config: &Config, choice: &ModelChoice) -> Result<PathBuf> {
+    match &choice.model {
+        Some(dir) => Ok(dir.clone()),
+        None => pipeline::hub::model_dir(&config.model.source, &config.model.revision, true, false),
+    }
+}
+
+/// The model files that decide its outputs, by stable name: config.json and the weights,
+/// a single file or every shard of a sharded checkpoint.
+fn model_inputs(dir: &Path) -> Result<Vec<(String, PathBuf)>> {
+    let mut files = vec![("model/config.json".to_string(), dir.join("config.json"))];
+    let single = dir.join("model.safetensors");
+    let index = dir.join("model.safetensors.index.json");
+    if single.exists() {
+        files.push(("model/model.safetensors".into(), single));
+    } else if index.exists() {
+        files.push(("model/model.safetensors.index.json".into(), index.clone()));
+        for shard in pipeline::hub::shard_names(&index)? {
+            files.push((format!("model/{shard}"), dir.join(&shard)));
+        }
+    }
+    // No weights at all: loading the checkpoint says so.
+    Ok(files)
+}
+
+/// This run's adapter was trained on the model whose files the train stamp records: the
+/// upstream check covers train's config and outputs, not its inputs, so a model whose files
+/// changed since (same `model.source`, new weights) would silently get an adapter trained on
+/// other weights.
+fn check_model_is_the_trained_one(
+    layout: &Layout,
+    hashes: &BTreeMap<String, String>,
+    model_dir: &Path,
+) -> Result<()> {
+    let Some(trained) = stamp::read_stamp(&layout.stage_dir(StageId::Train))? else {
+        return Ok(()); // the upstream check already named `just train`
+    };
+    for (name, hash) in trained
+        .inputs
+        .iter()
+        .filter(|(k, _)| k.starts_with("model/"))
+    {
+        if hashes.get(name) != Some(hash) {
+            bail!(
+                "the model's {} changed since `train` ran (model {}): the adapter was trained \
+                 on other weights; run `just train` first",
+                name.trim_start_matches("model/"),
+                model_dir.display()
+            );
+        }
+    }
+    Ok(())
+}
+
 /// softmax(logits)[1] for two logits, computed stably in f64.
 fn positive_probability(logits: &[f32]) -> f64 {
     let d = logits[0] as f64 - logits[1] as f64;
@@ -181,6 +232,7 @@ pub fn encoder_for(config: &Config, model_dir: Option<&Path>) -> Result<TextEnco
 }
 
 /// What `evaluate` did.
+#[derive(Debug)]
 pub enum Outcome {
     UpToDate(PathBuf),
     Evaluated {
@@ -229,12 +281,18 @@ pub fn run(config: &Config, choice: &ModelChoice, force: bool) -> Result<Outcome
             }
         }
     }
-    let classifier = Classifier::load(config, choice)?;
-    for file in ["config.json", "model.safetensors"] {
-        let path = classifier.model_dir.join(file);
+    // Hash the model's files, and load it only when there is work to do.
+    let model_dir = resolve_model_dir(config, choice)?;
+    let mut model_hashes = BTreeMap::new();
+    for (name, path) in model_inputs(&model_dir)? {
         if path.exists() {
-            stage.input_file(&format!("model/{file}"), &path)?;
+            let hash = stamp::hash_file(&path).with_context(|| format!("hashing input {name}"))?;
+            stage.input_hash(&name, hash.clone());
+            model_hashes.insert(name, hash);
         }
+    }
+    if choice.adapter.is_none() {
+        check_model_is_the_trained_one(&layout, &model_hashes, &model_dir)?;
     }
     let dir = stage.dir.clone();
     if !force {
@@ -242,6 +300,13 @@ pub fn run(config: &Config, choice: &ModelChoice, force: bool) -> Result<Outcome
             return Ok(Outcome::UpToDate(dir));
         }
     }
+    let classifier = Classifier::load(
+        config,
+        &ModelChoice {
+            model: Some(model_dir),
+            adapter: choice.adapter.clone(),
+        },
+    )?;
 
     let threshold = config.evaluate.threshold;
     let staged = StagingDir::new(&dir)?;
@@ -271,7 +336,10 @@ pub fn run(config: &Config, choice: &ModelChoice, force: bool) -> Result<Outcome
             Some(&mut progress),
         )?;
         progress.finish();
-        rate = tokens.len() as f64 / started.elapsed().as_secs_f64();
+        let split_rate = tokens.len() as f64 / started.elapsed().as_secs_f64();
+        if split == Split::Test {
+            rate = split_rate;
+        }
         let metrics = metrics::evaluate(&tokens.labels, &probs, threshold)
             .map_err(|e| anyhow::anyhow!("metrics of the {split} split: {e}"))?;
         let ids = tokens
@@ -313,7 +381,7 @@ pub fn run(config: &Config, choice: &ModelChoice, force: bool) -> Result<Outcome
             metrics.classification_report_text.as_bytes(),
         )?;
         println!(
-            "{split} split ({} reviews, {rate:.1} reviews/s):",
+            "{split} split ({} reviews, {split_rate:.1} reviews/s):",
             tokens.len()
         );
         println!("{}", metrics.classification_report_text);

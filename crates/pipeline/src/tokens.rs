@@ -3,7 +3,8 @@
 //! Tensors: `input_ids` [N, max_len] u32, `attention_mask` [N, max_len] u32
 //! (1 = token, 0 = padding), `labels` [N] u32, `rows` [N] u32 (the row of
 //! each review in `data/{split}.parquet`, where its `id` is). The header's
-//! metadata holds `max_len`, `pad_token_id` and `tokenizer` (its source).
+//! metadata entry `tokens` holds JSON with `max_len`, `pad_token_id` and
+//! `tokenizer` (its source).
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -11,6 +12,8 @@ use std::path::Path;
 use anyhow::{bail, Context, Result};
 use safetensors::tensor::{Dtype, TensorView};
 use serde::{Deserialize, Serialize};
+
+const METADATA_KEY: &str = "tokens";
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct TokenSplit {
@@ -58,12 +61,15 @@ impl TokenSplit {
             ("labels", TensorView::new(Dtype::U32, vec![n], &labels)?),
             ("rows", TensorView::new(Dtype::U32, vec![n], &rows)?),
         ];
-        let metadata: HashMap<String, String> = [
-            ("max_len".to_string(), self.max_len.to_string()),
-            ("pad_token_id".to_string(), self.pad_token_id.to_string()),
-            ("tokenizer".to_string(), self.tokenizer.clone()),
-        ]
-        .into();
+        // One metadata entry holding sorted JSON: safetensors keeps metadata in a
+        // HashMap, whose order (and so the file's bytes) would vary run to run.
+        let info = serde_json::json!({
+            "max_len": self.max_len,
+            "pad_token_id": self.pad_token_id,
+            "tokenizer": self.tokenizer,
+        });
+        let metadata: HashMap<String, String> =
+            [(METADATA_KEY.to_string(), info.to_string())].into();
         let bytes = safetensors::serialize(tensors, Some(metadata))?;
         crate::atomic::write_bytes(path, &bytes)
     }
@@ -75,14 +81,25 @@ impl TokenSplit {
         })?;
         let (_, header) = safetensors::SafeTensors::read_metadata(&bytes)
             .with_context(|| format!("{} is not a safetensors file", path.display()))?;
-        let meta = header.metadata().clone().unwrap_or_default();
-        let get = |key: &str| {
-            meta.get(key)
+        let info: serde_json::Value = header
+            .metadata()
+            .as_ref()
+            .and_then(|m| m.get(METADATA_KEY))
+            .and_then(|text| serde_json::from_str(text).ok())
+            .with_context(|| {
+                format!("{}: metadata has no `{METADATA_KEY}` entry", path.display())
+            })?;
+        let field = |key: &str| {
+            info.get(key)
                 .with_context(|| format!("{}: metadata has no `{key}`", path.display()))
         };
-        let max_len: usize = get("max_len")?.parse()?;
-        let pad_token_id: u32 = get("pad_token_id")?.parse()?;
-        let tokenizer = get("tokenizer")?.clone();
+        let max_len = field("max_len")?
+            .as_u64()
+            .context("max_len is not a number")? as usize;
+        let pad_token_id = field("pad_token_id")?
+            .as_u64()
+            .context("pad_token_id is not a number")? as u32;
+        let tokenizer = field("tokenizer")?.as_str().unwrap_or_default().to_string();
         let st = safetensors::SafeTensors::deserialize(&bytes)?;
         let tensor = |name: &str, shape: &[usize]| -> Result<Vec<u32>> {
             let view = st

@@ -51,9 +51,12 @@ fn main() {
         } else {
             bail!("no texts given: pass them as arguments, with --file PATH, or on standard input");
         };
+        if texts.is_empty() {
+            bail!("no texts given (the input was empty): pass them as arguments, with --file PATH, or on standard input");
+        }
         let texts: Vec<String> = texts.into_iter().filter(|t| !t.trim().is_empty()).collect();
         if texts.is_empty() {
-            bail!("the input holds no text to classify (only empty lines)");
+            bail!("the input holds no text to classify (only blank lines)");
         }
         let choice = ModelChoice {
             model: args.model.clone(),

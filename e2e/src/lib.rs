@@ -1,0 +1,165 @@
+//! Test-only crate: the whole pipeline run in-process on tiny inputs (see `tests/`).
+//!
+//! Helpers: a tiny IMDb-like parquet source, a tiny config on the shared fixture's tiny BERT,
+//! the chain of stages with what each one did, and snapshots of the artifacts.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use pipeline::config::ImageFormatSetting;
+use pipeline::{Config, Layout, StageId};
+use polars::prelude::*;
+
+pub const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/fixtures");
+
+/// The fixture's tiny BERT checkpoint (with its classifier head and MiniLM's tokenizer).
+pub fn bert_tiny() -> PathBuf {
+    Path::new(FIXTURES)
+        .join("bert-tiny-lora/base")
+        .canonicalize()
+        .expect("shared/fixtures/bert-tiny-lora/base")
+}
+
+/// A review whose words carry its label, varied by `i` so that no two are alike.
+pub fn review(split: &str, i: usize, label: u8) -> String {
+    const GOOD: [&str; 5] = ["wonderful", "superb", "moving", "brilliant", "delightful"];
+    const BAD: [&str; 5] = ["awful", "boring", "dull", "wooden", "predictable"];
+    let words = if label == 1 { GOOD } else { BAD };
+    let mut text = format!("{split} review {i}: a");
+    for k in 0..(2 + i % 5) {
+        text.push(' ');
+        text.push_str(words[(i + 3 * k) % words.len()]);
+    }
+    text.push_str(" film.");
+    text
+}
+
+/// `dir/{train,test}-00000-of-00001.parquet` (columns text, label), `per_split` reviews each,
+/// labels alternating.
+pub fn parquet_source(dir: &Path, per_split: usize) -> Result<PathBuf> {
+    fs::create_dir_all(dir)?;
+    for split in ["train", "test"] {
+        let labels: Vec<i64> = (0..per_split).map(|i| (i % 2) as i64).collect();
+        let texts: Vec<String> = labels
+            .iter()
+            .enumerate()
+            .map(|(i, &l)| review(split, i, l as u8))
+            .collect();
+        let mut df = DataFrame::new(
+            per_split,
+            vec![
+                Column::new("text".into(), texts),
+                Column::new("label".into(), labels),
+            ],
+        )?;
+        let file = fs::File::create(dir.join(format!("{split}-00000-of-00001.parquet")))?;
+        ParquetWriter::new(file).finish(&mut df)?;
+    }
+    Ok(dir.to_path_buf())
+}
+
+/// A tiny run: artifacts under `artifacts`, reviews from `data` (a [`parquet_source`] of 32
+/// per split: 16 train at `train_fraction` 0.5, 8 validation, 24 test), the fixture's tiny
+/// BERT, 24 tokens, LoRA r=4, two epochs of batches of 4, SVG figures.
+pub fn tiny_config(artifacts: &Path, data: &Path) -> Config {
+    let mut c = Config {
+        seed: 11,
+        artifacts: artifacts.to_path_buf(),
+        ..Config::default()
+    };
+    c.data.source = data.display().to_string();
+    c.data.train_fraction = 0.5;
+    c.data.validation_fraction = 0.25;
+    c.model.source = bert_tiny().display().to_string();
+    c.model.max_len = 24;
+    c.lora.r = 4;
+    c.lora.alpha = 8.0;
+    c.training.learning_rate = 1e-2;
+    c.training.batch_size = 4;
+    c.training.epochs = 2;
+    c.training.checkpoint_every_steps = 3;
+    c.training.device = "cpu".into();
+    c.evaluate.batch_size = 16;
+    c.report.formats = vec![ImageFormatSetting::Svg];
+    c
+}
+
+/// Runs every stage in order, as `just all` does; returns the stages that did work (the
+/// others reported up to date).
+pub fn run_chain(c: &Config) -> Result<Vec<StageId>> {
+    let mut ran = Vec::new();
+    if let data_prep::Outcome::Written { .. } = data_prep::run(c, false).context("data-prep")? {
+        ran.push(StageId::DataPrep);
+    }
+    if let tokenize::Outcome::Ran { .. } = tokenize::run(c, false).context("tokenize")? {
+        ran.push(StageId::Tokenize);
+    }
+    if let train::Outcome::Ran { .. } = train::run(c, false).context("train")? {
+        ran.push(StageId::Train);
+    }
+    let choice = evaluate::ModelChoice::default();
+    if let evaluate::Outcome::Evaluated { .. } =
+        evaluate::run(c, &choice, false).context("evaluate")?
+    {
+        ran.push(StageId::Evaluate);
+    }
+    if report::stage::run(c, false).context("report")?.is_some() {
+        ran.push(StageId::Report);
+    }
+    Ok(ran)
+}
+
+/// Every file under the artifacts root by relative path (`/`-separated), with its bytes.
+pub fn snapshot(c: &Config) -> BTreeMap<String, Vec<u8>> {
+    fn walk(base: &Path, dir: &Path, out: &mut BTreeMap<String, Vec<u8>>) {
+        let Ok(entries) = fs::read_dir(dir) else {
+            return;
+        };
+        for entry in entries {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                walk(base, &path, out);
+            } else {
+                let rel = path.strip_prefix(base).unwrap();
+                let rel: Vec<_> = rel.iter().map(|p| p.to_string_lossy()).collect();
+                out.insert(rel.join("/"), fs::read(&path).unwrap());
+            }
+        }
+    }
+    let mut out = BTreeMap::new();
+    walk(&c.artifacts, &c.artifacts, &mut out);
+    out
+}
+
+/// The files of one stage's folder in a [`snapshot`].
+pub fn stage_files(
+    snapshot: &BTreeMap<String, Vec<u8>>,
+    stage: StageId,
+) -> BTreeMap<String, Vec<u8>> {
+    let prefix = format!("{}/", stage.dir_name());
+    snapshot
+        .iter()
+        .filter(|(k, _)| k.starts_with(&prefix))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect()
+}
+
+/// The paths that differ between two snapshots (added, removed or changed).
+pub fn changed(
+    before: &BTreeMap<String, Vec<u8>>,
+    after: &BTreeMap<String, Vec<u8>>,
+) -> Vec<String> {
+    let mut keys: Vec<&String> = before.keys().chain(after.keys()).collect();
+    keys.sort();
+    keys.dedup();
+    keys.into_iter()
+        .filter(|k| before.get(*k) != after.get(*k))
+        .cloned()
+        .collect()
+}
+
+pub fn stage_dir(c: &Config, stage: StageId) -> PathBuf {
+    Layout::new(&c.artifacts).stage_dir(stage)
+}
