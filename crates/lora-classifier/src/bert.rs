@@ -1,0 +1,169 @@
+//! The body of HF's BertForSequenceClassification: embeddings, post-LayerNorm encoder layers,
+//! pooler (dense + tanh on [CLS]) and the classifier dropout. The head lives in lib.rs.
+
+use anyhow::Result;
+use candle_core::Tensor;
+
+use crate::checkpoint::{activation, BertConfig, Loader};
+use crate::cpu::Act;
+use crate::lora::{Linear, Norm, Part, PartMut};
+use crate::ops::{self, Ctx, KeyMask};
+
+struct Layer {
+    query: Linear,
+    key: Linear,
+    value: Linear,
+    attn_out: Linear,
+    attn_norm: Norm,
+    intermediate: Linear,
+    output: Linear,
+    out_norm: Norm,
+}
+
+pub(crate) struct Bert {
+    word: Tensor,
+    position: Tensor,
+    token_type: Tensor,
+    emb_norm: Norm,
+    layers: Vec<Layer>,
+    pooler: Linear,
+    act: Act,
+    cfg: BertConfig,
+}
+
+/// Dropout sites (the seed of each mask); LoRA branches use a hash of their path.
+fn site(layer: usize, which: u64) -> u64 {
+    ((layer as u64 + 1) << 8) | which
+}
+
+impl Bert {
+    pub fn load(w: &Loader, cfg: &BertConfig) -> Result<Self> {
+        let (h, eps) = (cfg.hidden_size, cfg.layer_norm_eps);
+        let e = "bert.embeddings";
+        let layers = (0..cfg.num_hidden_layers)
+            .map(|i| {
+                let p = format!("bert.encoder.layer.{i}");
+                Ok(Layer {
+                    query: w.linear(&format!("{p}.attention.self.query"), h, h, false)?,
+                    key: w.linear(&format!("{p}.attention.self.key"), h, h, false)?,
+                    value: w.linear(&format!("{p}.attention.self.value"), h, h, false)?,
+                    attn_out: w.linear(&format!("{p}.attention.output.dense"), h, h, false)?,
+                    attn_norm: w.norm(&format!("{p}.attention.output.LayerNorm"), h, eps)?,
+                    intermediate: w.linear(
+                        &format!("{p}.intermediate.dense"),
+                        h,
+                        cfg.intermediate_size,
+                        false,
+                    )?,
+                    output: w.linear(
+                        &format!("{p}.output.dense"),
+                        cfg.intermediate_size,
+                        h,
+                        false,
+                    )?,
+                    out_norm: w.norm(&format!("{p}.output.LayerNorm"), h, eps)?,
+                })
+            })
+            .collect::<Result<_>>()?;
+        Ok(Self {
+            word: w.tensor(&format!("{e}.word_embeddings.weight"), &[cfg.vocab_size, h])?,
+            position: w.tensor(
+                &format!("{e}.position_embeddings.weight"),
+                &[cfg.max_position_embeddings, h],
+            )?,
+            token_type: w.tensor(
+                &format!("{e}.token_type_embeddings.weight"),
+                &[cfg.type_vocab_size, h],
+            )?,
+            emb_norm: w.norm(&format!("{e}.LayerNorm"), h, eps)?,
+            layers,
+            pooler: w.linear("bert.pooler.dense", h, h, false)?,
+            act: activation(&cfg.hidden_act, w.ckpt.dir())?,
+            cfg: cfg.clone(),
+        })
+    }
+
+    /// input_ids [batch, seq] u32 → the classifier's input [batch, hidden].
+    pub fn forward(&self, ids: &Tensor, mask: &KeyMask, ctx: &Ctx) -> candle_core::Result<Tensor> {
+        let (b, n) = ids.dims2()?;
+        let c = &self.cfg;
+        let x = self
+            .word
+            .index_select(&ids.flatten_all()?, 0)?
+            .reshape((b, n, c.hidden_size))?;
+        // HF: (words + token type 0) + positions.
+        let x = x.broadcast_add(&self.token_type.narrow(0, 0, 1)?)?;
+        let x = x.broadcast_add(&self.position.narrow(0, 0, n)?)?;
+        let x = self.emb_norm.forward(&x, ctx)?;
+        let mut x = ops::dropout(&x, ctx.dropout(c.hidden_dropout_prob, 1), ctx)?;
+        let heads = c.num_attention_heads;
+        let scale = 1.0 / ((c.hidden_size / heads) as f64).sqrt();
+        for (i, l) in self.layers.iter().enumerate() {
+            let q = l.query.forward(&x, Act::None, ctx)?;
+            let k = l.key.forward(&x, Act::None, ctx)?;
+            let v = l.value.forward(&x, Act::None, ctx)?;
+            let key = ctx.dropout(c.attention_probs_dropout_prob, site(i, 0));
+            let a = ops::attention(&q, &k, &v, heads, scale, false, mask, key, ctx)?;
+            let a = l.attn_out.forward(&a, Act::None, ctx)?;
+            x = l.attn_norm.forward_add(
+                &a,
+                ctx.dropout(c.hidden_dropout_prob, site(i, 1)),
+                &x,
+                ctx,
+            )?;
+            let h = l.intermediate.forward(&x, self.act, ctx)?;
+            let h = l.output.forward(&h, Act::None, ctx)?;
+            x = l.out_norm.forward_add(
+                &h,
+                ctx.dropout(c.hidden_dropout_prob, site(i, 2)),
+                &x,
+                ctx,
+            )?;
+        }
+        let cls = x.narrow(1, 0, 1)?.squeeze(1)?;
+        let pooled = self.pooler.forward(&cls, Act::None, ctx)?.tanh()?;
+        let p = c.classifier_dropout.unwrap_or(c.hidden_dropout_prob);
+        ops::dropout(&pooled, ctx.dropout(p, 2), ctx)
+    }
+
+    pub fn parts(&self) -> Vec<Part<'_>> {
+        let mut v = vec![
+            Part::Tensor(&self.word),
+            Part::Tensor(&self.position),
+            Part::Tensor(&self.token_type),
+            Part::Norm(&self.emb_norm),
+        ];
+        for l in &self.layers {
+            v.extend([
+                Part::Linear(&l.query),
+                Part::Linear(&l.key),
+                Part::Linear(&l.value),
+                Part::Linear(&l.attn_out),
+                Part::Norm(&l.attn_norm),
+                Part::Linear(&l.intermediate),
+                Part::Linear(&l.output),
+                Part::Norm(&l.out_norm),
+            ]);
+        }
+        v.push(Part::Linear(&self.pooler));
+        v
+    }
+
+    pub fn parts_mut(&mut self) -> Vec<PartMut<'_>> {
+        let mut v = vec![PartMut::Norm(&mut self.emb_norm)];
+        for l in &mut self.layers {
+            v.extend([
+                PartMut::Linear(&mut l.query),
+                PartMut::Linear(&mut l.key),
+                PartMut::Linear(&mut l.value),
+                PartMut::Linear(&mut l.attn_out),
+                PartMut::Norm(&mut l.attn_norm),
+                PartMut::Linear(&mut l.intermediate),
+                PartMut::Linear(&mut l.output),
+                PartMut::Norm(&mut l.out_norm),
+            ]);
+        }
+        v.push(PartMut::Linear(&mut self.pooler));
+        v
+    }
+}

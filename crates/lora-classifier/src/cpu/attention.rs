@@ -1,0 +1,223 @@
+//! Multi-head attention as one op: each (batch, head) pair is a rayon task whose GEMMs read
+//! that head's columns of Q, K and V in place, so no head transposes or copies are made.
+
+use std::sync::{Arc, Mutex};
+
+use candle_core::{bail, CpuStorage, CustomOp3, Device, Layout, Result, Shape, Storage, Tensor};
+use rayon::prelude::*;
+
+use super::simd::{dropout_into, softmax_backward_row, softmax_rows};
+use super::{gemm_raw, uninit, DropKey, Mat, SendPtr};
+
+/// Scaled dot-product attention over q, k, v [batch, seq, hidden] (views with unit column
+/// stride and any row stride, e.g. slices of GPT-2's fused QKV), with an additive key mask,
+/// optionally causal, with dropout on the probabilities. Output [batch, seq, hidden].
+pub(crate) struct Attention {
+    pub heads: usize,
+    pub scale: f32,
+    pub causal: bool,
+    /// [batch, seq] additive bias on the keys (0 or `ops::MASKED`).
+    pub mask: Arc<Vec<f32>>,
+    pub dropout: Option<DropKey>,
+    /// Keep the probabilities for the backward pass (when an input needs a gradient).
+    pub save: bool,
+    probs: Mutex<Vec<f32>>,
+}
+
+impl Attention {
+    pub fn new(heads: usize, scale: f32, causal: bool, mask: Arc<Vec<f32>>) -> Self {
+        Self {
+            heads,
+            scale,
+            causal,
+            mask,
+            dropout: None,
+            save: false,
+            probs: Mutex::new(Vec::new()),
+        }
+    }
+}
+
+/// A [batch, seq, hidden] input: its data from `start`, batch and row strides.
+#[derive(Clone, Copy)]
+struct Rows<'a> {
+    data: &'a [f32],
+    batch: usize,
+    row: usize,
+}
+
+impl<'a> Rows<'a> {
+    fn new(s: &'a CpuStorage, l: &Layout) -> Result<(Self, [usize; 3])> {
+        let data = s.as_slice::<f32>()?;
+        let (&[b, n, h], &[sb, sr, 1]) = (l.dims(), l.stride()) else {
+            bail!("attention: expected [batch, seq, hidden] inputs with unit column stride")
+        };
+        let data = &data[l.start_offset()..];
+        if (b - 1) * sb + (n - 1) * sr + h > data.len() {
+            bail!("attention: layout out of bounds")
+        }
+        Ok((
+            Self {
+                data,
+                batch: sb,
+                row: sr,
+            },
+            [b, n, h],
+        ))
+    }
+
+    /// Head columns [col, col + d) of batch b: an n × d matrix.
+    fn head(&self, b: usize, col: usize, n: usize, d: usize) -> Mat<'a> {
+        Mat::strided(&self.data[b * self.batch + col..], n, d, self.row)
+    }
+}
+
+fn inputs<'a>(t: [(&'a CpuStorage, &'a Layout); 3]) -> Result<([Rows<'a>; 3], [usize; 3])> {
+    let (q, dq) = Rows::new(t[0].0, t[0].1)?;
+    let (k, dk) = Rows::new(t[1].0, t[1].1)?;
+    let (v, dv) = Rows::new(t[2].0, t[2].1)?;
+    if dq != dk || dq != dv {
+        bail!("attention: q, k, v shapes differ: {dq:?} {dk:?} {dv:?}")
+    }
+    Ok(([q, k, v], dq))
+}
+
+fn cpu<'a>(t: &'a candle_core::StorageRef<'_>) -> Result<&'a CpuStorage> {
+    match &**t {
+        Storage::Cpu(s) => Ok(s),
+        _ => bail!("attention: tensor is not on the cpu"),
+    }
+}
+
+impl CustomOp3 for Attention {
+    fn name(&self) -> &'static str {
+        "attention"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let ([q, k, v], [b, n, hid]) = inputs([(s1, l1), (s2, l2), (s3, l3)])?;
+        let (h, d) = (self.heads, hid / self.heads);
+        let mut out = uninit(b * n * hid);
+        let mut probs = if self.save {
+            uninit(b * h * n * n)
+        } else {
+            Vec::new()
+        };
+        let (out_p, probs_p) = (SendPtr(out.as_mut_ptr()), SendPtr(probs.as_mut_ptr()));
+        (0..b * h).into_par_iter().for_each_init(
+            || (vec![0f32; n * n], vec![0f32; n * n]),
+            |(scratch, dropped), t| {
+                let (bi, hi) = (t / h, t % h);
+                let p: &mut [f32] = if self.save {
+                    // SAFETY: task t alone writes probs[t·n², (t+1)·n²).
+                    unsafe { std::slice::from_raw_parts_mut(probs_p.add(t * n * n), n * n) }
+                } else {
+                    scratch
+                };
+                let (qh, kh, vh) = (
+                    q.head(bi, hi * d, n, d),
+                    k.head(bi, hi * d, n, d),
+                    v.head(bi, hi * d, n, d),
+                );
+                // S = scale · Q·Kᵀ
+                super::gemm(p, false, qh, kh.t(), self.scale, false);
+                softmax_rows(p, n, &self.mask[bi * n..(bi + 1) * n], self.causal);
+                let pd: &[f32] = match self.dropout {
+                    Some(key) => {
+                        dropout_into(p, dropped, t * n * n, key);
+                        dropped
+                    }
+                    None => p,
+                };
+                // O = P_d·V into this head's columns of the output.
+                // SAFETY: task t alone writes columns [hi·d, (hi+1)·d) of batch bi's rows.
+                unsafe {
+                    gemm_raw(
+                        out_p.add(bi * n * hid + hi * d),
+                        hid,
+                        false,
+                        Mat::of(pd, n, n),
+                        vh,
+                        1.0,
+                        false,
+                    )
+                };
+            },
+        );
+        if self.save {
+            *self.probs.lock().unwrap() = probs;
+        }
+        Ok((CpuStorage::F32(out), Shape::from((b, n, hid))))
+    }
+
+    fn bwd(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let probs = self.probs.lock().unwrap();
+        if probs.is_empty() {
+            bail!("attention: backward pass without saved probabilities")
+        }
+        let grad = grad.contiguous()?;
+        let (gs, gl) = grad.storage_and_layout();
+        let (qs, ql) = q.storage_and_layout();
+        let (ks, kl) = k.storage_and_layout();
+        let (vs, vl) = v.storage_and_layout();
+        let ([q, k, v], [b, n, hid]) = inputs([(cpu(&qs)?, ql), (cpu(&ks)?, kl), (cpu(&vs)?, vl)])?;
+        let (go, _) = Rows::new(cpu(&gs)?, gl)?;
+        let (h, d) = (self.heads, hid / self.heads);
+        let mut grads = [
+            uninit(b * n * hid),
+            uninit(b * n * hid),
+            uninit(b * n * hid),
+        ];
+        let [dq, dk, dv] = grads.each_mut().map(|g| SendPtr(g.as_mut_ptr()));
+        (0..b * h).into_par_iter().for_each_init(
+            || (vec![0f32; n * n], vec![0f32; n * n]),
+            |(ds, dropped), t| {
+                let (bi, hi) = (t / h, t % h);
+                let p = &probs[t * n * n..(t + 1) * n * n];
+                let pd: &[f32] = match self.dropout {
+                    Some(key) => {
+                        dropout_into(p, dropped, t * n * n, key);
+                        dropped
+                    }
+                    None => p,
+                };
+                let (qh, kh, vh) = (
+                    q.head(bi, hi * d, n, d),
+                    k.head(bi, hi * d, n, d),
+                    v.head(bi, hi * d, n, d),
+                );
+                let gh = go.head(bi, hi * d, n, d);
+                // dP_d = dO·Vᵀ, then the softmax (and dropout) backward in place: dS.
+                super::gemm(ds, false, gh, vh.t(), 1.0, false);
+                for ((g, p), pd) in ds.chunks_mut(n).zip(p.chunks(n)).zip(pd.chunks(n)) {
+                    softmax_backward_row(g, p, pd, self.scale);
+                }
+                let (ds, pd) = (Mat::of(ds, n, n), Mat::of(pd, n, n));
+                let at = bi * n * hid + hi * d;
+                // SAFETY: task t alone writes columns [hi·d, (hi+1)·d) of batch bi's rows.
+                unsafe {
+                    gemm_raw(dv.add(at), hid, false, pd.t(), gh, 1.0, false); // dV = P_dᵀ·dO
+                    gemm_raw(dq.add(at), hid, false, ds, kh, 1.0, false); // dQ = dS·K
+                    gemm_raw(dk.add(at), hid, false, ds.t(), qh, 1.0, false); // dK = dSᵀ·Q
+                }
+            },
+        );
+        let [dq, dk, dv] = grads.map(|g| Tensor::from_vec(g, (b, n, hid), &Device::Cpu));
+        Ok((Some(dq?), Some(dk?), Some(dv?)))
+    }
+}

@@ -1,0 +1,512 @@
+//! A transformer sequence classifier (HF's BertForSequenceClassification or
+//! GPT2ForSequenceClassification) with PEFT-compatible LoRA adapters, on candle.
+//!
+//! - `checkpoint`: a Hugging Face checkpoint folder (config.json + safetensors).
+//! - `bert`, `gpt2`: the model bodies, computed as transformers computes them.
+//! - `lora`: frozen layers with LoRA branches, PEFT's target matching and parameter names.
+//! - `adapter`: PEFT's adapter format (adapter_config.json + adapter_model.safetensors).
+//! - `ops`, `cpu`: the differentiable building blocks; fused f32 CPU kernels with exact
+//!   backward passes, and composed candle ops on other devices and dtypes.
+//!
+//! ```no_run
+//! use std::path::Path;
+//! use candle_core::{DType, Device, Tensor};
+//! use lora_classifier::{Checkpoint, LoraBias, LoraSettings, Mode, SequenceClassifier};
+//! # fn main() -> anyhow::Result<()> {
+//! lora_classifier::tune_cpu_runtime();
+//! let ckpt = Checkpoint::open(Path::new("…/snapshots/<rev>"))?;
+//! let lora = LoraSettings {
+//!     r: 8, alpha: 32.0, dropout: 0.1, bias: LoraBias::None,
+//!     target_modules: vec![], // the model type's default: query, value / c_attn
+//!     layer_norm: false, use_rslora: false,
+//! };
+//! let model = SequenceClassifier::new(&ckpt, Some(&lora), 42, &Device::Cpu, DType::F32)?;
+//! println!("{}", model.parameter_counts());
+//! let ids = Tensor::new(&[[101u32, 2307, 3185, 102]], &Device::Cpu)?;
+//! let mask = Tensor::ones((1, 4), DType::U32, &Device::Cpu)?;
+//! let logits = model.forward(&ids, &mask, Mode::Train { dropout_seed: 7 })?;
+//! let loss = candle_nn::loss::cross_entropy(&logits, &Tensor::new(&[1u32], &Device::Cpu)?)?;
+//! let grads = loss.backward()?;
+//! for (_name, var) in model.trainable() {
+//!     let _grad = grads.get(&var); // … an optimizer step
+//! }
+//! model.save_adapter(Path::new("adapter"))?;
+//! # Ok(())
+//! # }
+//! ```
+
+mod adapter;
+mod bert;
+mod checkpoint;
+mod cpu;
+mod gpt2;
+mod lora;
+mod ops;
+
+use std::fmt;
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::{bail, Result};
+use candle_core::{DType, Device, Tensor, Var};
+
+pub use checkpoint::Checkpoint;
+use checkpoint::{Config, Loader};
+use lora::{Part, PartMut};
+use ops::{Ctx, KeyMask, MASKED};
+
+/// LoRA hyper-parameters, as in PEFT's LoraConfig.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LoraSettings {
+    pub r: usize,
+    pub alpha: f64,
+    pub dropout: f64,
+    pub bias: LoraBias,
+    /// PEFT's list matching: a module matches when its path equals a name or ends with "." +
+    /// name. Empty: the checkpoint's `default_target_modules()` (as PEFT does).
+    pub target_modules: Vec<String>,
+    /// A LayerNorm on the LoRA branch output before scaling (not a PEFT option; see `lora.rs`).
+    pub layer_norm: bool,
+    pub use_rslora: bool,
+}
+
+impl LoraSettings {
+    /// s = alpha / r, or alpha / √r with rsLoRA.
+    pub fn scale(&self) -> f64 {
+        if self.use_rslora {
+            self.alpha / (self.r as f64).sqrt()
+        } else {
+            self.alpha / self.r as f64
+        }
+    }
+}
+
+/// Which biases train, as PEFT's `bias`: none; all (every parameter named `*bias*`, LayerNorms
+/// included); lora_only (the biases of the layers that have LoRA).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LoraBias {
+    None,
+    All,
+    LoraOnly,
+}
+
+impl LoraBias {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LoraBias::None => "none",
+            LoraBias::All => "all",
+            LoraBias::LoraOnly => "lora_only",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Architecture {
+    Bert,
+    Gpt2,
+}
+
+/// How `forward` runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Dropout off; the result is differentiable (for evaluation losses and gradient checks).
+    Eval,
+    /// Dropout on, its masks drawn from `dropout_seed` (derive it from the run seed and the
+    /// global step: the same seed gives the same masks on any device or thread count).
+    Train { dropout_seed: u64 },
+    /// Like `Eval` but builds no autograd graph: faster, less memory; `backward` on its output
+    /// gives no gradients.
+    Inference,
+}
+
+/// Which implementation of the building blocks runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Kernels {
+    /// Fused kernels for f32 on the CPU, composed candle ops elsewhere.
+    #[default]
+    Auto,
+    /// Composed candle ops everywhere (what non-CPU devices run; for tests).
+    Composed,
+}
+
+/// Parameter counts as PEFT's `print_trainable_parameters` reports them: "all" counts every
+/// parameter of the PEFT model, i.e. the base model (with its original head), the LoRA
+/// matrices and the trainable copy of the head (`modules_to_save`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ParameterCounts {
+    pub trainable: usize,
+    pub all: usize,
+}
+
+impl fmt::Display for ParameterCounts {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let pct = 100.0 * self.trainable as f64 / self.all.max(1) as f64;
+        write!(
+            f,
+            "trainable params: {} || all params: {} || trainable%: {pct:.4}",
+            thousands(self.trainable),
+            thousands(self.all)
+        )
+    }
+}
+
+fn thousands(n: usize) -> String {
+    let s = n.to_string();
+    let mut out = String::new();
+    for (i, c) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// CPU runtime settings for a process that trains or runs this model; call it first thing in
+/// `main`, before other threads start (it sets an environment variable).
+///
+/// - glibc's malloc keeps freed buffers of up to 32 MiB instead of returning them to the
+///   kernel: otherwise every step maps, page-faults and zeroes its activations anew.
+/// - `CANDLE_NUM_THREADS=1` (unless set): candle's own pool for elementwise ops (used by its
+///   autograd to add up gradients) then runs them inline; its spinning workers otherwise
+///   compete with rayon's, which run the GEMMs and the fused kernels, for the cores.
+pub fn tune_cpu_runtime() {
+    if std::env::var_os("CANDLE_NUM_THREADS").is_none() {
+        std::env::set_var("CANDLE_NUM_THREADS", "1");
+    }
+    cpu::keep_freed_memory();
+}
+
+enum Body {
+    Bert(bert::Bert),
+    Gpt2(gpt2::Gpt2),
+}
+
+/// The classification head, trained in full (PEFT's `modules_to_save`), always f32.
+struct Head {
+    /// "classifier" (BERT) or "score" (GPT-2, no bias).
+    module: &'static str,
+    weight: Var,
+    bias: Option<Var>,
+}
+
+impl Head {
+    fn load(ckpt: &Checkpoint, seed: u64, device: &Device) -> Result<Self> {
+        let (module, hidden, labels) = (ckpt.head_module(), ckpt.hidden_size(), ckpt.num_labels());
+        let has_bias = ckpt.architecture() == Architecture::Bert;
+        let f32_tensor = |name: &str, shape: &[usize]| ckpt.load(name, shape, device, DType::F32);
+        let (weight, bias) = if ckpt.has_head() {
+            let w = f32_tensor(&format!("{module}.weight"), &[labels, hidden])?;
+            let b = has_bias
+                .then(|| f32_tensor(&format!("{module}.bias"), &[labels]))
+                .transpose()?;
+            (w, b)
+        } else {
+            // A base model: a fresh head as HF initialises it.
+            let std = match &ckpt.config {
+                Config::Bert(c) => c.initializer_range,
+                Config::Gpt2(c) => c.initializer_range,
+            };
+            let w = lora::normal((labels, hidden), std, seed ^ lora::fnv1a(module), device)?;
+            let b = has_bias
+                .then(|| Tensor::zeros(labels, DType::F32, device))
+                .transpose()?;
+            (w, b)
+        };
+        Ok(Self {
+            module,
+            weight: Var::from_tensor(&weight)?,
+            bias: bias.map(|b| Var::from_tensor(&b)).transpose()?,
+        })
+    }
+
+    fn forward(&self, x: &Tensor, ctx: &Ctx) -> candle_core::Result<Tensor> {
+        let y = x
+            .to_dtype(DType::F32)?
+            .matmul(&ctx.param(&self.weight).t()?)?;
+        match &self.bias {
+            Some(b) => y.broadcast_add(&ctx.param(b)),
+            None => Ok(y),
+        }
+    }
+
+    fn elem_count(&self) -> usize {
+        self.weight.elem_count() + self.bias.as_ref().map_or(0, |b| b.elem_count())
+    }
+}
+
+/// A sequence classifier on a loaded checkpoint, optionally with LoRA.
+pub struct SequenceClassifier {
+    arch: Architecture,
+    body: Body,
+    head: Head,
+    lora: Option<LoraSettings>,
+    name_or_path: String,
+    pad_token_id: u32,
+    vocab_size: usize,
+    max_positions: usize,
+    kernels: Kernels,
+}
+
+impl SequenceClassifier {
+    /// `seed` initialises a fresh head (when the checkpoint has none) and the LoRA A matrices.
+    /// With `lora = None` the base model is frozen and only the head trains. On the CPU this
+    /// also tunes glibc's malloc to keep freed buffers (see `tune_cpu_runtime`).
+    pub fn new(
+        ckpt: &Checkpoint,
+        lora: Option<&LoraSettings>,
+        seed: u64,
+        device: &Device,
+        weight_dtype: DType,
+    ) -> Result<Self> {
+        if !weight_dtype.is_float() {
+            bail!("weight dtype must be a float type, got {weight_dtype:?}")
+        }
+        if device.is_cpu() {
+            cpu::keep_freed_memory();
+        }
+        let loader = Loader {
+            ckpt,
+            device,
+            dtype: weight_dtype,
+        };
+        let body = match &ckpt.config {
+            Config::Bert(c) => Body::Bert(bert::Bert::load(&loader, c)?),
+            Config::Gpt2(c) => Body::Gpt2(gpt2::Gpt2::load(&loader, c)?),
+        };
+        let mut model = Self {
+            arch: ckpt.architecture(),
+            body,
+            head: Head::load(ckpt, seed, device)?,
+            lora: None,
+            name_or_path: ckpt.name_or_path().to_string(),
+            pad_token_id: ckpt.pad_token_id(),
+            vocab_size: ckpt.vocab_size(),
+            max_positions: ckpt.max_positions(),
+            kernels: Kernels::Auto,
+        };
+        if let Some(s) = lora {
+            let mut s = s.clone();
+            if s.target_modules.is_empty() {
+                s.target_modules = ckpt.default_target_modules();
+            }
+            let arch = model.arch_name();
+            lora::apply(model.parts_mut(), &s, seed, arch)?;
+            model.lora = Some(s);
+        }
+        Ok(model)
+    }
+
+    /// Loads a PEFT LoRA adapter folder (ours or PEFT's) onto the checkpoint.
+    pub fn load_adapter(
+        ckpt: &Checkpoint,
+        adapter_dir: &Path,
+        device: &Device,
+        weight_dtype: DType,
+    ) -> Result<Self> {
+        adapter::load(ckpt, adapter_dir, device, weight_dtype)
+    }
+
+    /// Writes `adapter_config.json` + `adapter_model.safetensors` as PEFT's save_pretrained
+    /// does; the folder is replaced whole, never left half-written.
+    pub fn save_adapter(&self, dir: &Path) -> Result<()> {
+        adapter::save(self, dir)
+    }
+
+    /// input_ids, attention_mask: [batch, seq] u32 (or i64) → logits [batch, num_labels] f32.
+    pub fn forward(
+        &self,
+        input_ids: &Tensor,
+        attention_mask: &Tensor,
+        mode: Mode,
+    ) -> candle_core::Result<Tensor> {
+        let (b, n) = input_ids.dims2()?;
+        if attention_mask.dims() != [b, n] {
+            candle_core::bail!(
+                "attention_mask {:?} does not match input_ids [{b}, {n}]",
+                attention_mask.dims()
+            )
+        }
+        if n == 0 || n > self.max_positions {
+            candle_core::bail!("sequence length {n} is not in 1..={}", self.max_positions)
+        }
+        let ids = input_ids.to_dtype(DType::U32)?;
+        let host_ids = ids.to_vec2::<u32>()?;
+        if let Some(&bad) = host_ids
+            .iter()
+            .flatten()
+            .find(|&&t| t as usize >= self.vocab_size)
+        {
+            candle_core::bail!(
+                "token id {bad} is out of the vocabulary (size {})",
+                self.vocab_size
+            )
+        }
+        let bias: Vec<f32> = attention_mask
+            .to_dtype(DType::U32)?
+            .flatten_all()?
+            .to_vec1::<u32>()?
+            .into_iter()
+            .map(|m| if m == 0 { MASKED } else { 0.0 })
+            .collect();
+        let mask = KeyMask {
+            bias: Arc::new(bias),
+            batch: b,
+            seq: n,
+        };
+        let ctx = Ctx {
+            fused: self.kernels == Kernels::Auto,
+            dropout_seed: match mode {
+                Mode::Train { dropout_seed } => Some(dropout_seed),
+                _ => None,
+            },
+            detach: mode == Mode::Inference,
+        };
+        let features = match &self.body {
+            Body::Bert(m) => m.forward(&ids, &mask, &ctx)?,
+            Body::Gpt2(m) => {
+                let hidden = m.forward(&ids, &mask, &ctx)?;
+                // HF: the rightmost token that is not the pad token (0 for a row of pads).
+                let rows: Vec<u32> = host_ids
+                    .iter()
+                    .enumerate()
+                    .map(|(i, row)| {
+                        let last = row
+                            .iter()
+                            .rposition(|&t| t != self.pad_token_id)
+                            .unwrap_or(0);
+                        (i * n + last) as u32
+                    })
+                    .collect();
+                let rows = Tensor::from_vec(rows, b, hidden.device())?;
+                hidden
+                    .reshape((b * n, hidden.dim(2)?))?
+                    .index_select(&rows, 0)?
+            }
+        };
+        self.head.forward(&features, &ctx)
+    }
+
+    /// Trainable parameters by PEFT's in-memory names (e.g.
+    /// "base_model.model.bert.encoder.layer.0.attention.self.query.lora_A.default.weight",
+    /// "base_model.model.classifier.modules_to_save.default.weight"), in PEFT's order.
+    pub fn trainable(&self) -> Vec<(String, Var)> {
+        let mut out = Vec::new();
+        for part in self.parts() {
+            match part {
+                Part::Linear(l) => l.trainable(&mut out),
+                Part::Norm(n) => n.trainable(&mut out),
+                Part::Tensor(_) => {}
+            }
+        }
+        let p = format!(
+            "base_model.model.{}.modules_to_save.default",
+            self.head.module
+        );
+        out.push((format!("{p}.weight"), self.head.weight.clone()));
+        if let Some(b) = &self.head.bias {
+            out.push((format!("{p}.bias"), b.clone()));
+        }
+        out
+    }
+
+    /// Counts as PEFT's print_trainable_parameters (Display prints its line).
+    pub fn parameter_counts(&self) -> ParameterCounts {
+        let (mut all, mut trainable) = (0, 0);
+        for part in self.parts() {
+            let (a, t) = match part {
+                Part::Linear(l) => l.counts(),
+                Part::Norm(n) => n.counts(),
+                Part::Tensor(t) => (t.elem_count(), 0),
+            };
+            all += a;
+            trainable += t;
+        }
+        let head = self.head.elem_count();
+        // PEFT keeps the original head (frozen) beside its trainable copy.
+        let copies = if self.lora.is_some() { 2 } else { 1 };
+        ParameterCounts {
+            trainable: trainable + head,
+            all: all + copies * head,
+        }
+    }
+
+    /// Folds s·B·A into the frozen weights (fast inference); LoRA branches are then skipped,
+    /// so the LoRA matrices get no gradients until `unmerge`. Fails with `layer_norm`.
+    pub fn merge(&mut self) -> candle_core::Result<()> {
+        for part in self.parts_mut() {
+            if let PartMut::Linear(l) = part {
+                l.merge()?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Restores the unmerged weights exactly.
+    pub fn unmerge(&mut self) -> candle_core::Result<()> {
+        for part in self.parts_mut() {
+            if let PartMut::Linear(l) = part {
+                l.unmerge();
+            }
+        }
+        Ok(())
+    }
+
+    pub fn is_merged(&self) -> bool {
+        self.parts()
+            .iter()
+            .any(|p| matches!(p, Part::Linear(l) if l.is_merged()))
+    }
+
+    /// Paths of the linear layers LoRA can target (the head excluded).
+    pub fn linear_layer_names(&self) -> Vec<String> {
+        let parts = self.parts();
+        parts
+            .iter()
+            .filter_map(|p| {
+                if let Part::Linear(l) = p {
+                    Some(l.path.clone())
+                } else {
+                    None
+                }
+            })
+            .collect()
+    }
+
+    pub fn architecture(&self) -> Architecture {
+        self.arch
+    }
+
+    pub fn lora_settings(&self) -> Option<&LoraSettings> {
+        self.lora.as_ref()
+    }
+
+    pub fn num_labels(&self) -> usize {
+        self.head.weight.dims()[0]
+    }
+
+    pub fn set_kernels(&mut self, kernels: Kernels) {
+        self.kernels = kernels;
+    }
+
+    fn arch_name(&self) -> &'static str {
+        match self.arch {
+            Architecture::Bert => "bert",
+            Architecture::Gpt2 => "gpt2",
+        }
+    }
+
+    fn parts(&self) -> Vec<Part<'_>> {
+        match &self.body {
+            Body::Bert(m) => m.parts(),
+            Body::Gpt2(m) => m.parts(),
+        }
+    }
+
+    fn parts_mut(&mut self) -> Vec<PartMut<'_>> {
+        match &mut self.body {
+            Body::Bert(m) => m.parts_mut(),
+            Body::Gpt2(m) => m.parts_mut(),
+        }
+    }
+}

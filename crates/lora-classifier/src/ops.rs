@@ -1,0 +1,286 @@
+//! Differentiable building blocks. Each uses the fused kernel of `cpu` for f32 tensors on the
+//! CPU and otherwise composes stock candle ops (any device and dtype, candle's autograd).
+
+use std::sync::Arc;
+
+use candle_core::{bail, DType, Result, Tensor, Var, D};
+
+use crate::cpu::{self, Act, DropKey};
+
+/// Added to the attention scores of masked keys. HF adds finfo.min; any value this negative
+/// gives the same probabilities, and two of them still add up to a finite number.
+pub(crate) const MASKED: f32 = -1e30;
+
+/// What one forward pass runs with.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Ctx {
+    /// Use the fused CPU kernels where they apply.
+    pub fused: bool,
+    /// Some(seed) in training mode: dropout is active.
+    pub dropout_seed: Option<u64>,
+    /// Read trainable parameters as plain tensors: no autograd graph (inference).
+    pub detach: bool,
+}
+
+impl Ctx {
+    pub fn param(&self, v: &Var) -> Tensor {
+        if self.detach {
+            v.as_detached_tensor()
+        } else {
+            v.as_tensor().clone()
+        }
+    }
+
+    /// The dropout mask key of a dropout site, None when dropout is off.
+    pub fn dropout(&self, p: f64, site: u64) -> Option<DropKey> {
+        match self.dropout_seed {
+            Some(seed) if p > 0.0 => Some(DropKey::new(p, seed, site)),
+            _ => None,
+        }
+    }
+
+    fn fused_for(&self, ts: &[&Tensor]) -> bool {
+        self.fused
+            && ts
+                .iter()
+                .all(|t| t.device().is_cpu() && t.dtype() == DType::F32)
+    }
+}
+
+/// A frozen weight, stored [out, in] (nn.Linear) or [in, out] (GPT-2's Conv1D), and its bias.
+#[derive(Clone, Copy)]
+pub(crate) struct Frozen<'a> {
+    pub w: &'a Tensor,
+    pub b: Option<&'a Tensor>,
+    pub conv1d: bool,
+}
+
+impl Frozen<'_> {
+    /// (out, in)
+    fn dims(&self) -> Result<(usize, usize)> {
+        let (a, b) = self.w.dims2()?;
+        Ok(if self.conv1d { (b, a) } else { (a, b) })
+    }
+
+    fn check(&self, x: &Tensor) -> Result<()> {
+        if x.dim(D::Minus1)? != self.dims()?.1 {
+            bail!(
+                "linear: input {:?} does not fit weight {:?} (conv1d: {})",
+                x.dims(),
+                self.w.dims(),
+                self.conv1d
+            )
+        }
+        Ok(())
+    }
+
+    fn fused(&self, x: &Tensor, ctx: &Ctx) -> bool {
+        ctx.fused_for(&[x, self.w]) && self.b.is_none_or(|b| ctx.fused_for(&[b]))
+    }
+
+    fn op(&self, act: Act) -> cpu::FrozenLinear {
+        let (w, b, conv1d) = (self.w.clone(), self.b.cloned(), self.conv1d);
+        cpu::FrozenLinear { w, b, conv1d, act }
+    }
+}
+
+/// `act(x · Wᵀ + b)`.
+pub(crate) fn linear(x: &Tensor, f: Frozen, act: Act, ctx: &Ctx) -> Result<Tensor> {
+    f.check(x)?;
+    if f.fused(x, ctx) {
+        let x = x.contiguous()?;
+        // The activation is fused only when no gradient flows through it.
+        if !x.track_op() {
+            return x.apply_op1_no_bwd(&f.op(act));
+        }
+        return activation(&x.apply_op1(f.op(Act::None))?, act, ctx);
+    }
+    let mut dims = x.dims().to_vec();
+    let x2 = x.flatten_to(dims.len() - 2)?;
+    let w = if f.conv1d { f.w.clone() } else { f.w.t()? };
+    let mut y = x2.matmul(&w)?;
+    if let Some(b) = f.b {
+        y = y.broadcast_add(b)?;
+    }
+    *dims.last_mut().unwrap() = f.dims()?.0;
+    activation(&y.reshape(dims)?, act, ctx)
+}
+
+/// `x · Wᵀ + b + scale · (dropout(x) · Aᵀ) · Bᵀ` as one fused CPU op; None where it does not
+/// apply (the caller composes it then).
+pub(crate) fn lora_linear(
+    x: &Tensor,
+    f: Frozen,
+    a: &Tensor,
+    b: &Tensor,
+    scale: f64,
+    key: Option<DropKey>,
+    ctx: &Ctx,
+) -> Result<Option<Tensor>> {
+    f.check(x)?;
+    if !f.fused(x, ctx) || !ctx.fused_for(&[a, b]) {
+        return Ok(None);
+    }
+    let op = cpu::LoraLinear {
+        base: f.op(Act::None),
+        scale: scale as f32,
+        dropout: key,
+    };
+    let (x, a, b) = (x.contiguous()?, a.contiguous()?, b.contiguous()?);
+    let y = if [&x, &a, &b].iter().any(|t| t.track_op()) {
+        x.apply_op3(&a, &b, op)?
+    } else {
+        x.apply_op3_no_bwd(&a, &b, &op)?
+    };
+    Ok(Some(y))
+}
+
+pub(crate) fn activation(x: &Tensor, act: Act, ctx: &Ctx) -> Result<Tensor> {
+    match act {
+        Act::None => Ok(x.clone()),
+        _ if ctx.fused_for(&[x]) => x.contiguous()?.apply_op1(cpu::Gelu(act)),
+        Act::GeluErf => x.gelu_erf(),
+        Act::GeluTanh => x.gelu(),
+    }
+}
+
+/// LayerNorm over the last dimension.
+pub(crate) fn layer_norm(
+    x: &Tensor,
+    w: &Tensor,
+    b: &Tensor,
+    eps: f64,
+    ctx: &Ctx,
+) -> Result<Tensor> {
+    if ctx.fused_for(&[x, w, b]) && !w.track_op() {
+        let op = cpu::LayerNorm {
+            w: w.contiguous()?,
+            eps: eps as f32,
+            dropout: None,
+        };
+        let (x, b) = (x.contiguous()?, b.contiguous()?);
+        return if x.track_op() || b.track_op() {
+            x.apply_op2(&b, op)
+        } else {
+            x.apply_op2_no_bwd(&b, &op)
+        };
+    }
+    let dtype = x.dtype();
+    let x = x.to_dtype(DType::F32)?;
+    let xc = x.broadcast_sub(&x.mean_keepdim(D::Minus1)?)?;
+    let var = xc.sqr()?.mean_keepdim(D::Minus1)?;
+    let y = xc.broadcast_div(&(var + eps)?.sqrt()?)?;
+    y.broadcast_mul(&w.to_dtype(DType::F32)?)?
+        .broadcast_add(&b.to_dtype(DType::F32)?)?
+        .to_dtype(dtype)
+}
+
+/// LayerNorm(dropout(x) + residual): BERT's post-LayerNorm residual blocks, in one pass.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn add_layer_norm(
+    x: &Tensor,
+    key: Option<DropKey>,
+    residual: &Tensor,
+    w: &Tensor,
+    b: &Tensor,
+    eps: f64,
+    ctx: &Ctx,
+) -> Result<Tensor> {
+    if ctx.fused_for(&[x, residual, w, b]) && !w.track_op() && x.dims() == residual.dims() {
+        let op = cpu::LayerNorm {
+            w: w.contiguous()?,
+            eps: eps as f32,
+            dropout: key,
+        };
+        let (x, r, b) = (x.contiguous()?, residual.contiguous()?, b.contiguous()?);
+        return if [&x, &r, &b].iter().any(|t| t.track_op()) {
+            x.apply_op3(&r, &b, op)
+        } else {
+            x.apply_op3_no_bwd(&r, &b, &op)
+        };
+    }
+    layer_norm(&(dropout(x, key, ctx)? + residual)?, w, b, eps, ctx)
+}
+
+pub(crate) fn dropout(x: &Tensor, key: Option<DropKey>, ctx: &Ctx) -> Result<Tensor> {
+    let Some(key) = key else { return Ok(x.clone()) };
+    if ctx.fused_for(&[x]) {
+        return x.contiguous()?.apply_op1(cpu::Dropout(key));
+    }
+    let mask = Tensor::from_vec(key.mask(x.elem_count()), x.shape(), x.device())?;
+    x * mask.to_dtype(x.dtype())?
+}
+
+/// The padding mask of a batch as an additive bias on the keys, [batch, seq].
+pub(crate) struct KeyMask {
+    pub bias: Arc<Vec<f32>>,
+    pub batch: usize,
+    pub seq: usize,
+}
+
+/// Multi-head attention over q, k, v [batch, seq, hidden] (views with unit column stride are
+/// fine), scores scaled by `scale`, with the key mask, optionally causal, with dropout on the
+/// probabilities. Returns [batch, seq, hidden].
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    heads: usize,
+    scale: f64,
+    causal: bool,
+    mask: &KeyMask,
+    key: Option<DropKey>,
+    ctx: &Ctx,
+) -> Result<Tensor> {
+    let (b, n, hid) = q.dims3()?;
+    if (b, n) != (mask.batch, mask.seq) || k.dims() != q.dims() || v.dims() != q.dims() {
+        bail!(
+            "attention: shapes {:?} {:?} {:?} and mask [{b}, {n}] differ",
+            q.dims(),
+            k.dims(),
+            v.dims()
+        )
+    }
+    if ctx.fused_for(&[q, k, v]) {
+        let unit = |t: &Tensor| -> Result<Tensor> {
+            if t.stride()[2] == 1 {
+                Ok(t.clone())
+            } else {
+                t.contiguous()
+            }
+        };
+        let (q, k, v) = (unit(q)?, unit(k)?, unit(v)?);
+        let mut op = cpu::Attention::new(heads, scale as f32, causal, mask.bias.clone());
+        op.dropout = key;
+        op.save = q.track_op() || k.track_op() || v.track_op();
+        return if op.save {
+            q.apply_op3(&k, &v, op)
+        } else {
+            q.apply_op3_no_bwd(&k, &v, &op)
+        };
+    }
+    let d = hid / heads;
+    let split = |t: &Tensor| t.reshape((b, n, heads, d))?.transpose(1, 2)?.contiguous();
+    let (q, k, v) = (split(q)?, split(k)?, split(v)?);
+    let dtype = q.dtype();
+    let s = (q.matmul(&k.t()?)?.to_dtype(DType::F32)? * scale)?;
+    let bias = Tensor::from_slice(mask.bias.as_slice(), (b, 1, 1, n), q.device())?;
+    let mut s = s.broadcast_add(&bias)?;
+    if causal {
+        let c: Vec<f32> = (0..n * n)
+            .map(|i| if i % n > i / n { MASKED } else { 0.0 })
+            .collect();
+        s = s.broadcast_add(&Tensor::from_vec(c, (n, n), q.device())?)?;
+    }
+    // Softmax from differentiable ops (candle_nn's fused softmax has no backward pass).
+    let e = s
+        .broadcast_sub(&s.max_keepdim(D::Minus1)?.detach())?
+        .exp()?;
+    let p = e.broadcast_div(&e.sum_keepdim(D::Minus1)?)?;
+    let p = dropout(&p, key, ctx)?;
+    p.to_dtype(dtype)?
+        .matmul(&v)?
+        .transpose(1, 2)?
+        .reshape((b, n, hid))
+}

@@ -1,0 +1,111 @@
+//! Fixture helpers: the reference answers of HF transformers + PEFT in shared/fixtures.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+use candle_core::{DType, Device, Tensor};
+use lora_classifier::Checkpoint;
+
+pub fn fixtures() -> PathBuf {
+    PathBuf::from(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../../shared/fixtures"
+    ))
+}
+
+pub fn minilm_dir() -> PathBuf {
+    let snapshots = PathBuf::from(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../../shared/hf-home/hub/models--sentence-transformers--all-MiniLM-L6-v2/snapshots"
+    ));
+    std::fs::read_dir(&snapshots)
+        .expect("MiniLM snapshot")
+        .next()
+        .unwrap()
+        .unwrap()
+        .path()
+}
+
+pub struct Fixture {
+    pub dir: PathBuf,
+    pub ckpt: Checkpoint,
+    pub expected: HashMap<String, Tensor>,
+    pub json: serde_json::Value,
+    pub ids: Tensor,
+    pub mask: Tensor,
+    pub labels: Tensor,
+}
+
+impl Fixture {
+    pub fn load(name: &str) -> Fixture {
+        let dir = fixtures().join(name);
+        let ckpt = Checkpoint::open(&dir.join("base")).unwrap();
+        let expected =
+            candle_core::safetensors::load(dir.join("expected.safetensors"), &Device::Cpu).unwrap();
+        let json =
+            serde_json::from_str(&std::fs::read_to_string(dir.join("expected.json")).unwrap())
+                .unwrap();
+        let u32_of = |k: &str| expected[k].to_dtype(DType::U32).unwrap();
+        let (ids, mask, labels) = (
+            u32_of("input_ids"),
+            u32_of("attention_mask"),
+            u32_of("labels"),
+        );
+        Fixture {
+            dir,
+            ckpt,
+            expected,
+            json,
+            ids,
+            mask,
+            labels,
+        }
+    }
+
+    pub fn adapter(&self) -> PathBuf {
+        self.dir.join("adapter")
+    }
+
+    pub fn get(&self, key: &str) -> &Tensor {
+        self.expected
+            .get(key)
+            .unwrap_or_else(|| panic!("no {key} in expected.safetensors"))
+    }
+}
+
+/// Max absolute difference, asserting equal shapes.
+pub fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+    assert_eq!(a.dims(), b.dims(), "shapes differ");
+    let a = a
+        .to_dtype(DType::F32)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap();
+    let b = b
+        .to_dtype(DType::F32)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap();
+    a.iter()
+        .zip(&b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
+}
+
+#[track_caller]
+pub fn assert_close(a: &Tensor, b: &Tensor, tol: f32, what: &str) {
+    let d = max_diff(a, b);
+    assert!(
+        d <= tol,
+        "{what}: max abs difference {d:e} > {tol:e}\n got {a}\n expected {b}"
+    );
+}
+
+pub fn scalar(t: &Tensor) -> f32 {
+    t.to_dtype(DType::F32).unwrap().to_vec0::<f32>().unwrap()
+}

@@ -1,0 +1,333 @@
+//! Bad inputs give clear errors that name the file and the tensor or option.
+
+mod common;
+
+use std::path::Path;
+
+use candle_core::{DType, Device, Tensor};
+use common::{fixtures, Fixture};
+use lora_classifier::{Checkpoint, LoraBias, LoraSettings, Mode, SequenceClassifier};
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+    }
+}
+
+fn open_err(dir: &Path) -> String {
+    format!("{:#}", Checkpoint::open(dir).unwrap_err())
+}
+
+fn new_err(dir: &Path) -> String {
+    let ckpt = Checkpoint::open(dir).unwrap();
+    format!(
+        "{:#}",
+        SequenceClassifier::new(&ckpt, None, 0, &Device::Cpu, DType::F32)
+            .err()
+            .unwrap()
+    )
+}
+
+fn settings(targets: &[&str]) -> LoraSettings {
+    LoraSettings {
+        r: 4,
+        alpha: 8.0,
+        dropout: 0.0,
+        bias: LoraBias::None,
+        target_modules: targets.iter().map(|t| t.to_string()).collect(),
+        layer_norm: false,
+        use_rslora: false,
+    }
+}
+
+/// Rewrites a safetensors file with `edit` applied to its tensors.
+fn rewrite(file: &Path, edit: impl FnOnce(&mut std::collections::HashMap<String, Tensor>)) {
+    let mut t = candle_core::safetensors::load(file, &Device::Cpu).unwrap();
+    edit(&mut t);
+    candle_core::safetensors::save(&t, file).unwrap();
+}
+
+#[test]
+fn unsupported_model_type() {
+    let tmp = tempfile::tempdir().unwrap();
+    copy_dir(&fixtures().join("bert-tiny-lora/base"), tmp.path());
+    let cfg = tmp.path().join("config.json");
+    let text = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace("\"model_type\": \"bert\"", "\"model_type\": \"roberta\"");
+    std::fs::write(&cfg, text).unwrap();
+    let err = open_err(tmp.path());
+    assert!(
+        err.contains("model_type 'roberta' is not supported") && err.contains("config.json"),
+        "{err}"
+    );
+}
+
+#[test]
+fn missing_folder_or_config() {
+    let err = open_err(Path::new("/nonexistent/model"));
+    assert!(err.contains("/nonexistent/model/config.json"), "{err}");
+}
+
+#[test]
+fn only_pytorch_bin() {
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::copy(
+        fixtures().join("bert-tiny-lora/base/config.json"),
+        tmp.path().join("config.json"),
+    )
+    .unwrap();
+    std::fs::write(tmp.path().join("pytorch_model.bin"), b"not really").unwrap();
+    let err = open_err(tmp.path());
+    assert!(
+        err.contains("only pytorch_model.bin") && err.contains("safetensors"),
+        "{err}"
+    );
+}
+
+#[test]
+fn no_weights_at_all() {
+    // Like openai-community/gpt2 in the shared cache: config and tokenizer, no weights.
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::copy(
+        fixtures().join("gpt2-tiny-lora/base/config.json"),
+        tmp.path().join("config.json"),
+    )
+    .unwrap();
+    let err = open_err(tmp.path());
+    assert!(err.contains("no model.safetensors"), "{err}");
+}
+
+#[test]
+fn missing_tensor_names_file_and_tensor() {
+    let tmp = tempfile::tempdir().unwrap();
+    copy_dir(&fixtures().join("bert-tiny-lora/base"), tmp.path());
+    let file = tmp.path().join("model.safetensors");
+    rewrite(&file, |t| {
+        t.remove("bert.encoder.layer.1.attention.self.key.weight");
+    });
+    let err = new_err(tmp.path());
+    assert!(
+        err.contains("model.safetensors")
+            && err.contains("'bert.encoder.layer.1.attention.self.key.weight' is missing"),
+        "{err}"
+    );
+}
+
+#[test]
+fn misshaped_tensor_names_file_and_tensor() {
+    let tmp = tempfile::tempdir().unwrap();
+    copy_dir(&fixtures().join("gpt2-tiny-lora/base"), tmp.path());
+    let file = tmp.path().join("model.safetensors");
+    rewrite(&file, |t| {
+        t.insert(
+            "transformer.h.0.mlp.c_fc.weight".into(),
+            Tensor::zeros((128, 32), DType::F32, &Device::Cpu).unwrap(),
+        );
+    });
+    let err = new_err(tmp.path());
+    assert!(
+        err.contains("model.safetensors")
+            && err.contains(
+                "'transformer.h.0.mlp.c_fc.weight' has shape [128, 32], expected [32, 128]"
+            ),
+        "{err}"
+    );
+}
+
+#[test]
+fn sharded_checkpoint_and_unprefixed_names() {
+    // Split the GPT-2 fixture in two shards, without the `transformer.` prefix (as the hub's gpt2).
+    let f = Fixture::load("gpt2-tiny-lora");
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::copy(
+        fixtures().join("gpt2-tiny-lora/base/config.json"),
+        tmp.path().join("config.json"),
+    )
+    .unwrap();
+    let all = candle_core::safetensors::load(
+        fixtures().join("gpt2-tiny-lora/base/model.safetensors"),
+        &Device::Cpu,
+    )
+    .unwrap();
+    let (mut a, mut b) = (
+        std::collections::HashMap::new(),
+        std::collections::HashMap::new(),
+    );
+    let mut map = serde_json::Map::new();
+    for (i, (k, v)) in all.into_iter().enumerate() {
+        let k = k
+            .strip_prefix("transformer.")
+            .map(String::from)
+            .unwrap_or(k);
+        let (shard, file) = if i % 2 == 0 {
+            (&mut a, "model-00001-of-00002.safetensors")
+        } else {
+            (&mut b, "model-00002-of-00002.safetensors")
+        };
+        map.insert(k.clone(), file.into());
+        shard.insert(k, v);
+    }
+    candle_core::safetensors::save(&a, tmp.path().join("model-00001-of-00002.safetensors"))
+        .unwrap();
+    candle_core::safetensors::save(&b, tmp.path().join("model-00002-of-00002.safetensors"))
+        .unwrap();
+    let index = serde_json::json!({ "metadata": {}, "weight_map": map });
+    std::fs::write(
+        tmp.path().join("model.safetensors.index.json"),
+        index.to_string(),
+    )
+    .unwrap();
+    let ckpt = Checkpoint::open(tmp.path()).unwrap();
+    let m =
+        SequenceClassifier::load_adapter(&ckpt, &f.adapter(), &Device::Cpu, DType::F32).unwrap();
+    let logits = m.forward(&f.ids, &f.mask, Mode::Eval).unwrap();
+    common::assert_close(
+        &logits,
+        f.get("lora_logits"),
+        1e-4,
+        "sharded, unprefixed gpt2",
+    );
+}
+
+#[test]
+fn unknown_target_module() {
+    let f = Fixture::load("bert-tiny-lora");
+    let err = SequenceClassifier::new(
+        &f.ckpt,
+        Some(&settings(&["query", "q_proj"])),
+        0,
+        &Device::Cpu,
+        DType::F32,
+    )
+    .err()
+    .unwrap()
+    .to_string();
+    assert!(
+        err.contains("[\"q_proj\"] match no linear layer") && err.contains("\"query\""),
+        "{err}"
+    );
+}
+
+#[test]
+fn adapter_for_another_architecture() {
+    let bert = Fixture::load("bert-tiny-lora");
+    let gpt2 = Fixture::load("gpt2-tiny-lora");
+    let err = format!(
+        "{:#}",
+        SequenceClassifier::load_adapter(&gpt2.ckpt, &bert.adapter(), &Device::Cpu, DType::F32)
+            .err()
+            .unwrap()
+    );
+    assert!(
+        err.contains("does not fit the checkpoint") && err.contains("match no linear layer"),
+        "{err}"
+    );
+}
+
+#[test]
+fn adapter_for_another_hidden_size() {
+    // A PEFT adapter made for hidden 384 (MiniLM) on the hidden-32 fixture.
+    let f = Fixture::load("bert-tiny-lora");
+    let minilm = Checkpoint::open(&common::minilm_dir()).unwrap();
+    let m = SequenceClassifier::new(
+        &minilm,
+        Some(&settings(&["query", "value"])),
+        0,
+        &Device::Cpu,
+        DType::F32,
+    )
+    .unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    m.save_adapter(tmp.path()).unwrap();
+    let err = format!(
+        "{:#}",
+        SequenceClassifier::load_adapter(&f.ckpt, tmp.path(), &Device::Cpu, DType::F32)
+            .err()
+            .unwrap()
+    );
+    assert!(
+        err.contains("adapter_model.safetensors")
+            && err.contains("has shape [4, 384]")
+            && err.contains("another size"),
+        "{err}"
+    );
+}
+
+#[test]
+fn bad_adapter_files() {
+    let f = Fixture::load("bert-tiny-lora");
+    let load = |dir: &Path| {
+        format!(
+            "{:#}",
+            SequenceClassifier::load_adapter(&f.ckpt, dir, &Device::Cpu, DType::F32)
+                .err()
+                .unwrap()
+        )
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    copy_dir(&f.adapter(), tmp.path());
+    let cfg_path = tmp.path().join("adapter_config.json");
+    let cfg = std::fs::read_to_string(&cfg_path).unwrap();
+
+    std::fs::write(
+        &cfg_path,
+        cfg.replace("\"use_dora\": false", "\"use_dora\": true"),
+    )
+    .unwrap();
+    let err = load(tmp.path());
+    assert!(
+        err.contains("adapter_config.json") && err.contains("use_dora is not supported"),
+        "{err}"
+    );
+
+    std::fs::write(
+        &cfg_path,
+        cfg.replace("\"peft_type\": \"LORA\"", "\"peft_type\": \"IA3\""),
+    )
+    .unwrap();
+    assert!(load(tmp.path()).contains("peft_type Some(\"IA3\") is not supported"));
+
+    std::fs::write(&cfg_path, &cfg).unwrap();
+    let weights = tmp.path().join("adapter_model.safetensors");
+    rewrite(&weights, |t| {
+        t.remove("base_model.model.bert.encoder.layer.1.attention.self.value.lora_B.weight");
+    });
+    let err = load(tmp.path());
+    assert!(
+        err.contains(
+            "'base_model.model.bert.encoder.layer.1.attention.self.value.lora_B.weight' is missing"
+        ),
+        "{err}"
+    );
+
+    std::fs::remove_file(&weights).unwrap();
+    std::fs::write(tmp.path().join("adapter_model.bin"), b"x").unwrap();
+    assert!(load(tmp.path()).contains("only adapter_model.bin"));
+}
+
+#[test]
+fn bad_forward_inputs() {
+    let f = Fixture::load("bert-tiny-lora");
+    let m = SequenceClassifier::new(&f.ckpt, None, 0, &Device::Cpu, DType::F32).unwrap();
+    let ids = Tensor::new(&[[101u32, 40000, 102]], &Device::Cpu).unwrap();
+    let mask = Tensor::ones((1, 3), DType::U32, &Device::Cpu).unwrap();
+    assert!(m
+        .forward(&ids, &mask, Mode::Eval)
+        .unwrap_err()
+        .to_string()
+        .contains("out of the vocabulary"));
+    let long = Tensor::zeros((1, 65), DType::U32, &Device::Cpu).unwrap();
+    assert!(m
+        .forward(&long, &long, Mode::Eval)
+        .unwrap_err()
+        .to_string()
+        .contains("sequence length 65"));
+    let err = m
+        .forward(&f.ids, &mask, Mode::Eval)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("attention_mask"), "{err}");
+}

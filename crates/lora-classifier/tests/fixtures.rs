@@ -1,0 +1,495 @@
+//! Against HF transformers + PEFT (shared/fixtures), eval mode, 1e-4 absolute or tighter.
+
+mod common;
+
+use candle_core::{DType, Device, Tensor, Var};
+use candle_nn::loss::cross_entropy;
+use common::{assert_close, max_diff, scalar, Fixture};
+use lora_classifier::{Kernels, LoraBias, LoraSettings, Mode, SequenceClassifier};
+
+const TOL: f32 = 1e-4;
+const ARCHS: [&str; 2] = ["bert-tiny-lora", "gpt2-tiny-lora"];
+const KERNELS: [Kernels; 2] = [Kernels::Auto, Kernels::Composed];
+
+fn adapter_model(f: &Fixture, kernels: Kernels) -> SequenceClassifier {
+    let mut m =
+        SequenceClassifier::load_adapter(&f.ckpt, &f.adapter(), &Device::Cpu, DType::F32).unwrap();
+    m.set_kernels(kernels);
+    m
+}
+
+#[test]
+fn base_logits() {
+    for name in ARCHS {
+        let f = Fixture::load(name);
+        for k in KERNELS {
+            let mut m =
+                SequenceClassifier::new(&f.ckpt, None, 0, &Device::Cpu, DType::F32).unwrap();
+            m.set_kernels(k);
+            for mode in [Mode::Eval, Mode::Inference] {
+                let logits = m.forward(&f.ids, &f.mask, mode).unwrap();
+                assert_close(
+                    &logits,
+                    f.get("base_logits"),
+                    TOL,
+                    &format!("{name} {k:?} {mode:?} base_logits"),
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn lora_logits() {
+    for name in ARCHS {
+        let f = Fixture::load(name);
+        for k in KERNELS {
+            let m = adapter_model(&f, k);
+            for mode in [Mode::Eval, Mode::Inference] {
+                let logits = m.forward(&f.ids, &f.mask, mode).unwrap();
+                assert_close(
+                    &logits,
+                    f.get("lora_logits"),
+                    TOL,
+                    &format!("{name} {k:?} {mode:?} lora_logits"),
+                );
+            }
+        }
+    }
+}
+
+/// The loss and the gradient of every trainable parameter (backprop through attention, GELU,
+/// LayerNorm and LoRA), under PEFT's in-memory names.
+#[test]
+fn loss_and_gradients() {
+    for name in ARCHS {
+        let f = Fixture::load(name);
+        for k in KERNELS {
+            let m = adapter_model(&f, k);
+            let logits = m.forward(&f.ids, &f.mask, Mode::Eval).unwrap();
+            let loss = cross_entropy(&logits, &f.labels).unwrap();
+            let expected_loss = f.json["initial_loss"].as_f64().unwrap() as f32;
+            assert!(
+                (scalar(&loss) - expected_loss).abs() < 1e-5,
+                "{name} {k:?}: loss {loss} vs {expected_loss}"
+            );
+            let grads = loss.backward().unwrap();
+            let mut names: Vec<String> = Vec::new();
+            for (pname, var) in m.trainable() {
+                let g = grads
+                    .get(&var)
+                    .unwrap_or_else(|| panic!("{name}: no gradient for {pname}"));
+                assert_close(
+                    g,
+                    f.get(&format!("grad/{pname}")),
+                    TOL,
+                    &format!("{name} {k:?} grad {pname}"),
+                );
+                names.push(pname);
+            }
+            let mut want: Vec<String> = f
+                .expected
+                .keys()
+                .filter_map(|k| k.strip_prefix("grad/"))
+                .map(String::from)
+                .collect();
+            want.sort();
+            names.sort();
+            assert_eq!(names, want, "{name}: trainable parameter names");
+        }
+    }
+}
+
+/// PyTorch's AdamW, one step.
+struct AdamW {
+    m: Vec<Tensor>,
+    v: Vec<Tensor>,
+    t: i32,
+}
+
+impl AdamW {
+    fn step(
+        &mut self,
+        vars: &[(String, Var)],
+        grads: &candle_core::backprop::GradStore,
+        lr: f64,
+        wd: f64,
+    ) {
+        let (b1, b2, eps) = (0.9f64, 0.999f64, 1e-8);
+        self.t += 1;
+        for (i, (_, var)) in vars.iter().enumerate() {
+            let g = grads.get(var).unwrap();
+            self.m[i] = ((&self.m[i] * b1).unwrap() + (g * (1.0 - b1)).unwrap()).unwrap();
+            self.v[i] =
+                ((&self.v[i] * b2).unwrap() + (g.sqr().unwrap() * (1.0 - b2)).unwrap()).unwrap();
+            let mhat = (&self.m[i] / (1.0 - b1.powi(self.t))).unwrap();
+            let vhat = (&self.v[i] / (1.0 - b2.powi(self.t))).unwrap();
+            let p = (var.as_tensor() * (1.0 - lr * wd)).unwrap();
+            let upd = (mhat / (vhat.sqrt().unwrap() + eps).unwrap()).unwrap();
+            var.set(&(p - (upd * lr).unwrap()).unwrap()).unwrap();
+        }
+    }
+}
+
+/// The fixture's five AdamW steps: losses, parameters after two steps (optimizer state too),
+/// final logits, and `merged_logits` after merging the trained adapter.
+#[test]
+fn training_trajectory_and_merge() {
+    for name in ARCHS {
+        let f = Fixture::load(name);
+        let mut m = adapter_model(&f, Kernels::Auto);
+        let vars = m.trainable();
+        let zeros = || {
+            vars.iter()
+                .map(|(_, v)| v.zeros_like().unwrap())
+                .collect::<Vec<_>>()
+        };
+        let mut opt = AdamW {
+            m: zeros(),
+            v: zeros(),
+            t: 0,
+        };
+        let lrs = f.get("train_lrs").to_vec1::<f64>().unwrap();
+        let losses = f.get("train_losses").to_vec1::<f32>().unwrap();
+        for (step, lr) in lrs.iter().enumerate() {
+            let logits = m.forward(&f.ids, &f.mask, Mode::Eval).unwrap();
+            let loss = cross_entropy(&logits, &f.labels).unwrap();
+            assert!(
+                (scalar(&loss) - losses[step]).abs() < TOL,
+                "{name} step {step}: loss {loss} vs {}",
+                losses[step]
+            );
+            opt.step(&vars, &loss.backward().unwrap(), *lr, 0.01);
+            if step == 1 {
+                for (pname, var) in &vars {
+                    assert_close(
+                        var.as_tensor(),
+                        f.get(&format!("param2/{pname}")),
+                        TOL,
+                        &format!("{name} param2 {pname}"),
+                    );
+                }
+            }
+        }
+        let final_logits = m.forward(&f.ids, &f.mask, Mode::Eval).unwrap();
+        assert_close(
+            &final_logits,
+            f.get("final_logits"),
+            TOL,
+            &format!("{name} final_logits"),
+        );
+        m.merge().unwrap();
+        assert!(m.is_merged());
+        let merged = m.forward(&f.ids, &f.mask, Mode::Inference).unwrap();
+        assert_close(
+            &merged,
+            f.get("merged_logits"),
+            TOL,
+            &format!("{name} merged_logits"),
+        );
+    }
+}
+
+#[test]
+fn merge_and_unmerge() {
+    for name in ARCHS {
+        let f = Fixture::load(name);
+        let mut m = adapter_model(&f, Kernels::Auto);
+        let before = m.forward(&f.ids, &f.mask, Mode::Inference).unwrap();
+        m.merge().unwrap();
+        m.merge().unwrap(); // idempotent
+        for mode in [Mode::Inference, Mode::Eval] {
+            let merged = m.forward(&f.ids, &f.mask, mode).unwrap();
+            assert_close(
+                &merged,
+                f.get("lora_logits"),
+                TOL,
+                &format!("{name} merged"),
+            );
+        }
+        m.unmerge().unwrap();
+        assert!(!m.is_merged());
+        let after = m.forward(&f.ids, &f.mask, Mode::Inference).unwrap();
+        assert_eq!(
+            max_diff(&before, &after),
+            0.0,
+            "{name}: unmerge restores the weights exactly"
+        );
+    }
+}
+
+#[test]
+fn parameter_counts_match_peft() {
+    // PEFT 0.21.2's print_trainable_parameters for the fixture configs (bias none, all, lora_only).
+    let cases = [
+        (
+            "bert-tiny-lora",
+            LoraBias::None,
+            1090,
+            998_180,
+            "trainable params: 1,090 || all params: 998,180 || trainable%: 0.1092",
+        ),
+        (
+            "bert-tiny-lora",
+            LoraBias::All,
+            1730,
+            998_180,
+            "trainable params: 1,730 || all params: 998,180 || trainable%: 0.1733",
+        ),
+        (
+            "bert-tiny-lora",
+            LoraBias::LoraOnly,
+            1218,
+            998_180,
+            "trainable params: 1,218 || all params: 998,180 || trainable%: 0.1220",
+        ),
+        (
+            "gpt2-tiny-lora",
+            LoraBias::None,
+            2880,
+            1_638_688,
+            "trainable params: 2,880 || all params: 1,638,688 || trainable%: 0.1758",
+        ),
+        (
+            "gpt2-tiny-lora",
+            LoraBias::All,
+            3616,
+            1_638_688,
+            "trainable params: 3,616 || all params: 1,638,688 || trainable%: 0.2207",
+        ),
+        (
+            "gpt2-tiny-lora",
+            LoraBias::LoraOnly,
+            3200,
+            1_638_688,
+            "trainable params: 3,200 || all params: 1,638,688 || trainable%: 0.1953",
+        ),
+    ];
+    for (name, bias, trainable, all, line) in cases {
+        let f = Fixture::load(name);
+        let targets = if name.starts_with("bert") {
+            vec!["query", "value"]
+        } else {
+            vec!["c_attn", "c_proj"]
+        };
+        let s = LoraSettings {
+            r: 4,
+            alpha: 8.0,
+            dropout: 0.0,
+            bias,
+            target_modules: targets.into_iter().map(String::from).collect(),
+            layer_norm: false,
+            use_rslora: false,
+        };
+        let m = SequenceClassifier::new(&f.ckpt, Some(&s), 0, &Device::Cpu, DType::F32).unwrap();
+        let c = m.parameter_counts();
+        assert_eq!((c.trainable, c.all), (trainable, all), "{name} {bias:?}");
+        assert_eq!(c.to_string(), line);
+        let n: usize = m.trainable().iter().map(|(_, v)| v.elem_count()).sum();
+        assert_eq!(
+            n, trainable,
+            "{name} {bias:?}: trainable() agrees with the count"
+        );
+    }
+    // The fixture adapters: 8 LoRA matrices + classifier (BERT), 12 + score (GPT-2).
+    for (name, lora, head) in [("bert-tiny-lora", 8, 2), ("gpt2-tiny-lora", 12, 1)] {
+        let f = Fixture::load(name);
+        let m = adapter_model(&f, Kernels::Auto);
+        let names: Vec<_> = m.trainable().into_iter().map(|(n, _)| n).collect();
+        assert_eq!(names.iter().filter(|n| n.contains(".lora_")).count(), lora);
+        assert_eq!(
+            names
+                .iter()
+                .filter(|n| n.contains(".modules_to_save.default."))
+                .count(),
+            head
+        );
+    }
+}
+
+/// Training-mode dropout comes from the step's seed: reproducible, seed-dependent, and the
+/// same on the fused and the composed path, gradients of every bias (bias = "all") included.
+#[test]
+fn train_mode_dropout_is_seeded() {
+    for name in ARCHS {
+        let f = Fixture::load(name);
+        let mut s = f.ckpt.default_target_modules();
+        s.push(if name.starts_with("bert") {
+            "dense".into()
+        } else {
+            "c_proj".into()
+        });
+        let settings = LoraSettings {
+            r: 4,
+            alpha: 8.0,
+            dropout: 0.2,
+            bias: LoraBias::All,
+            target_modules: s,
+            layer_norm: false,
+            use_rslora: false,
+        };
+        let mut m =
+            SequenceClassifier::new(&f.ckpt, Some(&settings), 3, &Device::Cpu, DType::F32).unwrap();
+        // Non-zero B so that the LoRA dropout matters.
+        for (n, v) in m.trainable() {
+            if n.contains("lora_B") {
+                v.set(&Tensor::full(0.05f32, v.shape(), &Device::Cpu).unwrap())
+                    .unwrap();
+            }
+        }
+        let run = |m: &SequenceClassifier, seed| {
+            let logits = m
+                .forward(&f.ids, &f.mask, Mode::Train { dropout_seed: seed })
+                .unwrap();
+            let loss = cross_entropy(&logits, &f.labels).unwrap();
+            let grads = loss.backward().unwrap();
+            let g: Vec<Tensor> = m
+                .trainable()
+                .iter()
+                .map(|(_, v)| grads.get(v).unwrap().clone())
+                .collect();
+            (logits, g)
+        };
+        let eval = m.forward(&f.ids, &f.mask, Mode::Eval).unwrap();
+        let (a, ga) = run(&m, 7);
+        let (b, _) = run(&m, 7);
+        let (c, _) = run(&m, 8);
+        assert_eq!(max_diff(&a, &b), 0.0, "{name}: same seed, same logits");
+        assert!(max_diff(&a, &c) > 1e-4, "{name}: another seed, other masks");
+        assert!(
+            max_diff(&a, &eval) > 1e-4,
+            "{name}: dropout is active in training"
+        );
+        m.set_kernels(Kernels::Composed);
+        let (d, gd) = run(&m, 7);
+        assert_close(
+            &a,
+            &d,
+            1e-5,
+            &format!("{name}: fused vs composed train logits"),
+        );
+        for (x, y) in ga.iter().zip(&gd) {
+            assert_close(
+                x,
+                y,
+                1e-5,
+                &format!("{name}: fused vs composed train gradients"),
+            );
+        }
+    }
+}
+
+/// Our LayerNorm option on the LoRA branch: identity at B = 0 with a zero-mean output, trains,
+/// refuses to merge.
+#[test]
+fn lora_layer_norm_option() {
+    let f = Fixture::load("bert-tiny-lora");
+    let s = LoraSettings {
+        r: 4,
+        alpha: 8.0,
+        dropout: 0.0,
+        bias: LoraBias::None,
+        target_modules: vec!["query".into(), "value".into()],
+        layer_norm: true,
+        use_rslora: false,
+    };
+    let mut m = SequenceClassifier::new(&f.ckpt, Some(&s), 0, &Device::Cpu, DType::F32).unwrap();
+    let logits = m.forward(&f.ids, &f.mask, Mode::Eval).unwrap();
+    assert_close(
+        &logits,
+        f.get("base_logits"),
+        TOL,
+        "layer_norm LoRA at init = base",
+    );
+    let names: Vec<_> = m.trainable().into_iter().map(|(n, _)| n).collect();
+    assert!(names
+        .iter()
+        .any(|n| n.ends_with("query.lora_ln.default.weight")));
+    assert_eq!(m.parameter_counts().trainable, 1090 + 4 * 64);
+    for k in KERNELS {
+        m.set_kernels(k);
+        let loss =
+            cross_entropy(&m.forward(&f.ids, &f.mask, Mode::Eval).unwrap(), &f.labels).unwrap();
+        let grads = loss.backward().unwrap();
+        for (n, v) in m.trainable() {
+            let g = grads
+                .get(&v)
+                .unwrap_or_else(|| panic!("no gradient for {n}"));
+            assert!(g
+                .abs()
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .to_vec0::<f32>()
+                .unwrap()
+                .is_finite());
+        }
+    }
+    assert!(m.merge().is_err());
+}
+
+/// GPT-2 reads the rightmost non-pad token as transformers 5 does: rows without padding (the
+/// last token) and an eos inside the text. Reference: tests/data/gpt2_rows.py.
+#[test]
+fn gpt2_last_token_like_hf() {
+    let f = Fixture::load("gpt2-tiny-lora");
+    let data: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/data/gpt2_rows.json"
+        ))
+        .unwrap(),
+    )
+    .unwrap();
+    let t = |k: &str| -> Tensor {
+        let rows: Vec<Vec<u32>> = serde_json::from_value(data[k].clone()).unwrap();
+        Tensor::new(rows, &Device::Cpu).unwrap()
+    };
+    let want: Vec<Vec<f32>> = serde_json::from_value(data["logits"].clone()).unwrap();
+    let want = Tensor::new(want, &Device::Cpu).unwrap();
+    for k in KERNELS {
+        let mut m = SequenceClassifier::new(&f.ckpt, None, 0, &Device::Cpu, DType::F32).unwrap();
+        m.set_kernels(k);
+        let logits = m
+            .forward(&t("input_ids"), &t("attention_mask"), Mode::Eval)
+            .unwrap();
+        assert_close(&logits, &want, TOL, &format!("{k:?} gpt2 rows"));
+    }
+}
+
+/// Frozen weights in half precision (what CUDA runs; on the CPU this takes the composed path):
+/// LoRA matrices, head, loss and logits stay f32 and the results stay close to f32's.
+#[test]
+fn half_precision_frozen_weights() {
+    for name in ARCHS {
+        let f = Fixture::load(name);
+        for dtype in [DType::BF16, DType::F16] {
+            let m = SequenceClassifier::load_adapter(&f.ckpt, &f.adapter(), &Device::Cpu, dtype)
+                .unwrap();
+            let logits = m.forward(&f.ids, &f.mask, Mode::Eval).unwrap();
+            assert_eq!(logits.dtype(), DType::F32);
+            assert_close(
+                &logits,
+                f.get("lora_logits"),
+                0.1,
+                &format!("{name} {dtype:?}"),
+            );
+            let loss = cross_entropy(&logits, &f.labels).unwrap();
+            let grads = loss.backward().unwrap();
+            for (pname, var) in m.trainable() {
+                assert_eq!(var.dtype(), DType::F32, "{pname}");
+                let g = grads
+                    .get(&var)
+                    .unwrap_or_else(|| panic!("{name} {dtype:?}: no gradient for {pname}"));
+                assert_eq!(g.dtype(), DType::F32);
+            }
+        }
+    }
+}
+
+#[test]
+fn model_and_checkpoint_are_send_and_sync() {
+    fn check<T: Send + Sync>() {}
+    check::<SequenceClassifier>();
+    check::<lora_classifier::Checkpoint>();
+}
