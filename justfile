@@ -84,4 +84,5 @@ lint:
 
 # Throughput benchmarks (JSON lines).
 bench:
-    cargo bench -p lora-classifier
+    cargo bench -p tokenize --bench tokenize
+    cargo bench -p lora-classifier --bench throughput

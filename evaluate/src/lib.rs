@@ -54,17 +54,17 @@ impl Classifier {
                 dir
             }
         };
-        let device = select_device(&config.training.device)?;
+        let (device, _) = training::device::select_device(&config.training.device)?;
+        let dtype = training::device::select_dtype(&config.training.dtype, &device)?;
         let checkpoint = Checkpoint::open(&model_dir)?;
-        let mut model =
-            SequenceClassifier::load_adapter(&checkpoint, &adapter_dir, &device, DType::F32)
-                .with_context(|| {
-                    format!(
-                        "loading adapter {} onto model {}",
-                        adapter_dir.display(),
-                        model_dir.display()
-                    )
-                })?;
+        let mut model = SequenceClassifier::load_adapter(&checkpoint, &adapter_dir, &device, dtype)
+            .with_context(|| {
+                format!(
+                    "loading adapter {} onto model {}",
+                    adapter_dir.display(),
+                    model_dir.display()
+                )
+            })?;
         model.merge()?;
         Ok(Self {
             model,
@@ -195,22 +195,6 @@ fn check_model_is_the_trained_one(
 fn positive_probability(logits: &[f32]) -> f64 {
     let d = logits[0] as f64 - logits[1] as f64;
     1.0 / (1.0 + d.exp())
-}
-
-/// `training.device` → a candle device; `auto` takes CUDA when this build
-/// has it and a GPU is present.
-pub fn select_device(setting: &str) -> Result<Device> {
-    use pipeline::config::{parse_device, DeviceSetting};
-    match parse_device(setting)? {
-        DeviceSetting::Cpu => Ok(Device::Cpu),
-        DeviceSetting::Auto => Ok(Device::cuda_if_available(0).unwrap_or(Device::Cpu)),
-        DeviceSetting::Cuda(n) => {
-            if !candle_core::utils::cuda_is_available() {
-                bail!("training.device is {setting:?} but this build has no CUDA support (build with `just build-cuda`) or no GPU is present");
-            }
-            Ok(Device::new_cuda(n)?)
-        }
-    }
 }
 
 /// The tokenizer of the configured model, set up as the tokenize stage did.

@@ -25,6 +25,8 @@ struct Args {
 }
 
 fn main() {
+    // Before any thread starts: allocator and thread-pool settings for the CPU kernels.
+    lora_classifier::tune_cpu_runtime();
     let args = Args::parse();
     pipeline::cli::run_stage("evaluate", || {
         let Some(config) = args.common.load()? else {

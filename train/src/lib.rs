@@ -10,10 +10,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use candle_core::{DType, Device};
 use lora_classifier::{Checkpoint, LoraBias, LoraSettings, SequenceClassifier};
 use pipeline::atomic::{self, StagingDir};
-use pipeline::config::{parse_device, DeviceSetting, LoraBiasSetting};
+use pipeline::config::LoraBiasSetting;
 use pipeline::history::{self, HISTORY_FILE};
 use pipeline::stamp::{self, Freshness, StageRun};
 use pipeline::tokens::TokenSplit;
@@ -38,51 +37,6 @@ pub enum Outcome {
         reason: String,
         summary: Box<TrainSummary>,
     },
-}
-
-/// `training.device` → the device and its name; a GPU must be asked of a CUDA build.
-pub fn select_device(setting: &str) -> Result<(Device, String)> {
-    let cuda = |n: usize| -> Result<(Device, String)> {
-        if !cfg!(feature = "cuda") {
-            bail!(
-                "training.device is {setting:?}, but this build of `train` has no CUDA support: \
-                 rebuild with `cargo build --release --features cuda`, or set training.device to auto or cpu"
-            );
-        }
-        let device = Device::new_cuda(n)
-            .with_context(|| format!("training.device {setting:?}: cannot open CUDA device {n}"))?;
-        Ok((device, format!("cuda:{n}")))
-    };
-    match parse_device(setting).context("training.device")? {
-        DeviceSetting::Cpu => Ok((Device::Cpu, "cpu".into())),
-        DeviceSetting::Cuda(n) => cuda(n),
-        // A CUDA build without a usable GPU falls back to the CPU.
-        DeviceSetting::Auto if cfg!(feature = "cuda") => {
-            cuda(0).or_else(|_| Ok((Device::Cpu, "cpu".into())))
-        }
-        DeviceSetting::Auto => Ok((Device::Cpu, "cpu".into())),
-    }
-}
-
-/// `training.dtype` for the frozen weights: auto = f32 on the CPU, bf16 on a GPU.
-pub fn select_dtype(setting: &str, device: &Device) -> Result<DType> {
-    Ok(match setting {
-        "auto" if device.is_cpu() => DType::F32,
-        "auto" => DType::BF16,
-        "f32" => DType::F32,
-        "bf16" => DType::BF16,
-        "f16" => DType::F16,
-        other => bail!("training.dtype: unknown dtype {other:?}"),
-    })
-}
-
-fn dtype_name(dtype: DType) -> &'static str {
-    match dtype {
-        DType::F32 => "f32",
-        DType::BF16 => "bf16",
-        DType::F16 => "f16",
-        _ => "other",
-    }
 }
 
 /// The model's files that decide its outputs: config.json and the weights, by name.
@@ -192,8 +146,8 @@ pub fn run(config: &Config, force: bool) -> Result<Outcome> {
     };
 
     // Every check before any training.
-    let (device, device_name) = select_device(&config.training.device)?;
-    let dtype = select_dtype(&config.training.dtype, &device)?;
+    let (device, device_name) = training::device::select_device(&config.training.device)?;
+    let dtype = training::device::select_dtype(&config.training.dtype, &device)?;
     let ckpt = Checkpoint::open(&model_dir)?;
     if model.max_len > ckpt.max_positions() {
         bail!(
@@ -224,18 +178,19 @@ pub fn run(config: &Config, force: bool) -> Result<Outcome> {
     println!("train: {counts}");
     println!(
         "train: device {device_name}, frozen weights {}, {threads} CPU threads; {} training and {} validation reviews",
-        dtype_name(dtype),
+        training::device::dtype_name(dtype),
         train_split.len(),
         validation_split.len()
     );
 
-    // Checkpoints resume only the same run: same config keys, inputs and program.
+    // Checkpoints resume only the same run: same config keys, inputs and program build
+    // (another build may compute differently, breaking the bitwise-resume guarantee).
     let token_hashes = stamp::read_stamp(&tokens_dir)?
         .map(|s| s.outputs)
         .unwrap_or_default();
     let fingerprint = stamp::hash_bytes(
         serde_json::json!({
-            "program": env!("CARGO_PKG_VERSION"),
+            "program": stamp::program_version(),
             "config": config.sections(StageId::Train.config_keys()),
             "model": inputs,
             "tokens": token_hashes,
@@ -287,7 +242,7 @@ pub fn run(config: &Config, force: bool) -> Result<Outcome> {
         best_val_loss: outcome.best.loss,
         best_val_accuracy: outcome.best.accuracy,
         device: device_name,
-        dtype: dtype_name(dtype).into(),
+        dtype: training::device::dtype_name(dtype).into(),
         threads,
         resumed_from_step: outcome.resumed_from_step,
     };

@@ -5,10 +5,12 @@
 //! - `schedule`: constant, linear, cosine and step schedules with warmup.
 //! - `clip`: `clip_grad_norm_`.
 //! - `trainer`: the loop, validation and history; `checkpoint`: its resumable state.
+//! - `device`: the device and dtype from the config.
 //! - `seeds`: the shuffles and dropout seeds, derived from the run seed.
 
 pub mod checkpoint;
 pub mod clip;
+pub mod device;
 pub mod optim;
 pub mod schedule;
 pub mod seeds;
