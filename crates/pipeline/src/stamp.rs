@@ -336,8 +336,10 @@ mod tests {
 
     fn setup() -> (tempfile::TempDir, Layout, Config) {
         let dir = tempfile::tempdir().unwrap();
-        let mut config = Config::default();
-        config.artifacts = dir.path().join("artifacts");
+        let config = Config {
+            artifacts: dir.path().join("artifacts"),
+            ..Config::default()
+        };
         let layout = Layout::new(&config.artifacts);
         (dir, layout, config)
     }
