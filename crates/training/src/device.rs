@@ -11,7 +11,7 @@ pub fn select_device(setting: &str) -> Result<(Device, String)> {
         if !cfg!(feature = "cuda") {
             bail!(
                 "training.device is {setting:?}, but this build has no CUDA support: \
-                 build with `just build-cuda`, or set training.device to auto or cpu"
+                 build with `just build-cuda` (cargo build --release --features cuda), or set training.device to auto or cpu"
             );
         }
         let device = Device::new_cuda(n)
