@@ -10,7 +10,7 @@ export HF_HOME := env_var_or_default("HF_HOME", if path_exists(justfile_director
 export HF_HUB_OFFLINE := env_var_or_default("HF_HUB_OFFLINE", if path_exists(justfile_directory() / "../shared/hf-home") == "true" { "1" } else { "0" })
 
 config := env_var_or_default("PIPELINE_CONFIG", "pipeline.yaml")
-bin := justfile_directory() / "target/release"
+bin := env_var_or_default("CARGO_TARGET_DIR", justfile_directory() / "target") / "release"
 
 # List the recipes.
 default:
