@@ -18,11 +18,15 @@ use pipeline::tokens::TokenSplit;
 use pipeline::{Config, Layout, Split, StageId};
 
 /// Which model and adapter to use; `None` = this run's (config and artifacts).
-#[derive(Debug, Clone, Default)]
+/// Also the `--model`/`--adapter` options of `evaluate` and `predict`.
+#[derive(Debug, Clone, Default, clap::Args)]
 pub struct ModelChoice {
-    /// A Hugging Face checkpoint folder (config.json + safetensors).
+    /// A Hugging Face checkpoint folder (config.json + safetensors) to use instead of `model.source`.
+    #[arg(long, value_name = "DIR")]
     pub model: Option<PathBuf>,
-    /// A PEFT LoRA adapter folder (adapter_config.json + adapter_model.safetensors).
+    /// A PEFT LoRA adapter folder (adapter_config.json + adapter_model.safetensors) to use
+    /// instead of artifacts/train/adapter; one trained in Python with PEFT works too.
+    #[arg(long, value_name = "DIR")]
     pub adapter: Option<PathBuf>,
 }
 

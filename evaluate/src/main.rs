@@ -1,5 +1,3 @@
-use std::path::PathBuf;
-
 use clap::Parser;
 use evaluate::{ModelChoice, Outcome};
 
@@ -15,13 +13,8 @@ use evaluate::{ModelChoice, Outcome};
 struct Args {
     #[command(flatten)]
     common: pipeline::cli::ConfigArgs,
-    /// A Hugging Face checkpoint folder to use instead of `model.source`.
-    #[arg(long, value_name = "DIR")]
-    model: Option<PathBuf>,
-    /// A PEFT LoRA adapter folder to use instead of artifacts/train/adapter
-    /// (one trained in Python with PEFT works too).
-    #[arg(long, value_name = "DIR")]
-    adapter: Option<PathBuf>,
+    #[command(flatten)]
+    choice: ModelChoice,
 }
 
 fn main() {
@@ -32,10 +25,7 @@ fn main() {
         let Some(config) = args.common.load()? else {
             return Ok(());
         };
-        let choice = ModelChoice {
-            model: args.model.clone(),
-            adapter: args.adapter.clone(),
-        };
+        let choice = args.choice.clone();
         match evaluate::run(&config, &choice, args.common.force)? {
             Outcome::UpToDate(dir) => println!("evaluate: up to date ({})", dir.display()),
             Outcome::Evaluated {

@@ -6,7 +6,7 @@
 
 use std::path::Path;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use polars::prelude::*;
 use serde::{Deserialize, Serialize};
 
@@ -62,29 +62,13 @@ impl Reviews {
                 ),
             ],
         )?;
-        crate::atomic::write_file(path, |file| {
-            ParquetWriter::new(file).finish(&mut df)?;
-            Ok(())
-        })
+        crate::parquet::write(path, &mut df)
     }
 
     /// Reads a split written by [`Reviews::write_parquet`].
     pub fn read_parquet(path: &Path) -> Result<Reviews> {
-        let file = std::fs::File::open(path).with_context(|| {
-            format!(
-                "cannot open {} (run `just data-prep` first)",
-                path.display()
-            )
-        })?;
-        let df = ParquetReader::new(file)
-            .finish()
-            .map_err(anyhow::Error::from)
-            .with_context(|| format!("{} is not a readable parquet file", path.display()))?;
-        let col = |name: &str| {
-            df.column(name)
-                .map_err(anyhow::Error::from)
-                .with_context(|| format!("{}: no `{name}` column", path.display()))
-        };
+        let table = crate::parquet::Table::read(path, "data-prep")?;
+        let col = |name: &str| table.column(name);
         let ids = col("id")?
             .str()?
             .iter()

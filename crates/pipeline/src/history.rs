@@ -17,7 +17,7 @@
 
 use std::path::Path;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use polars::prelude::*;
 use serde::{Deserialize, Serialize};
 
@@ -88,25 +88,13 @@ pub fn write_parquet(rows: &[HistoryRow], path: &Path) -> Result<()> {
             Column::new("val_accuracy".into(), f64s(|r| r.val_accuracy)),
         ],
     )?;
-    crate::atomic::write_file(path, |file| {
-        ParquetWriter::new(file).finish(&mut df)?;
-        Ok(())
-    })
+    crate::parquet::write(path, &mut df)
 }
 
 /// Reads rows written by [`write_parquet`].
 pub fn read_parquet(path: &Path) -> Result<Vec<HistoryRow>> {
-    let file = std::fs::File::open(path)
-        .with_context(|| format!("cannot open {} (run `just train` first)", path.display()))?;
-    let df = ParquetReader::new(file)
-        .finish()
-        .map_err(anyhow::Error::from)
-        .with_context(|| format!("{} is not a readable parquet file", path.display()))?;
-    let col = |name: &str| {
-        df.column(name)
-            .map_err(anyhow::Error::from)
-            .with_context(|| format!("{}: no `{name}` column", path.display()))
-    };
+    let table = crate::parquet::Table::read(path, "train")?;
+    let col = |name: &str| table.column(name);
     let opt_f64 =
         |name: &str| -> Result<Vec<Option<f64>>> { Ok(col(name)?.f64()?.iter().collect()) };
     let kinds = col("kind")?
@@ -122,7 +110,7 @@ pub fn read_parquet(path: &Path) -> Result<Vec<HistoryRow>> {
     let losses = opt_f64("train_loss")?;
     let (lrs, sps) = (opt_f64("learning_rate")?, opt_f64("samples_per_s")?);
     let (vl, va) = (opt_f64("val_loss")?, opt_f64("val_accuracy")?);
-    (0..df.height())
+    (0..table.height())
         .map(|i| {
             let missing = || anyhow::anyhow!("{}: row {i} has a null key column", path.display());
             Ok(HistoryRow {

@@ -10,6 +10,7 @@ pub mod encode;
 pub mod history;
 pub mod hub;
 pub mod layout;
+mod parquet;
 pub mod predictions;
 pub mod stamp;
 pub mod tokens;

@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use polars::prelude::*;
 use serde::{Deserialize, Serialize};
 
@@ -42,25 +42,12 @@ impl Predictions {
                 Column::new("predicted".into(), as_i64(&self.predicted)),
             ],
         )?;
-        crate::atomic::write_file(path, |file| {
-            ParquetWriter::new(file).finish(&mut df)?;
-            Ok(())
-        })
+        crate::parquet::write(path, &mut df)
     }
 
     pub fn read_parquet(path: &Path) -> Result<Predictions> {
-        let file = std::fs::File::open(path).with_context(|| {
-            format!("cannot open {} (run `just evaluate` first)", path.display())
-        })?;
-        let df = ParquetReader::new(file)
-            .finish()
-            .map_err(anyhow::Error::from)
-            .with_context(|| format!("{} is not a readable parquet file", path.display()))?;
-        let col = |name: &str| {
-            df.column(name)
-                .map_err(anyhow::Error::from)
-                .with_context(|| format!("{}: no `{name}` column", path.display()))
-        };
+        let table = crate::parquet::Table::read(path, "evaluate")?;
+        let col = |name: &str| table.column(name);
         let ints = |name: &str| -> Result<Vec<u32>> {
             Ok(col(name)?
                 .i64()?

@@ -16,12 +16,8 @@ use pipeline::predictions::ExamplePrediction;
 struct Args {
     #[command(flatten)]
     common: pipeline::cli::ConfigArgs,
-    /// A Hugging Face checkpoint folder to use instead of `model.source`.
-    #[arg(long, value_name = "DIR")]
-    model: Option<PathBuf>,
-    /// A PEFT LoRA adapter folder to use instead of artifacts/train/adapter.
-    #[arg(long, value_name = "DIR")]
-    adapter: Option<PathBuf>,
+    #[command(flatten)]
+    choice: ModelChoice,
     /// Read texts from this file, one per line.
     #[arg(long, value_name = "PATH", conflicts_with = "texts")]
     file: Option<PathBuf>,
@@ -60,12 +56,9 @@ fn main() {
         if texts.is_empty() {
             bail!("the input holds no text to classify (only blank lines)");
         }
-        let choice = ModelChoice {
-            model: args.model.clone(),
-            adapter: args.adapter.clone(),
-        };
+        let choice = args.choice.clone();
         let classifier = Classifier::load(&config, &choice)?;
-        let encoder = evaluate::encoder_for(&config, args.model.as_deref())?;
+        let encoder = evaluate::encoder_for(&config, args.choice.model.as_deref())?;
         let probs = classifier.classify_texts(&encoder, &texts, config.evaluate.batch_size)?;
         for (text, p) in texts.iter().zip(probs) {
             let pred = ExamplePrediction::new(text, p, config.evaluate.threshold);
