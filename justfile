@@ -71,7 +71,12 @@ build-cuda:
     cuda_home=$(scripts/cuda-toolkit.sh .cuda | sed -n 's/^CUDA_HOME=//p')
     export CUDA_HOME=$cuda_home PATH=$cuda_home/bin:$PATH CUDA_COMPUTE_CAP=90
     cargo build --release --features cuda -p train -p evaluate --target-dir target/cuda
-    ls -la target/cuda/release/{train,evaluate,predict}
+    # Stripped, xz-compressed copies (≈12 MB each) to carry to a GPU machine.
+    mkdir -p .gpu/bin
+    for b in train evaluate predict; do
+        strip -o ".gpu/bin/$b" "target/cuda/release/$b" && xz -T0 -f ".gpu/bin/$b"
+    done
+    ls -la .gpu/bin
 
 # Run the whole test suite.
 test:

@@ -5,7 +5,7 @@
 # 20,000-review test split, and the same training step in PyTorch + PEFT.
 #
 # Expects, relative to the repository root (carry them with the device tool):
-#   .gpu/bin/{train,evaluate,predict}   built here with `just build-cuda`
+#   .gpu/bin/{train,evaluate,predict}.xz   built here with `just build-cuda`
 #   .gpu/minilm/                        config.json, tokenizer.json, model.safetensors
 #   .gpu/fixtures/bert-tiny-lora/       base/, adapter/, expected.json, expected.safetensors
 #   artifacts/{data,tokens}/            from `just data-prep tokenize`
@@ -14,6 +14,8 @@ out=${OUT:-/tmp/gpu-check}; mkdir -p "$out"
 py=/opt/torch/.venv/bin/python3
 libs=$(ls -d /opt/torch/.venv/lib/python3*/site-packages/nvidia/cu13/lib 2>/dev/null | head -1)
 export LD_LIBRARY_PATH=${libs}:${LD_LIBRARY_PATH:-}
+for f in .gpu/bin/*.xz; do [ -e "$f" ] && xz -d -f "$f"; done
+chmod +x .gpu/bin/* 2>/dev/null
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee "$out/device.txt"
 
 echo "== parity: fixture adapter on the GPU vs PEFT's logits"
