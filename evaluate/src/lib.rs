@@ -148,24 +148,6 @@ fn resolve_model_dir(config: &Config, choice: &ModelChoice) -> Result<PathBuf> {
     }
 }
 
-/// The model files that decide its outputs, by stable name: config.json and the weights,
-/// a single file or every shard of a sharded checkpoint.
-fn model_inputs(dir: &Path) -> Result<Vec<(String, PathBuf)>> {
-    let mut files = vec![("model/config.json".to_string(), dir.join("config.json"))];
-    let single = dir.join("model.safetensors");
-    let index = dir.join("model.safetensors.index.json");
-    if single.exists() {
-        files.push(("model/model.safetensors".into(), single));
-    } else if index.exists() {
-        files.push(("model/model.safetensors.index.json".into(), index.clone()));
-        for shard in pipeline::hub::shard_names(&index)? {
-            files.push((format!("model/{shard}"), dir.join(&shard)));
-        }
-    }
-    // No weights at all: loading the checkpoint says so.
-    Ok(files)
-}
-
 /// This run's adapter was trained on the model whose files the train stamp records: the
 /// upstream check covers train's config and outputs, not its inputs, so a model whose files
 /// changed since (same `model.source`, new weights) would silently get an adapter trained on
@@ -272,7 +254,7 @@ pub fn run(config: &Config, choice: &ModelChoice, force: bool) -> Result<Outcome
     // Hash the model's files, and load it only when there is work to do.
     let model_dir = resolve_model_dir(config, choice)?;
     let mut model_hashes = BTreeMap::new();
-    for (name, path) in model_inputs(&model_dir)? {
+    for (name, path) in pipeline::hub::model_files(&model_dir)? {
         if path.exists() {
             let hash = stamp::hash_file(&path).with_context(|| format!("hashing input {name}"))?;
             stage.input_hash(&name, hash.clone());

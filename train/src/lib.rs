@@ -39,26 +39,6 @@ pub enum Outcome {
     },
 }
 
-/// The model's files that decide its outputs: config.json and the weights, by name.
-fn model_inputs(dir: &Path) -> Result<Vec<(String, PathBuf)>> {
-    let mut files = vec![("model/config.json".to_string(), dir.join("config.json"))];
-    let single = dir.join("model.safetensors");
-    let index = dir.join("model.safetensors.index.json");
-    if single.exists() {
-        files.push(("model/model.safetensors".into(), single));
-    } else if index.exists() {
-        for shard in hub::shard_names(&index)? {
-            files.push((format!("model/{shard}"), dir.join(&shard)));
-        }
-    } else {
-        bail!(
-            "model folder {} has no model.safetensors (nor a sharded index)",
-            dir.display()
-        );
-    }
-    Ok(files)
-}
-
 fn lora_settings(config: &Config) -> LoraSettings {
     let l = &config.lora;
     LoraSettings {
@@ -133,7 +113,7 @@ pub fn run(config: &Config, force: bool) -> Result<Outcome> {
     let model = &config.model;
     let model_dir = hub::model_dir(&model.source, &model.revision, true, false)?;
     let mut inputs = BTreeMap::new();
-    for (name, path) in model_inputs(&model_dir)? {
+    for (name, path) in pipeline::hub::model_files(&model_dir)? {
         let hash =
             stamp::hash_file(&path).with_context(|| format!("hashing {}", path.display()))?;
         stage.input_hash(&name, hash.clone());

@@ -125,6 +125,28 @@ pub fn shard_names(index: &Path) -> Result<Vec<String>> {
     Ok(names)
 }
 
+/// The files of a model folder that decide its outputs, by stable name (stamps record them
+/// by name, not path): config.json and the weights, a single file or the index and every shard.
+pub fn model_files(dir: &Path) -> Result<Vec<(String, PathBuf)>> {
+    let mut files = vec![("model/config.json".to_string(), dir.join("config.json"))];
+    let single = dir.join("model.safetensors");
+    let index = dir.join("model.safetensors.index.json");
+    if single.exists() {
+        files.push(("model/model.safetensors".into(), single));
+    } else if index.exists() {
+        files.push(("model/model.safetensors.index.json".into(), index.clone()));
+        for shard in shard_names(&index)? {
+            files.push((format!("model/{shard}"), dir.join(&shard)));
+        }
+    } else {
+        bail!(
+            "model folder {} has no model.safetensors (nor a sharded index model.safetensors.index.json)",
+            dir.display()
+        );
+    }
+    Ok(files)
+}
+
 /// A file of a hub dataset repository (through the cache).
 pub fn dataset_file(repo_id: &str, revision: &str, file: &str) -> Result<PathBuf> {
     hub_file(repo_id, RepoType::Dataset, revision, file)
