@@ -185,10 +185,10 @@ fn gemm(dst: &mut [f32], acc: bool, a: Mat, b: Mat, beta: f32, parallel: bool) {
 
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub(crate) struct DropKey {
-    k0: u32,
-    k1: u32,
-    threshold: u32,
-    scale: f32,
+    pub(crate) k0: u32,
+    pub(crate) k1: u32,
+    pub(crate) threshold: u32,
+    pub(crate) scale: f32,
 }
 
 fn splitmix64(mut z: u64) -> u64 {
