@@ -81,6 +81,7 @@ const FAMILY: &str = "sans-serif";
 /// The same font, for [`CrispText`].
 static FONT_REF: OnceLock<FontRef<'static>> = OnceLock::new();
 
+pub mod cli;
 mod crisp_text;
 pub mod stage;
 use crisp_text::CrispText;
