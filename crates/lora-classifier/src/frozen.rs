@@ -36,6 +36,7 @@ impl FrozenMatmul {
         w: &S,
         wl: &Layout,
         b: Option<(&S, &Layout)>,
+        add_bias: impl FnOnce(S, &Layout, &S, &Layout) -> Result<S>,
     ) -> Result<(S, Shape)> {
         let (n_out, n_in) = self.dims();
         if !xl.is_contiguous() || xl.dims().last() != Some(&n_in) {
@@ -54,8 +55,7 @@ impl FrozenMatmul {
         };
         let mut y = x.matmul(w, (1, m, n_out, n_in), &x2, &wt)?;
         if let Some((b, bl)) = b {
-            let yl = Layout::contiguous((m, n_out));
-            y = y.binary_impl::<Add>(b, &yl, &bl.broadcast_as((m, n_out))?)?;
+            y = add_bias(y, &Layout::contiguous((m, n_out)), b, bl)?;
         }
         let mut dims = xl.dims().to_vec();
         *dims.last_mut().unwrap() = n_out;
@@ -68,6 +68,7 @@ impl FrozenMatmul {
         x: &S,
         xl: &Layout,
         pick: impl Fn(&Storage) -> Option<&S>,
+        add_bias: impl FnOnce(S, &Layout, &S, &Layout) -> Result<S>,
     ) -> Result<(S, Shape)> {
         let (ws, wl) = self.w.storage_and_layout();
         let w = pick(&ws).ok_or_else(|| candle_core::Error::Msg(mixed_devices()))?;
@@ -79,7 +80,7 @@ impl FrozenMatmul {
             )),
             None => None,
         };
-        self.forward(x, xl, w, wl, b)
+        self.forward(x, xl, w, wl, b, add_bias)
     }
 }
 
@@ -93,10 +94,16 @@ impl CustomOp1 for FrozenMatmul {
     }
 
     fn cpu_fwd(&self, x: &CpuStorage, xl: &Layout) -> Result<(CpuStorage, Shape)> {
-        self.forward_on(x, xl, |s| match s {
-            Storage::Cpu(s) => Some(s),
-            _ => None,
-        })
+        let add_bias = |y: CpuStorage, yl: &Layout, b: &CpuStorage, bl: &Layout| {
+            y.binary_impl::<Add>(b, yl, &bl.broadcast_as(yl.shape().clone())?)
+        };
+        fn pick(s: &Storage) -> Option<&CpuStorage> {
+            match s {
+                Storage::Cpu(s) => Some(s),
+                _ => None,
+            }
+        }
+        self.forward_on(x, xl, pick, add_bias)
     }
 
     #[cfg(feature = "cuda")]
@@ -105,10 +112,19 @@ impl CustomOp1 for FrozenMatmul {
         x: &candle_core::CudaStorage,
         xl: &Layout,
     ) -> Result<(candle_core::CudaStorage, Shape)> {
-        self.forward_on(x, xl, |s| match s {
-            Storage::Cuda(s) => Some(s),
-            _ => None,
-        })
+        // One kernel, in place: candle's broadcast add runs its strided kernel at a tenth of
+        // the memory bandwidth (profiled: half of bert-base's inference time on an H100).
+        let add_bias = |mut y: candle_core::CudaStorage, yl: &Layout, b: &_, bl: &Layout| {
+            crate::cuda::launch::bias_add(&mut y, yl, b, bl)?;
+            Ok(y)
+        };
+        fn pick(s: &Storage) -> Option<&candle_core::CudaStorage> {
+            match s {
+                Storage::Cuda(s) => Some(s),
+                _ => None,
+            }
+        }
+        self.forward_on(x, xl, pick, add_bias)
     }
 
     /// dx = dy · W: the weight and bias are frozen, so no other gradient is computed.

@@ -69,7 +69,7 @@ impl Lora {
             ctx,
         )?;
         let mut dims = x.dims().to_vec();
-        let x = x.flatten_to(dims.len() - 2)?;
+        let x = x.contiguous()?.flatten_to(dims.len() - 2)?;
         let h = x.matmul(&ctx.param(&self.a).t()?)?;
         let h = match &self.norm {
             Some((w, b)) => {

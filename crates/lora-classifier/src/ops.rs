@@ -129,7 +129,8 @@ pub(crate) fn linear(x: &Tensor, f: Frozen, act: Act, ctx: &Ctx) -> Result<Tenso
         return activation(&apply1(&x.contiguous()?, f.matmul())?, act, ctx);
     }
     let mut dims = x.dims().to_vec();
-    let x2 = x.flatten_to(dims.len() - 2)?;
+    // CUDA's matmul takes only rows at unit stride ([CLS] rows of a batch are not).
+    let x2 = x.contiguous()?.flatten_to(dims.len() - 2)?;
     let w = if f.conv1d { f.w.clone() } else { f.w.t()? };
     let mut y = x2.matmul(&w)?;
     if let Some(b) = f.b {
@@ -328,20 +329,27 @@ pub(crate) fn attention(
         };
     }
     let d = hid / heads;
-    let split = |t: &Tensor| t.reshape((b, n, heads, d))?.transpose(1, 2)?.contiguous();
-    let (q, k, v) = (split(q)?, split(k)?, split(v)?);
-    let dtype = q.dtype();
-    let s = q.matmul(&k.t()?)?;
-    if ctx.cuda_for(&[&s]) {
+    if ctx.cuda_for(&[q, k, v]) {
+        // [b, n, heads·d] → [b, heads, n, d] and back, each one kernel.
+        let split = |t: &Tensor| {
+            apply1(
+                &t.contiguous()?.reshape((b, n, heads, d))?,
+                cuda::SwapMiddle,
+            )
+        };
+        let (q, k, v) = (split(q)?, split(k)?, split(v)?);
         let op = cuda::MaskedSoftmax {
             key_bias: mask.tensor.clone(),
             causal,
             scale: scale as f32,
         };
-        let p = dropout(&apply1(&s, op)?, key, ctx)?;
-        return p.matmul(&v)?.transpose(1, 2)?.reshape((b, n, hid));
+        let p = dropout(&apply1(&q.matmul(&k.t()?)?, op)?, key, ctx)?;
+        return apply1(&p.matmul(&v)?, cuda::SwapMiddle)?.reshape((b, n, hid));
     }
-    let s = (s.to_dtype(DType::F32)? * scale)?;
+    let split = |t: &Tensor| t.reshape((b, n, heads, d))?.transpose(1, 2)?.contiguous();
+    let (q, k, v) = (split(q)?, split(k)?, split(v)?);
+    let dtype = q.dtype();
+    let s = (q.matmul(&k.t()?)?.to_dtype(DType::F32)? * scale)?;
     let mut s = s.broadcast_add(&mask.tensor.reshape((b, 1, 1, n))?)?;
     if causal {
         let c: Vec<f32> = (0..n * n)

@@ -10,6 +10,7 @@
 
 pub mod checkpoint;
 pub mod clip;
+mod cuda;
 pub mod device;
 pub mod optim;
 pub mod schedule;

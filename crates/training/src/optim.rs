@@ -10,6 +10,7 @@ use std::collections::HashMap;
 
 use anyhow::{bail, Context, Result};
 use candle_core::{backprop::GradStore, DType, Tensor, Var};
+use lora_classifier::Kernels;
 
 /// Which algorithm, with its hyper-parameters (the learning rate is given per step).
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -69,6 +70,7 @@ pub struct Optimizer {
     params: Vec<(String, Var)>,
     state: Vec<ParamState>,
     steps: u64,
+    kernels: Kernels,
 }
 
 /// The optimizer's state for a checkpoint: `steps` calls to [`Optimizer::step`], and tensors
@@ -100,6 +102,7 @@ impl Optimizer {
             params,
             state,
             steps: 0,
+            kernels: Kernels::from_env(),
         })
     }
 
@@ -133,12 +136,45 @@ impl Optimizer {
                     .collect::<candle_core::Result<_>>()?;
             }
             state.step += 1;
+            if let (
+                true,
+                OptimizerKind::AdamW {
+                    beta1,
+                    beta2,
+                    eps,
+                    weight_decay,
+                },
+            ) = (Self::fused_on(self.kernels, p), self.kind)
+            {
+                let s = AdamScalars::new(beta1, beta2, eps, weight_decay, state.step, lr);
+                let (m, v) = (&state.buffers[0], &state.buffers[1]);
+                let op = crate::cuda::AdamWStep {
+                    g: &grad.contiguous()?,
+                    m,
+                    v,
+                    s,
+                };
+                p.inplace_op1(&op)
+                    .with_context(|| format!("updating {name}"))?;
+                continue;
+            }
             let new = update(self.kind, p, &grad, &mut state.buffers, state.step, lr)
                 .with_context(|| format!("updating {name}"))?;
             var.set(&new)?;
         }
         self.steps += 1;
         Ok(())
+    }
+
+    /// Which implementation `step` uses: `Kernels::Auto` (the default, or as `KERNELS_ENV`
+    /// says) runs AdamW as one CUDA kernel per parameter on a GPU; `Composed` always composes
+    /// candle ops (the reference; the results are equal bit for bit).
+    pub fn set_kernels(&mut self, kernels: Kernels) {
+        self.kernels = kernels;
+    }
+
+    fn fused_on(kernels: Kernels, p: &Tensor) -> bool {
+        cfg!(feature = "cuda") && kernels == Kernels::Auto && p.device().is_cuda()
     }
 
     pub fn export_state(&self) -> Result<OptimizerState> {
@@ -194,6 +230,33 @@ impl Optimizer {
     }
 }
 
+/// The scalars of an Adam(W) step, in f64 as Python computes them.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct AdamScalars {
+    /// 1 − lr · weight_decay (AdamW's decoupled decay).
+    pub decay: f64,
+    /// The lerp weight of exp_avg towards the gradient, 1 − beta1.
+    pub w: f64,
+    pub beta2: f64,
+    pub bias_correction2: f64,
+    pub eps: f64,
+    /// lr / (1 − beta1^step).
+    pub step_size: f64,
+}
+
+impl AdamScalars {
+    fn new(beta1: f64, beta2: f64, eps: f64, weight_decay: f64, step: u64, lr: f64) -> Self {
+        Self {
+            decay: 1.0 - lr * weight_decay,
+            w: 1.0 - beta1,
+            beta2,
+            bias_correction2: 1.0 - beta2.powi(step as i32),
+            eps,
+            step_size: lr / (1.0 - beta1.powi(step as i32)),
+        }
+    }
+}
+
 /// The new parameter value; updates `buf` in place. Each line mirrors PyTorch's code.
 fn update(
     kind: OptimizerKind,
@@ -224,29 +287,27 @@ fn update(
             eps,
             weight_decay,
         } => {
+            let s = AdamScalars::new(beta1, beta2, eps, weight_decay, step, lr);
             let decoupled = matches!(kind, OptimizerKind::AdamW { .. });
             let (p, grad) = if decoupled {
                 // param.mul_(1 - lr * weight_decay)
-                (p.affine(1.0 - lr * weight_decay, 0.0)?, grad.clone())
+                (p.affine(s.decay, 0.0)?, grad.clone())
             } else {
                 (p.clone(), l2(grad, weight_decay)?)
             };
             // exp_avg.lerp_(grad, 1 - beta1): ATen computes self + w * (end - self) for w < 0.5.
-            let w = 1.0 - beta1;
+            let w = s.w;
             buf[0] = if w < 0.5 {
                 (&buf[0] + (&grad - &buf[0])?.affine(w, 0.0)?)?
             } else {
                 (&grad - (&grad - &buf[0])?.affine(1.0 - w, 0.0)?)?
             };
             // exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
-            buf[1] = (buf[1].affine(beta2, 0.0)? + (grad.affine(1.0 - beta2, 0.0)? * &grad)?)?;
-            let bias_correction1 = 1.0 - beta1.powi(step as i32);
-            let bias_correction2 = 1.0 - beta2.powi(step as i32);
-            let step_size = lr / bias_correction1;
+            buf[1] = (buf[1].affine(s.beta2, 0.0)? + (grad.affine(1.0 - s.beta2, 0.0)? * &grad)?)?;
             // denom = (exp_avg_sq.sqrt() / bias_correction2_sqrt).add_(eps)
-            let denom = (buf[1].sqrt()? / bias_correction2.sqrt())?.affine(1.0, eps)?;
+            let denom = (buf[1].sqrt()? / s.bias_correction2.sqrt())?.affine(1.0, s.eps)?;
             // param.addcdiv_(exp_avg, denom, value=-step_size)
-            &p + (&buf[0] / &denom)?.affine(-step_size, 0.0)?
+            &p + (&buf[0] / &denom)?.affine(-s.step_size, 0.0)?
         }
         OptimizerKind::Sgd {
             momentum,

@@ -1,6 +1,7 @@
-// CUDA kernels for the steps that candle would otherwise compose from many launches: dropout
-// (with the CPU's counter-based masks, bit for bit), the attention's scaled, masked softmax, the
-// residual + LayerNorm of BERT's blocks, and GELU, each with its backward pass. Every kernel
+// CUDA kernels for the steps that candle would otherwise compose from many launches (or run
+// through its generic strided kernels): dropout (with the CPU's counter-based masks, bit for
+// bit), the attention's scaled, masked softmax, the residual + LayerNorm of BERT's blocks and
+// GELU, each with its backward pass; a linear layer's bias; the attention heads' transposes. Every kernel
 // reads and writes one element type T (f32, bf16 or f16) and computes in f32.
 //
 // Compiled to PTX by build.rs (nvcc --ptx) when the `cuda` feature is on; loaded by cuda/mod.rs.
@@ -97,46 +98,77 @@ __device__ void dropout(const T *x, T *y, uint32_t n, DropKey k) {
 }
 
 // ---- attention: p = softmax(s · scale + key_bias (+ causal mask)) over the last dim ---------
-// s, p: [batch, heads, q_len, n] rows; key_bias: [batch, n] f32 (0 or MASKED). One block a row.
+// s, p: [batch, heads, q_len, n] rows; key_bias: [batch, n] f32 (0 or MASKED). One warp a row
+// (rows hold the keys of one query: at most a model's positions), reductions by shuffles.
 
 template <typename T>
-__device__ float score(const T *s, const float *bias, int j, int qi, int causal, float scale) {
+__device__ __forceinline__ float score(const T *s, const float *bias, int j, int qi, int causal,
+                                       float scale) {
     float v = to_f(s[j]) * scale + bias[j];
     if (causal && j > qi) v += MASKED;
     return v;
 }
 
+__device__ __forceinline__ size_t warp_row() {
+    return (size_t)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
+}
+
 template <typename T>
-__device__ void masked_softmax(const T *s, const float *key_bias, T *p, int n, int rows_per_batch,
-                               int q_len, int causal, float scale) {
-    const size_t row = blockIdx.x;
+__device__ void masked_softmax(const T *s, const float *key_bias, T *p, size_t rows, int n,
+                               int rows_per_batch, int q_len, int causal, float scale) {
+    const size_t row = warp_row();
+    if (row >= rows) return;
+    const int lane = threadIdx.x & 31;
     const int qi = (int)(row % q_len);
     const float *bias = key_bias + (row / rows_per_batch) * n;
     const T *sr = s + row * n;
     T *pr = p + row * n;
     float mx = -INFINITY;
-    for (int j = threadIdx.x; j < n; j += blockDim.x)
-        mx = fmaxf(mx, score(sr, bias, j, qi, causal, scale));
-    mx = block_max(mx);
+    for (int j = lane; j < n; j += 32) mx = fmaxf(mx, score(sr, bias, j, qi, causal, scale));
+    mx = warp_max(mx);
     float sum = 0.0f;
-    for (int j = threadIdx.x; j < n; j += blockDim.x)
-        sum += expf(score(sr, bias, j, qi, causal, scale) - mx);
-    sum = block_sum(sum);
-    for (int j = threadIdx.x; j < n; j += blockDim.x)
+    for (int j = lane; j < n; j += 32) sum += expf(score(sr, bias, j, qi, causal, scale) - mx);
+    sum = warp_sum(sum);
+    for (int j = lane; j < n; j += 32)
         pr[j] = from_f<T>(expf(score(sr, bias, j, qi, causal, scale) - mx) / sum);
 }
 
 // ds = scale · p ⊙ (g − Σ g⊙p), per row.
 template <typename T>
-__device__ void masked_softmax_backward(const T *p, const T *g, T *ds, int n, float scale) {
-    const size_t row = blockIdx.x;
+__device__ void masked_softmax_backward(const T *p, const T *g, T *ds, size_t rows, int n,
+                                        float scale) {
+    const size_t row = warp_row();
+    if (row >= rows) return;
+    const int lane = threadIdx.x & 31;
     const T *pr = p + row * n, *gr = g + row * n;
     T *dr = ds + row * n;
     float dot = 0.0f;
-    for (int j = threadIdx.x; j < n; j += blockDim.x) dot += to_f(pr[j]) * to_f(gr[j]);
-    dot = block_sum(dot);
-    for (int j = threadIdx.x; j < n; j += blockDim.x)
+    for (int j = lane; j < n; j += 32) dot += to_f(pr[j]) * to_f(gr[j]);
+    dot = warp_sum(dot);
+    for (int j = lane; j < n; j += 32)
         dr[j] = from_f<T>(scale * to_f(pr[j]) * (to_f(gr[j]) - dot));
+}
+
+// ---- y[i] += b[i mod n]: a linear layer's bias, in place on the matmul's output --------------
+
+template <typename T>
+__device__ void bias_add(T *y, const T *b, uint32_t total, uint32_t n) {
+    for (uint32_t i = blockIdx.x * blockDim.x + threadIdx.x; i < total; i += blockDim.x * gridDim.x)
+        y[i] = from_f<T>(to_f(y[i]) + to_f(b[i % n]));
+}
+
+// ---- [B, X, Y, D] → [B, Y, X, D]: attention heads split from and merged into the hidden dim --
+
+template <typename T>
+__device__ void swap_middle(const T *x, T *y, uint32_t nb, uint32_t nx, uint32_t ny, uint32_t d) {
+    const uint32_t total = nb * nx * ny * d;
+    for (uint32_t i = blockIdx.x * blockDim.x + threadIdx.x; i < total; i += blockDim.x * gridDim.x) {
+        // i indexes the output [B, Y, X, D].
+        const uint32_t e = i % d, r = i / d;
+        const uint32_t xi = r % nx, r2 = r / nx;
+        const uint32_t yi = r2 % ny, bi = r2 / ny;
+        y[i] = x[(((size_t)bi * nx + xi) * ny + yi) * d + e];
+    }
 }
 
 // ---- LayerNorm(dropout(x) + r) over rows of h, frozen weight w, bias b -----------------------
@@ -242,13 +274,20 @@ __device__ void gelu_backward(const T *x, const T *g, T *dx, uint32_t n, int tan
         dropout<T>(x, y, n, DropKey{k0, k1, threshold, scale});                                     \
     }                                                                                               \
     extern "C" __global__ void masked_softmax_##SUFFIX(const T *s, const float *key_bias, T *p,     \
-                                                       int n, int rows_per_batch, int q_len,        \
-                                                       int causal, float scale) {                   \
-        masked_softmax<T>(s, key_bias, p, n, rows_per_batch, q_len, causal, scale);                 \
+                                                       uint32_t rows, int n, int rows_per_batch,    \
+                                                       int q_len, int causal, float scale) {        \
+        masked_softmax<T>(s, key_bias, p, rows, n, rows_per_batch, q_len, causal, scale);           \
     }                                                                                               \
     extern "C" __global__ void masked_softmax_backward_##SUFFIX(const T *p, const T *g, T *ds,     \
-                                                                int n, float scale) {               \
-        masked_softmax_backward<T>(p, g, ds, n, scale);                                             \
+                                                                uint32_t rows, int n, float scale) {\
+        masked_softmax_backward<T>(p, g, ds, rows, n, scale);                                       \
+    }                                                                                               \
+    extern "C" __global__ void bias_add_##SUFFIX(T *y, const T *b, uint32_t total, uint32_t n) {   \
+        bias_add<T>(y, b, total, n);                                                                \
+    }                                                                                               \
+    extern "C" __global__ void swap_middle_##SUFFIX(const T *x, T *y, uint32_t nb, uint32_t nx,    \
+                                                    uint32_t ny, uint32_t d) {                      \
+        swap_middle<T>(x, y, nb, nx, ny, d);                                                        \
     }                                                                                               \
     extern "C" __global__ void layer_norm_##SUFFIX(                                                 \
         const T *x, const T *r, const T *w, const T *b, T *y, int h, int has_r, int has_drop,       \

@@ -46,6 +46,10 @@ pub(crate) struct LayerNorm {
 /// CustomOp2 on x, grad.
 struct LayerNormBackward<'a>(&'a LayerNorm);
 
+/// [B, X, Y, D] → [B, Y, X, D] (attention heads out of and back into the hidden dim); its
+/// backward pass is the same swap of the gradient.
+pub(crate) struct SwapMiddle;
+
 /// GELU, exact or tanh-approximated, with its derivative as backward pass.
 pub(crate) struct Gelu(pub Act);
 
@@ -326,6 +330,26 @@ impl CustomOp3 for LayerNormBackward<'_> {
     }
 }
 
+impl CustomOp1 for SwapMiddle {
+    fn name(&self) -> &'static str {
+        "cuda-swap-middle"
+    }
+
+    fn cpu_fwd(&self, _: &CpuStorage, _: &Layout) -> Result<(CpuStorage, Shape)> {
+        cuda_only(self.name())
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(&self, x: &CudaStorage, l: &Layout) -> Result<(CudaStorage, Shape)> {
+        let (nb, nx, ny, d) = l.shape().dims4()?;
+        Ok((launch::swap_middle(x, l)?, Shape::from((nb, ny, nx, d))))
+    }
+
+    fn bwd(&self, _x: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        Ok(Some(grad.contiguous()?.apply_op1_no_bwd(self)?))
+    }
+}
+
 impl CustomOp1 for Gelu {
     fn name(&self) -> &'static str {
         "cuda-gelu"
@@ -381,7 +405,7 @@ use candle_core::CudaStorage;
 
 /// The launches: typed views of the inputs, one kernel per call.
 #[cfg(feature = "cuda")]
-mod launch {
+pub(crate) mod launch {
     use candle_core::cuda_backend::cudarc::driver::{
         CudaSlice, CudaView, DeviceRepr, LaunchConfig, PushKernelArg,
     };
@@ -498,6 +522,15 @@ mod launch {
         }
     }
 
+    /// One warp a row, four rows a block.
+    fn warp_rows(n: usize) -> LaunchConfig {
+        LaunchConfig {
+            grid_dim: (n.div_ceil(4) as u32, 1, 1),
+            block_dim: (128, 1, 1),
+            shared_mem_bytes: 0,
+        }
+    }
+
     fn rows(n: usize) -> LaunchConfig {
         LaunchConfig {
             grid_dim: (n as u32, 1, 1),
@@ -558,16 +591,18 @@ mod launch {
                 let f = kernel!(dev, "masked_softmax", T)?;
                 let mut b = f.builder();
                 b.arg(&x).arg(&bias).arg(&p);
+                let n_rows = batch * heads * q;
                 candle_core::builder_arg!(
                     b,
+                    index_limit(n_rows)?,
                     n as i32,
                     (heads * q) as i32,
                     q as i32,
                     op.causal as i32,
                     op.scale
                 );
-                // SAFETY: one block per row of n scores; bias holds batch × n values.
-                unsafe { b.launch(rows(batch * heads * q)) }.w()?;
+                // SAFETY: one warp per row of n scores; bias holds batch × n values.
+                unsafe { b.launch(warp_rows(n_rows)) }.w()?;
                 Ok(storage(dev, p))
             })
         }
@@ -605,9 +640,10 @@ mod launch {
             let f = kernel!(dev, "masked_softmax_backward", T)?;
             let mut b = f.builder();
             b.arg(&pv).arg(&gv).arg(&ds);
-            candle_core::builder_arg!(b, n as i32, scale);
-            // SAFETY: one block per row of n values in each buffer.
-            unsafe { b.launch(rows(pv.len() / n)) }.w()?;
+            let n_rows = pv.len() / n;
+            candle_core::builder_arg!(b, index_limit(n_rows)?, n as i32, scale);
+            // SAFETY: one warp per row of n values in each buffer.
+            unsafe { b.launch(warp_rows(n_rows)) }.w()?;
             Ok(storage(dev, ds))
         }
         by_dtype!(dtype(p), run(p, pl, g, gl, scale))
@@ -734,6 +770,58 @@ mod launch {
             })
         }
         by_dtype!(dtype(x), run(op, x, xl, r, g, gl))
+    }
+
+    /// y += b broadcast over y's rows, in place (y: a matmul's fresh output, [rows, n]).
+    pub(crate) fn bias_add(
+        y: &mut CudaStorage,
+        yl: &Layout,
+        bias: &CudaStorage,
+        bl: &Layout,
+    ) -> Result<()> {
+        fn run<T: Elem>(
+            y: &mut CudaStorage,
+            yl: &Layout,
+            bias: &CudaStorage,
+            bl: &Layout,
+        ) -> Result<()> {
+            let dev = y.device.clone();
+            let bv = view::<T>(bias, bl, "linear bias")?;
+            let n = bv.len();
+            let total = yl.shape().elem_count();
+            if n == 0 || yl.dims().last() != Some(&n) {
+                bail!("bias add: bias of {n} for output {:?}", yl.dims())
+            }
+            let yv = view::<T>(y, yl, "linear output")?;
+            let f = kernel!(dev, "bias_add", T)?;
+            let mut b = f.builder();
+            b.arg(&yv).arg(&bv);
+            candle_core::builder_arg!(b, index_limit(total)?, n as u32);
+            // SAFETY: y holds total elements, b holds n; the kernel writes y in place.
+            unsafe { b.launch(elementwise(total)) }.w()?;
+            Ok(())
+        }
+        by_dtype!(dtype(y), run(y, yl, bias, bl))
+    }
+
+    /// [B, X, Y, D] → [B, Y, X, D].
+    pub(super) fn swap_middle(x: &CudaStorage, l: &Layout) -> Result<CudaStorage> {
+        fn run<T: Elem>(x: &CudaStorage, l: &Layout) -> Result<CudaStorage> {
+            let dev = &x.device;
+            let (nb, nx, ny, d) = l.shape().dims4()?;
+            let xv = view::<T>(x, l, "swap-middle input")?;
+            let n = xv.len();
+            let y = out::<T>(dev, n)?;
+            let f = kernel!(dev, "swap_middle", T)?;
+            let mut b = f.builder();
+            b.arg(&xv).arg(&y);
+            index_limit(n)?;
+            candle_core::builder_arg!(b, nb as u32, nx as u32, ny as u32, d as u32);
+            // SAFETY: x and y hold nb·nx·ny·d elements.
+            unsafe { b.launch(elementwise(n)) }.w()?;
+            Ok(storage(dev, y))
+        }
+        by_dtype!(dtype(x), run(x, l))
     }
 
     fn tanh_flag(act: Act) -> Result<i32> {
