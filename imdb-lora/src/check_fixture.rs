@@ -32,14 +32,17 @@ pub fn main(argv: impl Iterator<Item = OsString>) {
     pipeline::cli::run_stage("check-fixture", || run(&args));
 }
 
+/// max |a − b|, compared on the CPU (the expected tensors live there).
 fn max_abs_diff(a: &Tensor, b: &Tensor) -> Result<f64> {
-    let d = (a.to_dtype(DType::F64)? - b.to_dtype(DType::F64)?)?.abs()?;
+    let on_cpu = |t: &Tensor| t.to_device(&Device::Cpu)?.to_dtype(DType::F64);
+    let d = (on_cpu(a)? - on_cpu(b)?)?.abs()?;
     let m = d.flatten_all()?.max(0)?.to_scalar::<f64>()?;
     Ok(if m.is_nan() { f64::INFINITY } else { m })
 }
 
 fn max_abs(a: &Tensor) -> Result<f64> {
-    Ok(a.to_dtype(DType::F64)?
+    Ok(a.to_device(&Device::Cpu)?
+        .to_dtype(DType::F64)?
         .abs()?
         .flatten_all()?
         .max(0)?
@@ -89,7 +92,10 @@ fn run(args: &Args) -> Result<()> {
     } else {
         (f64::INFINITY, 2e-2, 1e-1)
     };
-    let probs = |logits: &Tensor| candle_nn::ops::softmax(&logits.to_dtype(DType::F64)?, D::Minus1);
+    let probs = |logits: &Tensor| {
+        let logits = logits.to_device(&Device::Cpu)?.to_dtype(DType::F64)?;
+        candle_nn::ops::softmax(&logits, D::Minus1)
+    };
 
     let base = SequenceClassifier::new(&ckpt, None, 0, &device, dtype)?;
     let logits = base.forward(&ids, &mask, Mode::Eval)?;

@@ -1,16 +1,18 @@
 //! `imdb-lora check-kernels`: the kernels a device runs (the fused CPU kernels, or the CUDA
 //! kernels and the frozen-weight matmul) against candle's composed ops on the same device — the
 //! reference every implementation is tested against — for one training step: logits, loss and
-//! the gradient of every trainable tensor, and the merged model's inference logits. One JSON
-//! line per comparison; exit status 1 when any is off by more than the dtype's tolerance.
+//! the gradient of every trainable tensor, two AdamW updates (fused against composed, from the
+//! same gradients), and the merged model's inference logits. One JSON line per comparison; exit
+//! status 1 when any is off by more than the dtype's tolerance.
 
 use std::ffi::OsString;
 
 use anyhow::{bail, Context, Result};
-use candle_core::{DType, Tensor};
+use candle_core::{DType, Tensor, Var};
 use clap::Parser;
 use lora_classifier::{Kernels, Mode, SequenceClassifier};
 use rand::{Rng, SeedableRng};
+use training::{Optimizer, OptimizerKind};
 
 use crate::models;
 
@@ -140,6 +142,54 @@ fn run(args: &Args) -> Result<()> {
             .get(&r)
             .with_context(|| format!("no reference gradient for {name}"))?;
         report(&format!("grad {name}"), g, rg)?;
+    }
+    // One AdamW step per implementation, from the same parameters and gradients (the
+    // reference model's): the fused CUDA update against the composed ops, twice (state too).
+    let copies = |kernels| -> Result<(Vec<Var>, Optimizer)> {
+        let vars: Vec<Var> = reference
+            .trainable()
+            .iter()
+            .map(|(_, v)| Var::from_tensor(&v.as_tensor().copy()?))
+            .collect::<candle_core::Result<_>>()?;
+        let named = reference
+            .trainable()
+            .into_iter()
+            .map(|(n, _)| n)
+            .zip(vars.clone())
+            .collect();
+        let mut opt = Optimizer::new(
+            OptimizerKind::AdamW {
+                beta1: 0.9,
+                beta2: 0.999,
+                eps: 1e-8,
+                weight_decay: 0.01,
+            },
+            named,
+        )?;
+        opt.set_kernels(kernels);
+        Ok((vars, opt))
+    };
+    let (fused_vars, mut fused_opt) = copies(Kernels::Auto)?;
+    let (composed_vars, mut composed_opt) = copies(Kernels::Composed)?;
+    for _ in 0..2 {
+        for (vars, opt) in [
+            (&fused_vars, &mut fused_opt),
+            (&composed_vars, &mut composed_opt),
+        ] {
+            let mut g = candle_core::backprop::GradStore::default();
+            for (v, (_, r)) in vars.iter().zip(reference.trainable()) {
+                let rg = ref_grads.get(&r).context("no reference gradient")?;
+                g.insert(v.as_tensor(), rg.copy()?);
+            }
+            opt.step(&g, 5e-4)?;
+        }
+    }
+    for ((f, c), (name, _)) in fused_vars
+        .iter()
+        .zip(&composed_vars)
+        .zip(reference.trainable())
+    {
+        report(&format!("adamw x2 {name}"), f.as_tensor(), c.as_tensor())?;
     }
     tested.merge()?;
     reference.merge()?;
