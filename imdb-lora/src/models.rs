@@ -4,7 +4,7 @@
 //! offline (bert-base).
 
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::Path;
 
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor};
@@ -39,7 +39,7 @@ pub struct Model {
 pub fn open(spec: &str) -> Result<Model> {
     if let Some(shape) = random_shape(spec) {
         let dir = tempfile::tempdir()?;
-        write_random_bert(&dir.path().to_path_buf(), &shape, 0)?;
+        write_random_bert(dir.path(), &shape, 0)?;
         let ckpt = Checkpoint::open(dir.path())?;
         return Ok(Model {
             ckpt,
@@ -94,7 +94,7 @@ pub fn random_batch(
 
 /// A BERT checkpoint (config.json + model.safetensors, f32) of the given shape with weights
 /// drawn as HF initialises them: U(±0.02·√3) (std 0.02) for matrices, LayerNorm 1 and 0.
-fn write_random_bert(dir: &PathBuf, s: &Shape, seed: u64) -> Result<()> {
+fn write_random_bert(dir: &Path, s: &Shape, seed: u64) -> Result<()> {
     let Shape(h, layers, heads, inter) = *s;
     if h % heads != 0 {
         bail!("hidden size {h} is not a multiple of {heads} heads")
