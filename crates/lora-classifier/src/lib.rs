@@ -49,6 +49,8 @@ use std::sync::Arc;
 
 use anyhow::{bail, Result};
 use candle_core::{DType, Device, Tensor, Var};
+use common::format::thousands;
+use common::hash::fnv1a;
 
 pub use checkpoint::Checkpoint;
 use checkpoint::{Config, Loader};
@@ -150,18 +152,6 @@ impl fmt::Display for ParameterCounts {
     }
 }
 
-fn thousands(n: usize) -> String {
-    let s = n.to_string();
-    let mut out = String::new();
-    for (i, c) in s.chars().enumerate() {
-        if i > 0 && (s.len() - i).is_multiple_of(3) {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    out
-}
-
 /// CPU runtime settings for a process that trains or runs this model; call it first thing in
 /// `main`, before other threads start (it sets an environment variable).
 ///
@@ -207,7 +197,7 @@ impl Head {
                 Config::Bert(c) => c.initializer_range,
                 Config::Gpt2(c) => c.initializer_range,
             };
-            let w = lora::normal((labels, hidden), std, seed ^ lora::fnv1a(module), device)?;
+            let w = lora::normal((labels, hidden), std, seed ^ fnv1a(module), device)?;
             let b = has_bias
                 .then(|| Tensor::zeros(labels, DType::F32, device))
                 .transpose()?;

@@ -18,6 +18,7 @@ use candle_core::{
     bail, CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Result, Shape, Storage, StorageRef,
     Tensor,
 };
+use common::hash::splitmix64;
 use gemm::Parallelism;
 use rayon::prelude::*;
 
@@ -189,13 +190,6 @@ pub(crate) struct DropKey {
     k1: u32,
     threshold: u32,
     scale: f32,
-}
-
-fn splitmix64(mut z: u64) -> u64 {
-    z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
 }
 
 /// Chris Wellons' lowbias32.
