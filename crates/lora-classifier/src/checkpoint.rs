@@ -268,10 +268,6 @@ impl Checkpoint {
         &self.name_or_path
     }
 
-    pub fn set_name_or_path(&mut self, name: impl Into<String>) {
-        self.name_or_path = name.into();
-    }
-
     /// The canonical name of the classification head's module (HF's attribute name).
     pub(crate) fn head_module(&self) -> &'static str {
         match self.config {

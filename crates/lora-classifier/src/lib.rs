@@ -432,21 +432,6 @@ impl SequenceClassifier {
             .any(|p| matches!(p, Part::Linear(l) if l.is_merged()))
     }
 
-    /// Paths of the linear layers LoRA can target (the head excluded).
-    pub fn linear_layer_names(&self) -> Vec<String> {
-        let parts = self.parts();
-        parts
-            .iter()
-            .filter_map(|p| {
-                if let Part::Linear(l) = p {
-                    Some(l.path.clone())
-                } else {
-                    None
-                }
-            })
-            .collect()
-    }
-
     pub fn architecture(&self) -> Architecture {
         self.arch
     }

@@ -75,10 +75,6 @@ impl CheckpointStore {
         }
     }
 
-    pub fn dir(&self) -> &Path {
-        &self.dir
-    }
-
     /// Complete checkpoints, newest first.
     fn complete(&self) -> Result<Vec<(u64, PathBuf)>> {
         if !self.dir.exists() {
