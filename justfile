@@ -63,20 +63,26 @@ smoke: build
     done
     "{{bin}}/predict" --config {{config}} "${sets[@]}" "A wonderful, moving film." "Dull and far too long."
 
-# Build train/evaluate/predict with CUDA for Hopper GPUs → target/cuda/release (toolkit from PyPI wheels in .cuda/).
+# Build the stages and imdb-lora with CUDA for Hopper GPUs → target/cuda/release (toolkit from PyPI wheels in .cuda/).
 build-cuda:
     #!/usr/bin/env bash
     set -euo pipefail
     cargo fetch --quiet
     cuda_home=$(scripts/cuda-toolkit.sh .cuda | sed -n 's/^CUDA_HOME=//p')
-    export CUDA_HOME=$cuda_home PATH=$cuda_home/bin:$PATH CUDA_COMPUTE_CAP=90
-    cargo build --release --features cuda -p train -p evaluate --target-dir target/cuda
-    # Stripped, xz-compressed copies (≈12 MB each) to carry to a GPU machine.
-    mkdir -p .gpu/bin
-    for b in train evaluate predict; do
-        strip -o ".gpu/bin/$b" "target/cuda/release/$b" && xz -T0 -f ".gpu/bin/$b"
-    done
-    ls -la .gpu/bin
+    export CUDA_HOME=$cuda_home PATH=$cuda_home/bin:$PATH CUDA_COMPUTE_CAP=${CUDA_COMPUTE_CAP:-90}
+    cargo build --release --features cuda -p train -p evaluate -p imdb-lora --target-dir target/cuda
+    ls -la target/cuda/release/imdb-lora
+
+# The bundle to copy to a GPU machine (.gpu/bundle): imdb-lora (CUDA), MiniLM in bf16, the fixture, the real split's tokens.
+gpu-bundle:
+    cargo build --release -p imdb-lora
+    scripts/gpu-bundle.sh
+
+# The GPU check's whole logic on this CPU, on a tiny slice (what scripts/gpu-check.sh runs on a GPU).
+gpu-check-cpu:
+    cargo build --release -p imdb-lora
+    scripts/gpu-bundle.sh --bin {{bin}}/imdb-lora --host-bin {{bin}}/imdb-lora --out .gpu/cpu-bundle --tiny
+    scripts/gpu-check.sh --device cpu --bundle .gpu/cpu-bundle --out .gpu/cpu-check --quick
 
 # Run the whole test suite.
 test:
@@ -87,7 +93,8 @@ lint:
     cargo fmt --all -- --check
     cargo clippy --release --workspace --all-targets -- -D warnings
 
-# Throughput benchmarks (JSON lines).
-bench:
+# Throughput benchmarks (JSON lines): tokenizer, then the model's training step and inference (MiniLM, CPU).
+bench *ARGS:
     cargo bench -p tokenize --bench tokenize
-    cargo bench -p lora-classifier --bench throughput
+    cargo build --release -p imdb-lora
+    {{bin}}/imdb-lora bench "$@"

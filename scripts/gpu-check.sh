@@ -1,69 +1,194 @@
 #!/usr/bin/env bash
-# GPU check, run ON the GPU machine from carried binaries and artifacts (see
-# README "GPU"). Prints the device, fixture parity on the GPU (f32 and bf16),
-# one bf16 training epoch of the real 2,500-review split, evaluation of the
-# 20,000-review test split, and the same training step in PyTorch + PEFT.
+# The GPU check: kernel and fixture parity, the real training run and evaluation, and throughput
+# against PyTorch + PEFT, on one GPU, from the bundle of scripts/gpu-bundle.sh (copy the
+# repository with the bundle to the GPU machine; nothing is built there). Also runs on the CPU
+# (`--device cpu --quick`, which `just gpu-check-cpu` does), so its logic is tested before any GPU
+# time is spent.
 #
-# Expects, relative to the repository root (carry them with the device tool):
-#   .gpu/bin/{train,evaluate,predict}.xz   built here with `just build-cuda`
-#   .gpu/minilm/                        config.json, tokenizer.json, model.safetensors
-#   .gpu/fixtures/bert-tiny-lora/       base/, adapter/, expected.json, expected.safetensors
-#   artifacts/{data,tokens}/            from `just data-prep tokenize`
+#   scripts/gpu-check.sh [--device cuda|cuda:N|cpu] [--bundle DIR] [--steps LIST] [--cuda-lib DIR]
+#                        [--out DIR] [--quick]
+#
+#   --steps LIST    comma-separated, default kernels,fixture,real,bench:
+#                   kernels  check-kernels: this device's kernels against candle's composed ops, one
+#                            training step at all-MiniLM-L6-v2's shape, f32 and bf16
+#                   fixture  check-fixture: transformers + PEFT's logits and gradients, f32 and bf16
+#                   real     train (3 epochs, bf16) on the real 2,500-review split with validation on
+#                            5,000, then evaluate the 20,000-review test split
+#                   bench    training-step and inference throughput, ours and PyTorch + PEFT's, at
+#                            all-MiniLM-L6-v2's shape (batch 16) and bert-base's (batch 32), 128 tokens
+#                   kernels and bench use random weights of the models' shapes (the time does not
+#                   depend on them): they need only the bundle's bin/; fixture needs fixtures/, real
+#                   needs minilm/, artifacts.tar.xz and sets.txt
+#   --bundle DIR    the bundle (default .gpu/bundle), run from the repository root
+#   --cuda-lib DIR  (or CUDA_LIB) the folder with the CUDA 13 libraries the executable loads:
+#                   libcudart.so.13, libcublas.so.13, libcublasLt.so.13, libcurand.so.10,
+#                   libnvrtc.so.13 (libcuda.so.1 comes with the NVIDIA driver). Default: the first
+#                   that has libcublas.so.13 of $CUDA_HOME/lib64, /usr/local/cuda/lib64 and the
+#                   nvidia/cu13/lib folder of the $PYTHON that has torch (PyTorch's CUDA wheels ship
+#                   these libraries)
+#   --out DIR       logs and results.jsonl (default $OUT, else /tmp/gpu-check)
+#   --quick         few steps, small batches (the CPU dry run)
+#   PYTHON          a Python with torch, transformers and peft for the PyTorch reference (default
+#                   python3); the reference is skipped, and said so, when it has none
+#   STEP_TIMEOUT    seconds any one step may take (default 300)
+#
+# Prints one JSON line per figure (and appends it to OUT/results.jsonl), then a summary. Exit status
+# 1 when a parity check or a step fails; the later steps still run (on candle's composed ops if the
+# device's kernels failed their check).
 set -uo pipefail
-out=${OUT:-/tmp/gpu-check}; mkdir -p "$out"
-py=/opt/torch/.venv/bin/python3
-libs=$(ls -d /opt/torch/.venv/lib/python3*/site-packages/nvidia/cu13/lib 2>/dev/null | head -1)
-export LD_LIBRARY_PATH=${libs}:${LD_LIBRARY_PATH:-}
-for f in .gpu/bin/*.xz; do [ -e "$f" ] && xz -d -f "$f"; done
-chmod +x .gpu/bin/* 2>/dev/null
-nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee "$out/device.txt"
-
-echo "== parity: fixture adapter on the GPU vs PEFT's logits"
-fx=.gpu/fixtures/bert-tiny-lora
-for dtype in f32 bf16; do
-    $py - "$fx" <<'PY' >"$out/texts.txt"
-import json, sys
-print("\n".join(json.load(open(f"{sys.argv[1]}/expected.json"))["texts"]))
-PY
-    .gpu/bin/predict --json --model "$fx/base" --adapter "$fx/adapter" \
-        --set model.source="$fx/base" --set model.max_len=24 --set training.device=cuda \
-        --set training.dtype=$dtype --file "$out/texts.txt" >"$out/parity-$dtype.jsonl"
-    $py - "$fx" "$out/parity-$dtype.jsonl" "$dtype" <<'PY'
-import json, sys, torch
-from safetensors.torch import load_file
-exp = torch.softmax(load_file(f"{sys.argv[1]}/expected.safetensors")["lora_logits"].double(), -1)[:, 1]
-got = torch.tensor([json.loads(l)["prob_positive"] for l in open(sys.argv[2])], dtype=torch.float64)
-err = (exp - got).abs().max().item()
-tol = 1e-5 if sys.argv[3] == "f32" else 2e-2
-print(json.dumps({"parity": sys.argv[3], "max_abs_err_prob": err, "ok": err <= tol}))
-PY
+cd "$(dirname "$0")/.."
+device=cuda bundle=.gpu/bundle cuda_lib=${CUDA_LIB:-} out=${OUT:-/tmp/gpu-check} quick=0
+steps=kernels,fixture,real,bench
+while [ $# -gt 0 ]; do
+    case $1 in
+        --device) device=$2; shift 2 ;;
+        --bundle) bundle=$2; shift 2 ;;
+        --cuda-lib) cuda_lib=$2; shift 2 ;;
+        --out) out=$2; shift 2 ;;
+        --steps) steps=$2; shift 2 ;;
+        --quick) quick=1; shift ;;
+        *) echo "gpu-check.sh: unknown option $1 (see the comment at the top)" >&2; exit 2 ;;
+    esac
 done
+py=${PYTHON:-python3}
+mkdir -p "$out"
+results=$out/results.jsonl
+: >"$results"
+failures=()
 
-echo "== one bf16 epoch of the real split, then the test split"
-sets=(--set model.source=.gpu/minilm --set training.device=cuda --set training.dtype=bf16
-      --set training.epochs=1 --set evaluate.batch_size=256)
-.gpu/bin/train "${sets[@]}" --force 2>&1 | tee "$out/train.log" | grep -v "^epoch"
-.gpu/bin/evaluate "${sets[@]}" --force 2>&1 | tee "$out/evaluate.log" | tail -3
+emit() { echo "$1" | tee -a "$results"; }
+fail() { failures+=("$1"); emit "{\"step\": \"$1\", \"ok\": false}"; }
 
-echo "== PyTorch + PEFT, same model, batch 16 x 128, bf16 autocast"
-$py - .gpu/minilm <<'PY' | tee "$out/torch.jsonl"
-import json, sys, time, torch
-from peft import LoraConfig, get_peft_model
-from transformers import AutoModelForSequenceClassification
-base = AutoModelForSequenceClassification.from_pretrained(sys.argv[1], num_labels=2).cuda()
-model = get_peft_model(base, LoraConfig(task_type="SEQ_CLS", r=8, lora_alpha=32, lora_dropout=0.1,
-                                        target_modules=["query", "value"]))
-opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=5e-4)
-ids = torch.randint(1000, 30000, (16, 128), device="cuda"); labels = torch.randint(0, 2, (16,), device="cuda")
-def step():
-    opt.zero_grad()
-    with torch.autocast("cuda", dtype=torch.bfloat16):
-        loss = model(input_ids=ids, attention_mask=torch.ones_like(ids), labels=labels).loss
-    loss.backward(); opt.step()
-for _ in range(5): step()
-torch.cuda.synchronize(); t = time.perf_counter()
-for _ in range(50): step()
-torch.cuda.synchronize()
-print(json.dumps({"bench": "torch_train_step", "samples_per_s": round(50 * 16 / (time.perf_counter() - t), 1)}))
+# A step: runs the command with its output in OUT/NAME.log; its JSON lines are results.
+step() {
+    local name=$1; shift
+    echo "== $name: $*" >&2
+    timeout "${STEP_TIMEOUT:-300}" "$@" >"$out/$name.log" 2>&1
+    local rc=$?
+    grep -h '^{' "$out/$name.log" | tee -a "$results"
+    if [ $rc -ne 0 ]; then
+        tail -5 "$out/$name.log" >&2
+        fail "$name"
+    fi
+    return $rc
+}
+
+wants() { [[ ",$steps," == *",$1,"* ]]; }
+[ -d "$bundle/bin" ] || { echo "gpu-check.sh: no bundle at $bundle: make it with scripts/gpu-bundle.sh" >&2; exit 2; }
+# Unpack what the copy compressed.
+find "$bundle" -name '*.xz' ! -name '*.tar.xz' -exec xz -d -f {} +
+if [ -e "$bundle/artifacts.tar.xz" ]; then
+    rm -rf "$bundle/artifacts"
+    xz -dc "$bundle/artifacts.tar.xz" | tar -C "$bundle" -xf - && rm -f "$bundle/artifacts.tar.xz"
+fi
+bin=$bundle/bin/imdb-lora
+chmod +x "$bin"
+if wants real; then
+    [ -d "$bundle/artifacts" ] && [ -d "$bundle/minilm" ] && [ -e "$bundle/sets.txt" ] ||
+        { echo "gpu-check.sh: the real run needs $bundle/{minilm,artifacts.tar.xz,sets.txt}" >&2; exit 2; }
+    mapfile -t sets <"$bundle/sets.txt"
+fi
+
+if [ "$device" != cpu ]; then
+    if [ -z "$cuda_lib" ]; then
+        torch_lib=$("$py" -c 'import os, torch; d = os.path.dirname(torch.__file__); print(os.path.join(os.path.dirname(d), "nvidia", "cu13", "lib"))' 2>/dev/null)
+        for d in "${CUDA_HOME:-/nonexistent}/lib64" /usr/local/cuda/lib64 "$torch_lib"; do
+            if [ -e "$d/libcublas.so.13" ]; then cuda_lib=$d; break; fi
+        done
+    fi
+    [ -n "$cuda_lib" ] || { echo "gpu-check.sh: no CUDA 13 libraries found: give --cuda-lib DIR (or CUDA_LIB)" >&2; exit 2; }
+    export LD_LIBRARY_PATH=$cuda_lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
+    gpu=$(nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | head -1)
+    emit "{\"device\": \"$device\", \"gpu\": \"$gpu\", \"cuda_lib\": \"$cuda_lib\", \"date\": \"$(date -u +%F)\"}"
+else
+    emit "{\"device\": \"cpu\", \"cpu\": \"$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)\", \"cores\": $(nproc), \"date\": \"$(date -u +%F)\"}"
+fi
+if [ "$quick" = 1 ]; then
+    batch=4 seq=32 bench_steps=2 big_batch=2 eval_batch=32
+else
+    batch=16 seq=128 bench_steps=50 big_batch=32 eval_batch=256
+fi
+
+kernels_ok=1
+for dtype in f32 bf16; do
+    if wants kernels; then
+        # f32 decides whether the kernels are trusted: the same kernels run in bf16, where
+        # rounding at other points than the composed ops' blurs what a bug would show.
+        step "check-kernels-$dtype" "$bin" check-kernels --model minilm-shape --device "$device" \
+            --dtype "$dtype" --batch "$batch" --seq "$seq" || { [ "$dtype" = f32 ] && kernels_ok=0; }
+    fi
+    if wants fixture; then
+        step "check-fixture-$dtype" "$bin" check-fixture "$bundle/fixtures/bert-tiny-lora" \
+            --device "$device" --dtype "$dtype"
+    fi
+done
+if [ "$kernels_ok" = 0 ]; then
+    # The rest measures the composed reference ops rather than wrong kernels.
+    export IMDB_LORA_KERNELS=composed
+    emit '{"note": "the device kernels failed their check: the steps below use the composed ops (IMDB_LORA_KERNELS=composed)"}'
+fi
+
+if wants real; then
+echo "== the real split: train (3 epochs, bf16), evaluate the test split" >&2
+run_sets=("${sets[@]}" --set "training.device=$device" --set training.dtype=bf16 --set "evaluate.batch_size=$eval_batch")
+if step train "$bin" train "${run_sets[@]}" --force; then
+    "$py" - "$bundle/artifacts/train/summary.json" "$out/train.log" <<'PY' | tee -a "$results"
+import json, re, sys
+s = json.load(open(sys.argv[1]))
+epochs = [{"epoch": int(m[0]), "val_loss": float(m[2]), "val_accuracy": float(m[3])}
+          for m in re.findall(r"epoch (\d+): train loss ([\d.]+), validation loss ([\d.]+), accuracy ([\d.]+)",
+                              open(sys.argv[2]).read())]
+print(json.dumps({"run": "train", "device": s["device"], "dtype": s["dtype"], "train_samples": s["train_samples"],
+                  "validation_samples": s["validation_samples"], "samples_per_s": round(s["samples_per_s"], 1),
+                  "wall_time_s": round(s["wall_time_s"], 1), "epochs": epochs}))
 PY
-grep -h "samples/s\|reviews/s" "$out/train.log" "$out/evaluate.log" | tail -3
+    if step evaluate "$bin" evaluate "${run_sets[@]}" --force; then
+        "$py" - "$bundle/artifacts/evaluate/metrics.json" "$out/evaluate.log" <<'PY' | tee -a "$results"
+import json, re, sys
+m = json.load(open(sys.argv[1]))
+rate = re.search(r"([\d.]+) reviews/s", open(sys.argv[2]).read())
+print(json.dumps({"run": "evaluate", "accuracy": m.get("accuracy"), "roc_auc": m.get("roc_auc"),
+                  "reviews_per_s": float(rate.group(1)) if rate else None}))
+PY
+    fi
+fi
+fi
+
+if wants bench; then
+echo "== throughput: ours and PyTorch + PEFT, bf16" >&2
+bench_dtype=bf16
+[ "$device" = cpu ] && bench_dtype=f32
+has_torch=0
+"$py" -c 'import torch, transformers, peft' 2>/dev/null && has_torch=1
+for model in minilm-shape bert-base; do
+    b=$batch
+    [ "$model" = bert-base ] && b=$big_batch
+    step "bench-$model" "$bin" bench --model "$model" --device "$device" --dtype "$bench_dtype" \
+        --batch "$b" --seq "$seq" --steps "$bench_steps" --warmup 3
+    if [ "$has_torch" = 1 ]; then
+        step "torch-$model" "$py" scripts/torch_bench.py --model "$model" --device "${device%%:*}" \
+            --dtype "$bench_dtype" --batch "$b" --seq "$seq" --steps "$bench_steps" --warmup 3
+    else
+        emit "{\"bench\": \"torch-$model\", \"skipped\": \"$py has no torch/transformers/peft\"}"
+    fi
+done
+fi
+
+echo "== summary" >&2
+"$py" - "$results" <<'PY' >&2
+import json, sys
+rows = [json.loads(l) for l in open(sys.argv[1]) if l.startswith("{")]
+bad = [r["check"] for r in rows if "check" in r and not r.get("ok")]
+print(f"parity: {sum(1 for r in rows if 'check' in r)} comparisons, {len(bad)} over tolerance {bad if bad else ''}")
+ours = {(r["model"].split()[0].split("/")[-1], r["bench"]): r for r in rows if "bench" in r and "impl" not in r and "samples_per_s" in r}
+theirs = {(r["model"].split()[0].split("/")[-1], r["bench"]): r for r in rows if r.get("impl") == "pytorch+peft"}
+for key, r in sorted(ours.items()):
+    t = theirs.get(key)
+    ratio = f"{r['samples_per_s'] / t['samples_per_s']:.2f}x PyTorch ({t['samples_per_s']} samples/s)" if t else "no PyTorch figure"
+    print(f"{key[0]:>10} {key[1]:<11} {r['samples_per_s']:>9} samples/s  {ratio}")
+PY
+if [ ${#failures[@]} -gt 0 ]; then
+    echo "gpu-check.sh: FAILED: ${failures[*]}" >&2
+    exit 1
+fi
+echo "gpu-check.sh: all steps passed" >&2

@@ -2,6 +2,7 @@
 //! Stanford's aclImdb (folder or tarball) → `artifacts/data/`
 //! `{train,validation,test}.parquet`, `summary.json` and the stamp.
 
+pub mod cli;
 pub mod source;
 pub mod split;
 

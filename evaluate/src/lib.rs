@@ -2,6 +2,9 @@
 //! for speed), classify tokenized splits or new texts, and compute the
 //! metrics as scikit-learn does.
 
+pub mod cli;
+pub mod predict_cli;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;

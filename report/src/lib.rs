@@ -7,13 +7,14 @@
 //! - `figures`: one module per figure, and drawing one into a file;
 //! - `crisp_text`: correctly spaced text in bitmap figures;
 //! - `summary`, `html`, `markdown`: the documents' content, and each page with its escaping;
-//! - [`stage`]: the report stage (gathering the artifacts, stamps).
+//! - [`stage`]: the report stage (gathering the artifacts, stamps); [`cli`]: its command line.
 
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
+pub mod cli;
 mod crisp_text;
 mod figures;
 mod font;

@@ -7,6 +7,8 @@
 //! The encoding itself is `pipeline::encode::TextEncoder`, which `predict`
 //! uses too, so new texts are encoded as the training data was.
 
+pub mod cli;
+
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, ensure, Context, Result};

@@ -5,6 +5,8 @@
 //! `history.parquet` and `summary.json`. Resumable checkpoints go to
 //! `checkpoints/train/` and are removed once the outputs are committed.
 
+pub mod cli;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;

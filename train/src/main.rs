@@ -1,50 +1,5 @@
-use clap::Parser;
-use train::Outcome;
-
-/// Fine-tune the model with LoRA → artifacts/train.
-#[derive(Parser)]
-#[command(
-    version,
-    about = "Fine-tune the model with LoRA → artifacts/train (adapter, history, summary)",
-    long_about = "Fine-tune the model with LoRA → artifacts/train (adapter, history, summary).\n\n\
-        Reads artifacts/tokens/{train,validation}.safetensors (from `just tokenize`) and the \
-        model (model.source, through the Hugging Face cache or a local folder), adds LoRA \
-        adapters as the lora.* keys say and trains them with the training.* keys. Writes \
-        adapter/ (PEFT format: the best epoch by validation loss, or the last, as \
-        training.keep says), history.parquet and summary.json. Resumable checkpoints are \
-        written to artifacts/checkpoints/train while it runs: a run that is stopped resumes \
-        from the newest one made with the same config and inputs. Does nothing when the \
-        outputs are up to date, unless --force."
-)]
-struct Args {
-    #[command(flatten)]
-    common: pipeline::cli::ConfigArgs,
-}
-
 fn main() {
     // Before any thread starts: allocator and thread-pool settings for the CPU kernels.
     lora_classifier::tune_cpu_runtime();
-    let args = Args::parse();
-    pipeline::cli::run_stage("train", || {
-        let Some(config) = args.common.load()? else {
-            return Ok(());
-        };
-        match train::run(&config, args.common.force)? {
-            Outcome::UpToDate { dir } => println!("train: up to date ({})", dir.display()),
-            Outcome::Ran {
-                dir,
-                reason,
-                summary: s,
-            } => {
-                println!("train: ran ({reason})");
-                println!(
-                    "train: {} steps in {:.1}s ({:.1} samples/s); best epoch {} (validation loss {:.4}, accuracy {:.4}); kept the {} epoch's adapter (epoch {})",
-                    s.steps, s.wall_time_s, s.samples_per_s, s.best_epoch, s.best_val_loss,
-                    s.best_val_accuracy, s.kept, s.adapter_epoch
-                );
-                println!("train: wrote {}", dir.display());
-            }
-        }
-        Ok(())
-    });
+    train::cli::main(std::env::args_os());
 }

@@ -40,6 +40,8 @@ mod adapter;
 mod bert;
 mod checkpoint;
 mod cpu;
+mod cuda;
+mod frozen;
 mod gpt2;
 mod lora;
 mod ops;
@@ -127,11 +129,26 @@ pub enum Mode {
 /// Which implementation of the building blocks runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Kernels {
-    /// Fused kernels for f32 on the CPU, composed candle ops elsewhere.
+    /// The fused kernels of the device: for f32 on the CPU, the CUDA kernels on a GPU (and a
+    /// frozen-weight matmul without weight gradients for every other device and dtype).
     #[default]
     Auto,
-    /// Composed candle ops everywhere (what non-CPU devices run; for tests).
+    /// Stock candle ops everywhere: the reference the kernels are tested against.
     Composed,
+}
+
+/// Environment variable that sets the kernels of every model a process builds: `composed`
+/// rules the fused kernels out when a result looks wrong; unset or `auto` is the default.
+pub const KERNELS_ENV: &str = "IMDB_LORA_KERNELS";
+
+impl Kernels {
+    /// The kernels `KERNELS_ENV` asks for (Auto when unset or unrecognised).
+    pub fn from_env() -> Self {
+        match std::env::var(KERNELS_ENV).as_deref() {
+            Ok("composed") => Kernels::Composed,
+            _ => Kernels::Auto,
+        }
+    }
 }
 
 /// Parameter counts as PEFT's `print_trainable_parameters` reports them: "all" counts every
@@ -257,7 +274,7 @@ impl SequenceClassifier {
             pad_token_id: ckpt.pad_token_id(),
             vocab_size: ckpt.vocab_size(),
             max_positions: ckpt.max_positions(),
-            kernels: Kernels::Auto,
+            kernels: Kernels::from_env(),
         };
         if let Some(s) = lora {
             let mut s = s.clone();
@@ -324,6 +341,7 @@ impl SequenceClassifier {
             .map(|m| if m == 0 { MASKED } else { 0.0 })
             .collect();
         let mask = KeyMask {
+            tensor: Tensor::from_slice(&bias, (b, n), input_ids.device())?,
             bias: Arc::new(bias),
             batch: b,
             seq: n,

@@ -1,11 +1,15 @@
-//! Differentiable building blocks. Each uses the fused kernel of `cpu` for f32 tensors on the
-//! CPU and otherwise composes stock candle ops (any device and dtype, candle's autograd).
+//! Differentiable building blocks: the one dispatch point between implementations. Each uses
+//! the fused kernel of `cpu` for f32 tensors on the CPU, the kernels of `cuda` for tensors on a
+//! GPU, and otherwise composes stock candle ops (any device and dtype, candle's autograd), which
+//! `Kernels::Composed` forces everywhere as the reference the others are tested against.
 
 use std::sync::Arc;
 
 use candle_core::{bail, DType, Result, Tensor, Var, D};
 
 use crate::cpu::{self, Act, DropKey};
+use crate::cuda;
+use crate::frozen::FrozenMatmul;
 
 /// Added to the attention scores of masked keys. HF adds finfo.min; any value this negative
 /// gives the same probabilities, and two of them still add up to a finite number.
@@ -45,6 +49,24 @@ impl Ctx {
                 .iter()
                 .all(|t| t.device().is_cpu() && t.dtype() == DType::F32)
     }
+
+    /// The CUDA kernels apply: every tensor on a CUDA device in a float type they handle.
+    fn cuda_for(&self, ts: &[&Tensor]) -> bool {
+        cfg!(feature = "cuda")
+            && self.fused
+            && ts.iter().all(|t| {
+                t.device().is_cuda() && matches!(t.dtype(), DType::F32 | DType::BF16 | DType::F16)
+            })
+    }
+}
+
+/// `op(x)`, recording the op for autograd only when x needs a gradient.
+fn apply1<C: candle_core::CustomOp1 + Send + Sync + 'static>(x: &Tensor, op: C) -> Result<Tensor> {
+    if x.track_op() {
+        x.apply_op1(op)
+    } else {
+        x.apply_op1_no_bwd(&op)
+    }
 }
 
 /// A frozen weight, stored [out, in] (nn.Linear) or [in, out] (GPT-2's Conv1D), and its bias.
@@ -82,6 +104,11 @@ impl Frozen<'_> {
         let (w, b, conv1d) = (self.w.clone(), self.b.cloned(), self.conv1d);
         cpu::FrozenLinear { w, b, conv1d, act }
     }
+
+    fn matmul(&self) -> FrozenMatmul {
+        let (w, b, conv1d) = (self.w.clone(), self.b.cloned(), self.conv1d);
+        FrozenMatmul { w, b, conv1d }
+    }
 }
 
 /// `act(x · Wᵀ + b)`.
@@ -94,6 +121,12 @@ pub(crate) fn linear(x: &Tensor, f: Frozen, act: Act, ctx: &Ctx) -> Result<Tenso
             return x.apply_op1_no_bwd(&f.op(act));
         }
         return activation(&x.apply_op1(f.op(Act::None))?, act, ctx);
+    }
+    let same_dtype = |t: &Tensor| t.dtype() == x.dtype() && t.device().same_device(x.device());
+    if ctx.fused && same_dtype(f.w) && f.b.is_none_or(same_dtype) {
+        // Other devices and dtypes: one matmul (+ bias) whose backward pass skips the frozen
+        // weight's gradient.
+        return activation(&apply1(&x.contiguous()?, f.matmul())?, act, ctx);
     }
     let mut dims = x.dims().to_vec();
     let x2 = x.flatten_to(dims.len() - 2)?;
@@ -139,6 +172,7 @@ pub(crate) fn activation(x: &Tensor, act: Act, ctx: &Ctx) -> Result<Tensor> {
     match act {
         Act::None => Ok(x.clone()),
         _ if ctx.fused_for(&[x]) => x.contiguous()?.apply_op1(cpu::Gelu(act)),
+        _ if ctx.cuda_for(&[x]) => apply1(&x.contiguous()?, cuda::Gelu(act)),
         Act::GeluErf => x.gelu_erf(),
         Act::GeluTanh => x.gelu(),
     }
@@ -159,6 +193,19 @@ pub(crate) fn layer_norm(
             dropout: None,
         };
         let (x, b) = (x.contiguous()?, b.contiguous()?);
+        return if x.track_op() || b.track_op() {
+            x.apply_op2(&b, op)
+        } else {
+            x.apply_op2_no_bwd(&b, &op)
+        };
+    }
+    if ctx.cuda_for(&[x]) && !w.track_op() {
+        let op = cuda::LayerNorm {
+            w: w.to_dtype(x.dtype())?.contiguous()?,
+            eps: eps as f32,
+            dropout: None,
+        };
+        let (x, b) = (x.contiguous()?, b.to_dtype(x.dtype())?.contiguous()?);
         return if x.track_op() || b.track_op() {
             x.apply_op2(&b, op)
         } else {
@@ -199,6 +246,20 @@ pub(crate) fn add_layer_norm(
             x.apply_op3_no_bwd(&r, &b, &op)
         };
     }
+    if ctx.cuda_for(&[x, residual]) && !w.track_op() && x.dims() == residual.dims() {
+        let op = cuda::LayerNorm {
+            w: w.to_dtype(x.dtype())?.contiguous()?,
+            eps: eps as f32,
+            dropout: key,
+        };
+        let (x, r) = (x.contiguous()?, residual.to_dtype(x.dtype())?.contiguous()?);
+        let b = b.to_dtype(x.dtype())?.contiguous()?;
+        return if [&x, &r, &b].iter().any(|t| t.track_op()) {
+            x.apply_op3(&r, &b, op)
+        } else {
+            x.apply_op3_no_bwd(&r, &b, &op)
+        };
+    }
     layer_norm(&(dropout(x, key, ctx)? + residual)?, w, b, eps, ctx)
 }
 
@@ -207,8 +268,12 @@ pub(crate) fn dropout(x: &Tensor, key: Option<DropKey>, ctx: &Ctx) -> Result<Ten
     if ctx.fused_for(&[x]) {
         return x.contiguous()?.apply_op1(cpu::Dropout(key));
     }
+    if ctx.cuda_for(&[x]) {
+        return apply1(&x.contiguous()?, cuda::Dropout(key));
+    }
+    // In f32, as the kernels compute: 1/(1-p) is not exact in bf16.
     let mask = Tensor::from_vec(key.mask(x.elem_count()), x.shape(), x.device())?;
-    x * mask.to_dtype(x.dtype())?
+    (x.to_dtype(DType::F32)? * mask)?.to_dtype(x.dtype())
 }
 
 /// The padding mask of a batch as an additive bias on the keys, [batch, seq].
@@ -216,6 +281,8 @@ pub(crate) struct KeyMask {
     pub bias: Arc<Vec<f32>>,
     pub batch: usize,
     pub seq: usize,
+    /// The bias as an f32 tensor on the model's device (uploaded once per forward pass).
+    pub tensor: Tensor,
 }
 
 /// Multi-head attention over q, k, v [batch, seq, hidden] (views with unit column stride are
@@ -264,9 +331,18 @@ pub(crate) fn attention(
     let split = |t: &Tensor| t.reshape((b, n, heads, d))?.transpose(1, 2)?.contiguous();
     let (q, k, v) = (split(q)?, split(k)?, split(v)?);
     let dtype = q.dtype();
-    let s = (q.matmul(&k.t()?)?.to_dtype(DType::F32)? * scale)?;
-    let bias = Tensor::from_slice(mask.bias.as_slice(), (b, 1, 1, n), q.device())?;
-    let mut s = s.broadcast_add(&bias)?;
+    let s = q.matmul(&k.t()?)?;
+    if ctx.cuda_for(&[&s]) {
+        let op = cuda::MaskedSoftmax {
+            key_bias: mask.tensor.clone(),
+            causal,
+            scale: scale as f32,
+        };
+        let p = dropout(&apply1(&s, op)?, key, ctx)?;
+        return p.matmul(&v)?.transpose(1, 2)?.reshape((b, n, hid));
+    }
+    let s = (s.to_dtype(DType::F32)? * scale)?;
+    let mut s = s.broadcast_add(&mask.tensor.reshape((b, 1, 1, n))?)?;
     if causal {
         let c: Vec<f32> = (0..n * n)
             .map(|i| if i % n > i / n { MASKED } else { 0.0 })

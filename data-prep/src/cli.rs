@@ -1,0 +1,46 @@
+//! The `data-prep` command line: the `data-prep` binary and `imdb-lora data-prep` parse and run it here.
+
+use crate::Outcome;
+use clap::Parser;
+
+/// Prepare the IMDb splits: sample train, split test into validation and test.
+#[derive(Parser)]
+#[command(
+    name = "data-prep",
+    version,
+    long_about = "Prepare the IMDb splits → <artifacts>/data/{train,validation,test}.parquet, \
+summary.json and stamp.json.
+
+Reads `data.source`: a Hugging Face dataset id (default stanfordnlp/imdb, through the HF cache \
+at $HF_HOME; HF_HUB_OFFLINE=1 never downloads), a local folder of {train,test}-*.parquet \
+(or plain_text/ inside it), an aclImdb/ folder or aclImdb_v1.tar.gz. Samples \
+`data.train_fraction` of train and splits the shuffled test into validation \
+(`data.validation_fraction`) and test, all seeded by `seed`; `data.stratify` keeps the label \
+balance exact and `data.max_*` cap the splits for smoke runs.
+
+Does nothing when the outputs already match the config and the source (unless --force)."
+)]
+pub struct Cli {
+    #[command(flatten)]
+    common: pipeline::cli::ConfigArgs,
+}
+
+/// Parses `args` (the first is the program name, as in `std::env::args_os()`) and runs the
+/// stage; prints the error and exits with status 1 on failure.
+pub fn main<I, T>(args: I)
+where
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString> + Clone,
+{
+    let args = Cli::parse_from(args);
+    pipeline::cli::run_stage("data-prep", || {
+        let Some(config) = args.common.load()? else {
+            return Ok(());
+        };
+        match crate::run(&config, args.common.force)? {
+            Outcome::UpToDate { dir } => println!("data-prep: up to date ({})", dir.display()),
+            Outcome::Written { dir, summary } => print!("{}", crate::report(&dir, &summary)),
+        }
+        Ok(())
+    });
+}

@@ -1,0 +1,79 @@
+//! The `predict` command line: the `predict` binary and `imdb-lora predict` parse and run it here.
+
+use std::io::{BufRead, IsTerminal};
+use std::path::PathBuf;
+
+use crate::{Classifier, ModelChoice};
+use anyhow::{bail, Context};
+use clap::Parser;
+use pipeline::predictions::ExamplePrediction;
+
+/// Classify new texts as positive or negative.
+///
+/// Texts come from the arguments, from --file (one per line), or from
+/// standard input (one per line). Uses this run's model and adapter unless
+/// --model/--adapter name others.
+#[derive(Parser)]
+#[command(name = "predict", version)]
+pub struct Cli {
+    #[command(flatten)]
+    common: pipeline::cli::ConfigArgs,
+    #[command(flatten)]
+    choice: ModelChoice,
+    /// Read texts from this file, one per line.
+    #[arg(long, value_name = "PATH", conflicts_with = "texts")]
+    file: Option<PathBuf>,
+    /// Print one JSON object per text instead of a table.
+    #[arg(long)]
+    json: bool,
+    /// The texts to classify.
+    texts: Vec<String>,
+}
+
+/// Parses `args` (the first is the program name, as in `std::env::args_os()`) and runs the
+/// stage; prints the error and exits with status 1 on failure.
+pub fn main<I, T>(args: I)
+where
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString> + Clone,
+{
+    let args = Cli::parse_from(args);
+    pipeline::cli::run_stage("predict", || {
+        let Some(config) = args.common.load()? else {
+            return Ok(());
+        };
+        let texts: Vec<String> = if !args.texts.is_empty() {
+            args.texts.clone()
+        } else if let Some(path) = &args.file {
+            std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read {}", path.display()))?
+                .lines()
+                .map(str::to_string)
+                .collect()
+        } else if !std::io::stdin().is_terminal() {
+            std::io::stdin().lock().lines().collect::<Result<_, _>>()?
+        } else {
+            bail!("no texts given: pass them as arguments, with --file PATH, or on standard input");
+        };
+        if texts.is_empty() {
+            bail!("no texts given (the input was empty): pass them as arguments, with --file PATH, or on standard input");
+        }
+        let texts: Vec<String> = texts.into_iter().filter(|t| !t.trim().is_empty()).collect();
+        if texts.is_empty() {
+            bail!("the input holds no text to classify (only blank lines)");
+        }
+        let choice = args.choice.clone();
+        let classifier = Classifier::load(&config, &choice)?;
+        let encoder = crate::encoder_for(&config, args.choice.model.as_deref())?;
+        let probs = classifier.classify_texts(&encoder, &texts, config.evaluate.batch_size)?;
+        for (text, p) in texts.iter().zip(probs) {
+            let pred = ExamplePrediction::new(text, p, config.evaluate.threshold);
+            if args.json {
+                println!("{}", serde_json::to_string(&pred)?);
+            } else {
+                println!("{} ({:.4})\t{}", pred.label, pred.probability, text);
+            }
+        }
+        Ok(())
+    });
+}

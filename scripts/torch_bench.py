@@ -1,0 +1,102 @@
+"""The PyTorch + PEFT reference for `imdb-lora bench`: the same model, LoRA settings (r 8,
+alpha 32, dropout 0.1 on query and value), batch, optimizer (AdamW) and timing, printed as the
+same JSON lines, on the CPU or a GPU.
+
+    python3 -m venv /tmp/venv && /tmp/venv/bin/pip install torch transformers peft
+    /tmp/venv/bin/python scripts/torch_bench.py                      # MiniLM, CPU, f32
+    python3 scripts/torch_bench.py --device cuda --dtype bf16 --model bert-base --batch 32
+
+--model: minilm (all-MiniLM-L6-v2 from the HF cache: $HF_HOME, else ../shared/hf-home beside the
+repository), minilm-shape / bert-base / bert-large (randomly initialised, as `imdb-lora bench` does: the time
+does not depend on the weights), or a checkpoint folder. --dtype bf16 runs under
+torch.autocast (f32 master weights, bf16 matmuls), PyTorch's usual mixed precision.
+"""
+import argparse, glob, json, os, time
+
+import torch
+from peft import LoraConfig, get_peft_model
+from transformers import AutoModelForSequenceClassification, BertConfig, BertForSequenceClassification
+
+SHAPES = {"minilm-shape": (384, 6, 12, 1536), "bert-base": (768, 12, 12, 3072),
+          "bert-large": (1024, 24, 16, 4096)}
+
+p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+p.add_argument("--model", default="minilm")
+p.add_argument("--device", default="cpu")
+p.add_argument("--dtype", default="f32", choices=["f32", "bf16"])
+p.add_argument("--batch", type=int, default=16)
+p.add_argument("--seq", type=int, default=128)
+p.add_argument("--steps", type=int, default=10)
+p.add_argument("--warmup", type=int, default=2)
+p.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
+args = p.parse_args()
+if args.threads:
+    torch.set_num_threads(args.threads)
+dev = torch.device(args.device)
+
+
+def load_base():
+    if args.model in SHAPES:
+        h, layers, heads, inter = SHAPES[args.model]
+        cfg = BertConfig(hidden_size=h, num_hidden_layers=layers, num_attention_heads=heads,
+                         intermediate_size=inter, num_labels=2)
+        torch.manual_seed(0)
+        return BertForSequenceClassification(cfg), f"{args.model} (random weights)"
+    path = args.model
+    if args.model == "minilm":
+        here = os.path.dirname(os.path.abspath(__file__))
+        hf_home = os.environ.get("HF_HOME", os.path.join(here, "../../shared/hf-home"))
+        path = glob.glob(f"{hf_home}/hub/models--sentence-transformers--all-MiniLM-L6-v2/snapshots/*")[0]
+    # f32 master weights (a bf16 checkpoint too), as mixed-precision training keeps them.
+    return AutoModelForSequenceClassification.from_pretrained(path, num_labels=2).float(), args.model
+
+
+base, name = load_base()
+model = get_peft_model(base, LoraConfig(task_type="SEQ_CLS", r=8, lora_alpha=32, lora_dropout=0.1,
+                                        target_modules=["query", "value"])).to(dev)
+g = torch.Generator().manual_seed(0)
+ids = torch.randint(1000, base.config.vocab_size, (args.batch, args.seq), generator=g).to(dev)
+mask, labels = torch.ones_like(ids), torch.randint(0, 2, (args.batch,), generator=g).to(dev)
+opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=5e-4, weight_decay=0.01)
+autocast = torch.autocast(dev.type, dtype=torch.bfloat16, enabled=args.dtype == "bf16")
+
+
+def sync():
+    if dev.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def bench(bench_name, step):
+    for _ in range(args.warmup):
+        step()
+    sync()
+    wall, cpu = time.perf_counter(), time.process_time()
+    for _ in range(args.steps):
+        step()
+    sync()
+    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    line = {"bench": bench_name, "impl": "pytorch+peft", "model": name, "device": args.device,
+            "dtype": args.dtype, "batch": args.batch, "seq": args.seq, "steps": args.steps,
+            "samples_per_s": round(args.steps * args.batch / wall, 2),
+            "ms_per_step": round(1e3 * wall / args.steps, 3), "torch": torch.__version__}
+    if dev.type == "cpu":
+        line["cpu_s_per_step"] = round(cpu / args.steps, 3)
+        line["threads"] = torch.get_num_threads()
+    print(json.dumps(line), flush=True)
+
+
+def train_step():
+    opt.zero_grad()
+    with autocast:
+        loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+    loss.backward()
+    opt.step()
+    loss.item()  # as the train stage reads the loss of every step
+
+
+model.train()
+bench("train_step", train_step)
+model.eval()
+with torch.inference_mode(), autocast:
+    merged = model.merge_and_unload().eval()
+    bench("inference", lambda: merged(input_ids=ids, attention_mask=mask).logits.float().cpu())
