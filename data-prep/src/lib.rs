@@ -11,6 +11,7 @@ use std::fmt::Write as _;
 use std::path::PathBuf;
 
 use anyhow::{ensure, Result};
+use common::format::thousands;
 use pipeline::atomic::{write_json, StagingDir};
 use pipeline::data::{DataSummary, SplitSummary, SUMMARY_FILE};
 use pipeline::stamp::{hash_bytes, Freshness, StageRun};
@@ -107,32 +108,4 @@ pub fn report(dir: &std::path::Path, s: &DataSummary) -> String {
         );
     }
     out
-}
-
-/// `20000` → `20,000`.
-fn thousands(n: usize) -> String {
-    let digits = n.to_string();
-    let head = (digits.len() - 1) % 3 + 1;
-    let mut out = digits[..head].to_string();
-    for group in digits.as_bytes()[head..].chunks(3) {
-        out.push(',');
-        out.push_str(std::str::from_utf8(group).expect("ASCII digits"));
-    }
-    out
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn thousands_are_separated() {
-        let cases = [
-            (0, "0"),
-            (999, "999"),
-            (2_500, "2,500"),
-            (1_234_567, "1,234,567"),
-        ];
-        for (n, text) in cases {
-            assert_eq!(super::thousands(n), text);
-        }
-    }
 }

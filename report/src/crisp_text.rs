@@ -6,7 +6,7 @@ use plotters_backend::{
     BackendColor, BackendCoord, BackendStyle, BackendTextStyle, DrawingBackend, DrawingErrorKind,
 };
 
-use crate::FONT_REF;
+use crate::font::font_ref;
 
 /// A bitmap backend whose text is drawn by [`rasterise`]: plotters 0.3.7's ab_glyph renderer
 /// drops each glyph's side bearing and sub-pixel offset, which spaces digits unevenly
@@ -86,7 +86,7 @@ impl<B: DrawingBackend> DrawingBackend for CrispText<B> {
         style: &S,
         pos: BackendCoord,
     ) -> DrawResult<B::ErrorType> {
-        let (Some(font), color) = (FONT_REF.get(), style.color()) else {
+        let (Some(font), color) = (font_ref(), style.color()) else {
             return self.0.draw_text(text, style, pos);
         };
         if color.alpha == 0.0 {

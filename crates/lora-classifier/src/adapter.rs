@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail, Context, Result};
 use candle_core::{DType, Device};
+use common::atomic::StagingDir;
 use serde_json::{json, Value};
 
 use crate::lora::saved_name;
@@ -95,47 +96,14 @@ pub(crate) fn save(model: &SequenceClassifier, dir: &Path) -> Result<()> {
     let config = serde_json::to_string_pretty(&config_json(model, s))?;
 
     // Write a sibling folder, then swap it in: readers see the old adapter or the new one.
-    let name = dir
-        .file_name()
-        .ok_or_else(|| anyhow!("{}: not a folder name", dir.display()))?;
-    let parent = dir
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    std::fs::create_dir_all(parent)
-        .with_context(|| format!("cannot create {}", parent.display()))?;
-    let sibling = |tag: &str| {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos());
-        parent.join(format!(
-            ".{}.{tag}-{}-{nanos}",
-            name.to_string_lossy(),
-            std::process::id()
-        ))
-    };
-    let tmp = sibling("tmp");
     let result = (|| -> Result<()> {
-        std::fs::create_dir(&tmp)?;
-        std::fs::write(tmp.join(CONFIG), config)?;
+        let staged = StagingDir::new(dir)?;
+        std::fs::write(staged.path().join(CONFIG), config)?;
         let metadata = HashMap::from([("format".to_string(), "pt".to_string())]);
-        safetensors::serialize_to_file(tensors, Some(metadata), &tmp.join(WEIGHTS))?;
-        for f in [tmp.join(CONFIG), tmp.join(WEIGHTS), tmp.clone()] {
-            std::fs::File::open(f)?.sync_all()?;
-        }
-        let old = dir.exists().then(|| sibling("old"));
-        if let Some(old) = &old {
-            std::fs::rename(dir, old)?;
-        }
-        std::fs::rename(&tmp, dir)?;
-        if let Some(old) = old {
-            std::fs::remove_dir_all(old)?;
-        }
+        safetensors::serialize_to_file(tensors, Some(metadata), &staged.path().join(WEIGHTS))?;
+        staged.commit()?;
         Ok(())
     })();
-    if result.is_err() {
-        let _ = std::fs::remove_dir_all(&tmp);
-    }
     result.with_context(|| format!("cannot save the adapter to {}", dir.display()))
 }
 

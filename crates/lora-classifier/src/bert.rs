@@ -5,7 +5,7 @@ use anyhow::Result;
 use candle_core::Tensor;
 
 use crate::checkpoint::{activation, BertConfig, Loader};
-use crate::cpu::Act;
+use crate::cpu::{layer_site, Act};
 use crate::lora::{Linear, Norm, Part, PartMut};
 use crate::ops::{self, Ctx, KeyMask};
 
@@ -29,11 +29,6 @@ pub(crate) struct Bert {
     pooler: Linear,
     act: Act,
     cfg: BertConfig,
-}
-
-/// Dropout sites (the seed of each mask); LoRA branches use a hash of their path.
-fn site(layer: usize, which: u64) -> u64 {
-    ((layer as u64 + 1) << 8) | which
 }
 
 impl Bert {
@@ -102,12 +97,12 @@ impl Bert {
             let q = l.query.forward(&x, Act::None, ctx)?;
             let k = l.key.forward(&x, Act::None, ctx)?;
             let v = l.value.forward(&x, Act::None, ctx)?;
-            let key = ctx.dropout(c.attention_probs_dropout_prob, site(i, 0));
+            let key = ctx.dropout(c.attention_probs_dropout_prob, layer_site(i, 0));
             let a = ops::attention(&q, &k, &v, heads, scale, false, mask, key, ctx)?;
             let a = l.attn_out.forward(&a, Act::None, ctx)?;
             x = l.attn_norm.forward_add(
                 &a,
-                ctx.dropout(c.hidden_dropout_prob, site(i, 1)),
+                ctx.dropout(c.hidden_dropout_prob, layer_site(i, 1)),
                 &x,
                 ctx,
             )?;
@@ -115,7 +110,7 @@ impl Bert {
             let h = l.output.forward(&h, Act::None, ctx)?;
             x = l.out_norm.forward_add(
                 &h,
-                ctx.dropout(c.hidden_dropout_prob, site(i, 2)),
+                ctx.dropout(c.hidden_dropout_prob, layer_site(i, 2)),
                 &x,
                 ctx,
             )?;

@@ -1,12 +1,13 @@
 //! A Hugging Face checkpoint folder: `config.json` plus `model.safetensors` (or shards listed in
 //! `model.safetensors.index.json`), for `model_type` bert or gpt2.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{bail, Context, Result};
 use candle_core::safetensors::MmapedSafetensors;
 use candle_core::{DType, Device, Tensor};
+use common::shards;
 use serde::Deserialize;
 
 use crate::cpu::Act;
@@ -267,10 +268,6 @@ impl Checkpoint {
         &self.name_or_path
     }
 
-    pub fn set_name_or_path(&mut self, name: impl Into<String>) {
-        self.name_or_path = name.into();
-    }
-
     /// The canonical name of the classification head's module (HF's attribute name).
     pub(crate) fn head_module(&self) -> &'static str {
         match self.config {
@@ -356,24 +353,15 @@ fn validate(config: &Config, path: &Path) -> Result<()> {
 
 /// `model.safetensors`, or the shards named by `model.safetensors.index.json`.
 fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
-    let single = dir.join("model.safetensors");
+    let single = dir.join(shards::SINGLE_FILE);
     if single.is_file() {
         return Ok(vec![single]);
     }
-    let index_path = dir.join("model.safetensors.index.json");
+    let index_path = dir.join(shards::INDEX_FILE);
     if index_path.is_file() {
-        let text = std::fs::read_to_string(&index_path)
-            .with_context(|| format!("cannot read {}", index_path.display()))?;
-        let index: serde_json::Value = serde_json::from_str(&text)
-            .with_context(|| format!("{} is not valid JSON", index_path.display()))?;
-        let map = index
-            .get("weight_map")
-            .and_then(|m| m.as_object())
-            .ok_or_else(|| anyhow!("{}: no weight_map", index_path.display()))?;
-        let shards: BTreeSet<&str> = map.values().filter_map(|v| v.as_str()).collect();
         let mut paths = Vec::new();
-        for shard in shards {
-            let p = dir.join(shard);
+        for shard in shards::shard_names(&index_path)? {
+            let p = dir.join(&shard);
             if !p.is_file() {
                 bail!("{}: shard {} is missing", index_path.display(), p.display())
             }

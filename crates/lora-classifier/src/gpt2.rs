@@ -5,7 +5,7 @@ use anyhow::Result;
 use candle_core::Tensor;
 
 use crate::checkpoint::{activation, Gpt2Config, Loader};
-use crate::cpu::Act;
+use crate::cpu::{layer_site, Act};
 use crate::lora::{Linear, Norm, Part, PartMut};
 use crate::ops::{self, Ctx, KeyMask};
 
@@ -25,10 +25,6 @@ pub(crate) struct Gpt2 {
     ln_f: Norm,
     act: Act,
     cfg: Gpt2Config,
-}
-
-fn site(layer: usize, which: u64) -> u64 {
-    ((layer as u64 + 1) << 8) | which
 }
 
 impl Gpt2 {
@@ -86,15 +82,15 @@ impl Gpt2 {
                 qkv.narrow(2, h, h)?,
                 qkv.narrow(2, 2 * h, h)?,
             );
-            let key = ctx.dropout(c.attn_pdrop, site(i, 0));
+            let key = ctx.dropout(c.attn_pdrop, layer_site(i, 0));
             let a = ops::attention(&q, &k, &v, c.n_head, scale, true, mask, key, ctx)?;
             let a = blk.attn_proj.forward(&a, Act::None, ctx)?;
-            let a = ops::dropout(&a, ctx.dropout(c.resid_pdrop, site(i, 1)), ctx)?;
+            let a = ops::dropout(&a, ctx.dropout(c.resid_pdrop, layer_site(i, 1)), ctx)?;
             x = (x + a)?;
             let m = blk.ln_2.forward(&x, ctx)?;
             let m = blk.c_fc.forward(&m, self.act, ctx)?;
             let m = blk.mlp_proj.forward(&m, Act::None, ctx)?;
-            let m = ops::dropout(&m, ctx.dropout(c.resid_pdrop, site(i, 2)), ctx)?;
+            let m = ops::dropout(&m, ctx.dropout(c.resid_pdrop, layer_site(i, 2)), ctx)?;
             x = (x + m)?;
         }
         self.ln_f.forward(&x, ctx)

@@ -7,6 +7,7 @@
 //! - `adapter`: PEFT's adapter format (adapter_config.json + adapter_model.safetensors).
 //! - `ops`, `cpu`: the differentiable building blocks; fused f32 CPU kernels with exact
 //!   backward passes, and composed candle ops on other devices and dtypes.
+//! - `runtime`: process-wide CPU setup that binaries call first ([`tune_cpu_runtime`]).
 //!
 //! ```no_run
 //! use std::path::Path;
@@ -44,6 +45,7 @@ mod frozen;
 mod gpt2;
 mod lora;
 mod ops;
+mod runtime;
 
 use std::fmt;
 use std::path::Path;
@@ -51,11 +53,14 @@ use std::sync::Arc;
 
 use anyhow::{bail, Result};
 use candle_core::{DType, Device, Tensor, Var};
+use common::format::thousands;
+use common::hash::fnv1a;
 
 pub use checkpoint::Checkpoint;
 use checkpoint::{Config, Loader};
 use lora::{Part, PartMut};
 use ops::{Ctx, KeyMask, MASKED};
+pub use runtime::tune_cpu_runtime;
 
 /// LoRA hyper-parameters, as in PEFT's LoraConfig.
 #[derive(Debug, Clone, PartialEq)]
@@ -167,33 +172,6 @@ impl fmt::Display for ParameterCounts {
     }
 }
 
-fn thousands(n: usize) -> String {
-    let s = n.to_string();
-    let mut out = String::new();
-    for (i, c) in s.chars().enumerate() {
-        if i > 0 && (s.len() - i).is_multiple_of(3) {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    out
-}
-
-/// CPU runtime settings for a process that trains or runs this model; call it first thing in
-/// `main`, before other threads start (it sets an environment variable).
-///
-/// - glibc's malloc keeps freed buffers of up to 32 MiB instead of returning them to the
-///   kernel: otherwise every step maps, page-faults and zeroes its activations anew.
-/// - `CANDLE_NUM_THREADS=1` (unless set): candle's own pool for elementwise ops (used by its
-///   autograd to add up gradients) then runs them inline; its spinning workers otherwise
-///   compete with rayon's, which run the GEMMs and the fused kernels, for the cores.
-pub fn tune_cpu_runtime() {
-    if std::env::var_os("CANDLE_NUM_THREADS").is_none() {
-        std::env::set_var("CANDLE_NUM_THREADS", "1");
-    }
-    cpu::keep_freed_memory();
-}
-
 enum Body {
     Bert(bert::Bert),
     Gpt2(gpt2::Gpt2),
@@ -224,7 +202,7 @@ impl Head {
                 Config::Bert(c) => c.initializer_range,
                 Config::Gpt2(c) => c.initializer_range,
             };
-            let w = lora::normal((labels, hidden), std, seed ^ lora::fnv1a(module), device)?;
+            let w = lora::normal((labels, hidden), std, seed ^ fnv1a(module), device)?;
             let b = has_bias
                 .then(|| Tensor::zeros(labels, DType::F32, device))
                 .transpose()?;
@@ -267,8 +245,7 @@ pub struct SequenceClassifier {
 
 impl SequenceClassifier {
     /// `seed` initialises a fresh head (when the checkpoint has none) and the LoRA A matrices.
-    /// With `lora = None` the base model is frozen and only the head trains. On the CPU this
-    /// also tunes glibc's malloc to keep freed buffers (see `tune_cpu_runtime`).
+    /// With `lora = None` the base model is frozen and only the head trains.
     pub fn new(
         ckpt: &Checkpoint,
         lora: Option<&LoraSettings>,
@@ -278,9 +255,6 @@ impl SequenceClassifier {
     ) -> Result<Self> {
         if !weight_dtype.is_float() {
             bail!("weight dtype must be a float type, got {weight_dtype:?}")
-        }
-        if device.is_cpu() {
-            cpu::keep_freed_memory();
         }
         let loader = Loader {
             ckpt,
@@ -474,21 +448,6 @@ impl SequenceClassifier {
         self.parts()
             .iter()
             .any(|p| matches!(p, Part::Linear(l) if l.is_merged()))
-    }
-
-    /// Paths of the linear layers LoRA can target (the head excluded).
-    pub fn linear_layer_names(&self) -> Vec<String> {
-        let parts = self.parts();
-        parts
-            .iter()
-            .filter_map(|p| {
-                if let Part::Linear(l) = p {
-                    Some(l.path.clone())
-                } else {
-                    None
-                }
-            })
-            .collect()
     }
 
     pub fn architecture(&self) -> Architecture {

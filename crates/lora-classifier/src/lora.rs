@@ -3,6 +3,7 @@
 
 use anyhow::{bail, Result};
 use candle_core::{DType, Device, Tensor, Var};
+use common::hash::fnv1a;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -430,13 +431,6 @@ pub(crate) fn normal(shape: (usize, usize), std: f64, seed: u64, dev: &Device) -
     }
     v.truncate(n);
     Ok(Tensor::from_vec(v, shape, dev)?)
-}
-
-/// A stable hash of a module path: each layer's LoRA init depends only on (seed, path).
-pub(crate) fn fnv1a(s: &str) -> u64 {
-    s.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
-        (h ^ b as u64).wrapping_mul(0x100_0000_01b3)
-    })
 }
 
 /// PEFT's saved name of an in-memory parameter name (the adapter name is dropped).

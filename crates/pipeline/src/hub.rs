@@ -5,6 +5,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
+use common::shards::{shard_names, INDEX_FILE, SINGLE_FILE};
 use hf_hub::{Cache, Repo, RepoType};
 
 /// `HF_HUB_OFFLINE` as huggingface_hub reads it.
@@ -85,20 +86,15 @@ pub fn model_dir(source: &str, revision: &str, weights: bool, tokenizer: bool) -
     if weights {
         // Single file first; else the shard index and every shard it names.
         let single = Repo::with_revision(source.to_string(), RepoType::Model, revision.to_string());
-        if cache().repo(single).get("model.safetensors").is_none() {
-            match hub_file(
-                source,
-                RepoType::Model,
-                revision,
-                "model.safetensors.index.json",
-            ) {
+        if cache().repo(single).get(SINGLE_FILE).is_none() {
+            match hub_file(source, RepoType::Model, revision, INDEX_FILE) {
                 Ok(index) => {
                     for shard in shard_names(&index)? {
                         hub_file(source, RepoType::Model, revision, &shard)?;
                     }
                 }
                 Err(_) => {
-                    hub_file(source, RepoType::Model, revision, "model.safetensors")?;
+                    hub_file(source, RepoType::Model, revision, SINGLE_FILE)?;
                 }
             }
         }
@@ -106,31 +102,12 @@ pub fn model_dir(source: &str, revision: &str, weights: bool, tokenizer: bool) -
     dir.context("model files resolved to no folder")
 }
 
-/// The shard files named by a `model.safetensors.index.json`.
-pub fn shard_names(index: &Path) -> Result<Vec<String>> {
-    let text = std::fs::read_to_string(index)
-        .with_context(|| format!("cannot read {}", index.display()))?;
-    let json: serde_json::Value = serde_json::from_str(&text)
-        .with_context(|| format!("{} is not valid JSON", index.display()))?;
-    let map = json
-        .get("weight_map")
-        .and_then(|m| m.as_object())
-        .with_context(|| format!("{}: no weight_map object", index.display()))?;
-    let mut names: Vec<String> = map
-        .values()
-        .filter_map(|v| v.as_str().map(String::from))
-        .collect();
-    names.sort();
-    names.dedup();
-    Ok(names)
-}
-
 /// The files of a model folder that decide its outputs, by stable name (stamps record them
 /// by name, not path): config.json and the weights, a single file or the index and every shard.
 pub fn model_files(dir: &Path) -> Result<Vec<(String, PathBuf)>> {
     let mut files = vec![("model/config.json".to_string(), dir.join("config.json"))];
-    let single = dir.join("model.safetensors");
-    let index = dir.join("model.safetensors.index.json");
+    let single = dir.join(SINGLE_FILE);
+    let index = dir.join(INDEX_FILE);
     if single.exists() {
         files.push(("model/model.safetensors".into(), single));
     } else if index.exists() {

@@ -2,7 +2,6 @@
 //! artifacts live and what they hold, stamps that let an unchanged stage be
 //! skipped, atomic writes, and model/dataset resolution through the HF cache.
 
-pub mod atomic;
 pub mod cli;
 pub mod config;
 pub mod data;
@@ -16,5 +15,7 @@ pub mod stamp;
 pub mod tokens;
 pub mod train_summary;
 
+/// Atomic files and folders: one implementation for the workspace, in `common`.
+pub use common::atomic;
 pub use config::Config;
 pub use layout::{Layout, Split, StageId};

@@ -7,8 +7,8 @@
 //!   bit-for-bit needs; the best epoch and the epoch's running loss are derived from it);
 //! - `state.json`: the fingerprint, the position (epoch, next batch) and the optimizer's count.
 //!
-//! A checkpoint is written into `.tmp-step-…` and renamed into place, so a folder named
-//! `step-…` is complete by construction; leftovers of a killed write are removed.
+//! A checkpoint is staged under a temporary name and renamed into place (`common::atomic`), so a
+//! folder named `step-…` is complete by construction; leftovers of a killed write are removed.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -17,6 +17,7 @@ use anyhow::{bail, Context, Result};
 use candle_core::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 
+use common::atomic::{self, StagingDir};
 use pipeline::history::{self, HistoryRow};
 
 const STATE_FILE: &str = "state.json";
@@ -72,10 +73,6 @@ impl CheckpointStore {
             dir: dir.to_path_buf(),
             fingerprint: fingerprint.to_string(),
         }
-    }
-
-    pub fn dir(&self) -> &Path {
-        &self.dir
     }
 
     /// Complete checkpoints, newest first.
@@ -161,7 +158,7 @@ impl CheckpointStore {
         }
         for entry in fs::read_dir(&self.dir)? {
             let entry = entry?;
-            if entry.file_name().to_string_lossy().starts_with(".tmp-") {
+            if atomic::is_leftover(&entry.file_name().to_string_lossy()) {
                 fs::remove_dir_all(entry.path()).ok();
             }
         }
@@ -170,14 +167,12 @@ impl CheckpointStore {
 
     /// Writes a checkpoint, then keeps only the newest two. Returns its folder.
     pub fn write(&self, snapshot: &Snapshot) -> Result<PathBuf> {
-        let name = format!("step-{:08}", snapshot.position.global_step);
-        let target = self.dir.join(&name);
-        let tmp = self.dir.join(format!(".tmp-{name}-{}", std::process::id()));
+        let target = self
+            .dir
+            .join(format!("step-{:08}", snapshot.position.global_step));
         let result = (|| -> Result<()> {
-            if tmp.exists() {
-                fs::remove_dir_all(&tmp)?;
-            }
-            fs::create_dir_all(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
+            // Same step from another config (or a rerun) is replaced.
+            let staged = StagingDir::new(&target)?;
             let tensors: std::collections::HashMap<String, Tensor> = [
                 ("param", &snapshot.params),
                 ("optim", &snapshot.optimizer),
@@ -189,26 +184,17 @@ impl CheckpointStore {
                     .map(move |(n, t)| (format!("{prefix}/{n}"), t.clone()))
             })
             .collect();
-            candle_core::safetensors::save(&tensors, tmp.join(TENSORS_FILE))?;
-            history::write_parquet(&snapshot.history, &tmp.join(HISTORY_FILE))?;
+            candle_core::safetensors::save(&tensors, staged.path().join(TENSORS_FILE))?;
+            history::write_parquet(&snapshot.history, &staged.path().join(HISTORY_FILE))?;
             let state = StateFile {
                 format: FORMAT,
                 fingerprint: self.fingerprint.clone(),
                 position: snapshot.position.clone(),
             };
-            pipeline::atomic::write_json(&tmp.join(STATE_FILE), &state)?;
-            if target.exists() {
-                // Same step from another config (or a rerun): replace it.
-                fs::remove_dir_all(&target)?;
-            }
-            fs::rename(&tmp, &target).with_context(|| {
-                format!("cannot rename {} to {}", tmp.display(), target.display())
-            })?;
+            atomic::write_json(&staged.path().join(STATE_FILE), &state)?;
+            staged.commit()?;
             Ok(())
         })();
-        if result.is_err() {
-            fs::remove_dir_all(&tmp).ok();
-        }
         result.with_context(|| format!("writing checkpoint {}", target.display()))?;
         for (_, old) in self.complete()?.into_iter().skip(KEEP) {
             fs::remove_dir_all(&old).ok();

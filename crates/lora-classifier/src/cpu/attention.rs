@@ -1,13 +1,17 @@
 //! Multi-head attention as one op: each (batch, head) pair is a rayon task whose GEMMs read
 //! that head's columns of Q, K and V in place, so no head transposes or copies are made.
 
+use std::mem::MaybeUninit;
 use std::sync::{Arc, Mutex};
 
 use candle_core::{bail, CpuStorage, CustomOp3, Device, Layout, Result, Shape, Storage, Tensor};
 use rayon::prelude::*;
 
+use super::dropout::DropKey;
+use super::matrix::{
+    assume_init, assume_init_mut, gemm_into, gemm_raw, uninit_buffer, Mat, SendPtr,
+};
 use super::simd::{dropout_into, softmax_backward_row, softmax_rows};
-use super::{gemm_raw, uninit, DropKey, Mat, SendPtr};
 
 /// Scaled dot-product attention over q, k, v [batch, seq, hidden] (views with unit column
 /// stride and any row stride, e.g. slices of GPT-2's fused QKV), with an additive key mask,
@@ -82,6 +86,14 @@ fn inputs<'a>(t: [(&'a CpuStorage, &'a Layout); 3]) -> Result<([Rows<'a>; 3], [u
     Ok(([q, k, v], dq))
 }
 
+/// Every head's share of the hidden size: the heads together write every output column.
+fn head_size(hidden: usize, heads: usize) -> Result<usize> {
+    if heads == 0 || hidden % heads != 0 {
+        bail!("attention: hidden size {hidden} is not a multiple of {heads} heads")
+    }
+    Ok(hidden / heads)
+}
+
 fn cpu<'a>(t: &'a candle_core::StorageRef<'_>) -> Result<&'a CpuStorage> {
     match &**t {
         Storage::Cpu(s) => Ok(s),
@@ -104,23 +116,19 @@ impl CustomOp3 for Attention {
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let ([q, k, v], [b, n, hid]) = inputs([(s1, l1), (s2, l2), (s3, l3)])?;
-        let (h, d) = (self.heads, hid / self.heads);
-        let mut out = uninit(b * n * hid);
-        let mut probs = if self.save {
-            uninit(b * h * n * n)
-        } else {
-            Vec::new()
-        };
-        let (out_p, probs_p) = (SendPtr(out.as_mut_ptr()), SendPtr(probs.as_mut_ptr()));
+        let (h, d) = (self.heads, head_size(hid, self.heads)?);
+        let mut out = uninit_buffer(b * n * hid);
+        let mut probs = uninit_buffer(if self.save { b * h * n * n } else { 0 });
+        let (out_p, probs_p) = (SendPtr::of(&mut out), SendPtr::of(&mut probs));
         (0..b * h).into_par_iter().for_each_init(
-            || (vec![0f32; n * n], vec![0f32; n * n]),
+            || (uninit_buffer(n * n), uninit_buffer(n * n)),
             |(scratch, dropped), t| {
                 let (bi, hi) = (t / h, t % h);
-                let p: &mut [f32] = if self.save {
+                let p: &mut [MaybeUninit<f32>] = if self.save {
                     // SAFETY: task t alone writes probs[t·n², (t+1)·n²).
-                    unsafe { std::slice::from_raw_parts_mut(probs_p.add(t * n * n), n * n) }
+                    unsafe { std::slice::from_raw_parts_mut(probs_p.add(t * n * n).cast(), n * n) }
                 } else {
-                    scratch
+                    &mut scratch[..]
                 };
                 let (qh, kh, vh) = (
                     q.head(bi, hi * d, n, d),
@@ -128,12 +136,13 @@ impl CustomOp3 for Attention {
                     v.head(bi, hi * d, n, d),
                 );
                 // S = scale · Q·Kᵀ
-                super::gemm(p, false, qh, kh.t(), self.scale, false);
+                let p = gemm_into(p, qh, kh.t(), self.scale, false);
                 softmax_rows(p, n, &self.mask[bi * n..(bi + 1) * n], self.causal);
                 let pd: &[f32] = match self.dropout {
                     Some(key) => {
                         dropout_into(p, dropped, t * n * n, key);
-                        dropped
+                        // SAFETY: `dropout_into` wrote all of it.
+                        unsafe { assume_init_mut(dropped) }
                     }
                     None => p,
                 };
@@ -152,6 +161,9 @@ impl CustomOp3 for Attention {
                 };
             },
         );
+        // SAFETY: the tasks wrote every head's columns of every row of the output, and every
+        // task's block of the probabilities.
+        let (out, probs) = unsafe { (assume_init(out), assume_init(probs)) };
         if self.save {
             *self.probs.lock().unwrap() = probs;
         }
@@ -177,22 +189,23 @@ impl CustomOp3 for Attention {
         let (vs, vl) = v.storage_and_layout();
         let ([q, k, v], [b, n, hid]) = inputs([(cpu(&qs)?, ql), (cpu(&ks)?, kl), (cpu(&vs)?, vl)])?;
         let (go, _) = Rows::new(cpu(&gs)?, gl)?;
-        let (h, d) = (self.heads, hid / self.heads);
+        let (h, d) = (self.heads, head_size(hid, self.heads)?);
         let mut grads = [
-            uninit(b * n * hid),
-            uninit(b * n * hid),
-            uninit(b * n * hid),
+            uninit_buffer(b * n * hid),
+            uninit_buffer(b * n * hid),
+            uninit_buffer(b * n * hid),
         ];
-        let [dq, dk, dv] = grads.each_mut().map(|g| SendPtr(g.as_mut_ptr()));
+        let [dq, dk, dv] = grads.each_mut().map(|g| SendPtr::of(g));
         (0..b * h).into_par_iter().for_each_init(
-            || (vec![0f32; n * n], vec![0f32; n * n]),
+            || (uninit_buffer(n * n), uninit_buffer(n * n)),
             |(ds, dropped), t| {
                 let (bi, hi) = (t / h, t % h);
                 let p = &probs[t * n * n..(t + 1) * n * n];
                 let pd: &[f32] = match self.dropout {
                     Some(key) => {
                         dropout_into(p, dropped, t * n * n, key);
-                        dropped
+                        // SAFETY: `dropout_into` wrote all of it.
+                        unsafe { assume_init_mut(dropped) }
                     }
                     None => p,
                 };
@@ -203,7 +216,7 @@ impl CustomOp3 for Attention {
                 );
                 let gh = go.head(bi, hi * d, n, d);
                 // dP_d = dO·Vᵀ, then the softmax (and dropout) backward in place: dS.
-                super::gemm(ds, false, gh, vh.t(), 1.0, false);
+                let ds = gemm_into(ds, gh, vh.t(), 1.0, false);
                 for ((g, p), pd) in ds.chunks_mut(n).zip(p.chunks(n)).zip(pd.chunks(n)) {
                     softmax_backward_row(g, p, pd, self.scale);
                 }
@@ -217,7 +230,9 @@ impl CustomOp3 for Attention {
                 }
             },
         );
-        let [dq, dk, dv] = grads.map(|g| Tensor::from_vec(g, (b, n, hid), &Device::Cpu));
+        // SAFETY: the tasks wrote every head's columns of every row of the three gradients.
+        let [dq, dk, dv] = grads.map(|g| unsafe { assume_init(g) });
+        let [dq, dk, dv] = [dq, dk, dv].map(|g| Tensor::from_vec(g, (b, n, hid), &Device::Cpu));
         Ok((Some(dq?), Some(dk?), Some(dv?)))
     }
 }

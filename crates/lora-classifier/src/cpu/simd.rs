@@ -5,9 +5,11 @@
 //! out of line is compiled without the wide instruction sets (and calls `floorf` per element).
 #![allow(clippy::needless_range_loop)]
 
+use std::mem::MaybeUninit;
 use std::sync::OnceLock;
 
-use super::DropKey;
+use super::dropout::DropKey;
+use super::matrix::assume_init_mut;
 
 #[cfg(target_arch = "x86_64")]
 fn simd_level() -> u8 {
@@ -189,60 +191,66 @@ simd_fn!(
     }
 );
 simd_fn!(
-    fn gelu_erf_map(x: &[f32], y: &mut [f32]) {
+    fn gelu_erf_map(x: &[f32], y: &mut [MaybeUninit<f32>]) {
         let x = &x[..y.len()];
         for i in 0..y.len() {
-            y[i] = gelu_erf(x[i]);
+            y[i] = MaybeUninit::new(gelu_erf(x[i]));
         }
     }
 );
 simd_fn!(
-    fn gelu_tanh_map(x: &[f32], y: &mut [f32]) {
+    fn gelu_tanh_map(x: &[f32], y: &mut [MaybeUninit<f32>]) {
         let x = &x[..y.len()];
         for i in 0..y.len() {
-            y[i] = gelu_tanh(x[i]);
+            y[i] = MaybeUninit::new(gelu_tanh(x[i]));
         }
     }
 );
 simd_fn!(
     /// dx = g · gelu'(x)
-    fn gelu_erf_backward(x: &[f32], g: &[f32], dx: &mut [f32]) {
+    fn gelu_erf_backward(x: &[f32], g: &[f32], dx: &mut [MaybeUninit<f32>]) {
         let (x, g) = (&x[..dx.len()], &g[..dx.len()]);
         for i in 0..dx.len() {
-            dx[i] = g[i] * gelu_erf_grad(x[i]);
+            dx[i] = MaybeUninit::new(g[i] * gelu_erf_grad(x[i]));
         }
     }
 );
 simd_fn!(
-    fn gelu_tanh_backward(x: &[f32], g: &[f32], dx: &mut [f32]) {
+    fn gelu_tanh_backward(x: &[f32], g: &[f32], dx: &mut [MaybeUninit<f32>]) {
         let (x, g) = (&x[..dx.len()], &g[..dx.len()]);
         for i in 0..dx.len() {
-            dx[i] = g[i] * gelu_tanh_grad(x[i]);
+            dx[i] = MaybeUninit::new(g[i] * gelu_tanh_grad(x[i]));
         }
     }
 );
 simd_fn!(
     /// dst[i] = src[i] · mask(first + i): the mask is a function of the element index.
-    fn dropout_into(src: &[f32], dst: &mut [f32], first: usize, key: DropKey) {
+    fn dropout_into(src: &[f32], dst: &mut [MaybeUninit<f32>], first: usize, key: DropKey) {
         let src = &src[..dst.len()];
         for i in 0..dst.len() {
-            dst[i] = src[i] * key.factor((first + i) as u32);
+            dst[i] = MaybeUninit::new(src[i] * key.factor((first + i) as u32));
         }
     }
 );
 simd_fn!(
-    fn dropout_factors(dst: &mut [f32], first: usize, key: DropKey) {
+    fn dropout_factors(dst: &mut [MaybeUninit<f32>], first: usize, key: DropKey) {
         for i in 0..dst.len() {
-            dst[i] = key.factor((first + i) as u32);
+            dst[i] = MaybeUninit::new(key.factor((first + i) as u32));
         }
     }
 );
 simd_fn!(
     /// dst = dropout(x) + r
-    fn dropout_add_into(x: &[f32], r: &[f32], dst: &mut [f32], first: usize, key: DropKey) {
+    fn dropout_add_into(
+        x: &[f32],
+        r: &[f32],
+        dst: &mut [MaybeUninit<f32>],
+        first: usize,
+        key: DropKey,
+    ) {
         let (x, r) = (&x[..dst.len()], &r[..dst.len()]);
         for i in 0..dst.len() {
-            dst[i] = x[i] * key.factor((first + i) as u32) + r[i];
+            dst[i] = MaybeUninit::new(x[i] * key.factor((first + i) as u32) + r[i]);
         }
     }
 );
@@ -256,10 +264,10 @@ simd_fn!(
     }
 );
 simd_fn!(
-    fn add_into(x: &[f32], r: &[f32], dst: &mut [f32]) {
+    fn add_into(x: &[f32], r: &[f32], dst: &mut [MaybeUninit<f32>]) {
         let (x, r) = (&x[..dst.len()], &r[..dst.len()]);
         for i in 0..dst.len() {
-            dst[i] = x[i] + r[i];
+            dst[i] = MaybeUninit::new(x[i] + r[i]);
         }
     }
 );
@@ -343,11 +351,11 @@ impl NormGrads {
 }
 
 simd_fn!(
-    /// x: one LayerNorm input row, g = dy. Writes dx; adds dy·x̂ to dw and dy to db.
+    /// x: one LayerNorm input row, g = dy. Writes all of dx; adds dy·x̂ to dw and dy to db.
     fn layer_norm_backward_row(
         x: &[f32],
         g: &[f32],
-        dx: &mut [f32],
+        dx: &mut [MaybeUninit<f32>],
         w: &[f32],
         eps: f32,
         acc: &mut NormGrads,
@@ -364,8 +372,10 @@ simd_fn!(
             xhat[i] *= rstd;
             dw[i] += g[i] * xhat[i];
             db[i] += g[i];
-            dx[i] = g[i] * w[i];
+            dx[i] = MaybeUninit::new(g[i] * w[i]);
         }
+        // SAFETY: the loop above wrote all of dx.
+        let dx = unsafe { assume_init_mut(dx) };
         let mean_g = sum(dx) / n as f32;
         let mean_gx = dot(dx, xhat) / n as f32;
         for i in 0..n {
