@@ -50,7 +50,7 @@ use std::sync::Arc;
 use anyhow::{bail, Result};
 use candle_core::{DType, Device, Tensor, Var};
 
-pub use checkpoint::Checkpoint;
+pub use checkpoint::{all_finite, Checkpoint};
 use checkpoint::{Config, Loader};
 use lora::{Part, PartMut};
 use ops::{Ctx, KeyMask, MASKED};
