@@ -65,7 +65,9 @@ fn main() {
             if args.json {
                 println!("{}", serde_json::to_string(&pred)?);
             } else {
-                println!("{} ({:.4})\t{}", pred.label, pred.probability, text);
+                // Texts come from anyone: print them inert (JSON mode escapes in its own way).
+                let text = pipeline::cli::terminal_safe(text);
+                println!("{} ({:.4})\t{text}", pred.label, pred.probability);
             }
         }
         Ok(())
