@@ -231,10 +231,10 @@ fn epoch_mean_loss(history: &[HistoryRow], epoch: u32) -> f64 {
 
 /// The name of the first tensor that holds NaN or inf (`None` entries, e.g. a parameter with
 /// no gradient, are skipped).
-fn first_non_finite<'a>(
-    names: &'a [String],
+fn first_non_finite(
+    names: &[String],
     tensors: impl IntoIterator<Item = Option<Tensor>>,
-) -> Result<Option<&'a str>> {
+) -> Result<Option<&str>> {
     for (name, t) in names.iter().zip(tensors) {
         if let Some(t) = t {
             if !all_finite(&t)? {
