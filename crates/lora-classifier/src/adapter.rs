@@ -357,7 +357,8 @@ pub(crate) fn load(
             ckpt.dir().display()
         )
     };
-    let model = SequenceClassifier::new(ckpt, Some(&s), 0, device, dtype).with_context(fits)?;
+    let mut model = SequenceClassifier::new(ckpt, None, 0, device, dtype)?;
+    model.add_lora(ckpt, &s, 0).with_context(fits)?;
 
     let weights_path: PathBuf = dir.join(WEIGHTS);
     if !weights_path.is_file() {
