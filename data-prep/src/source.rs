@@ -30,6 +30,9 @@ const HUB_REVISION: &str = "main";
 const SPLITS: [&str; 2] = ["train", "test"];
 /// Stanford's folder per label: index = label.
 const LABEL_DIRS: [&str; 2] = ["neg", "pos"];
+/// The largest review accepted, from any source: IMDb's longest is 13.7 KB, so a bigger one is
+/// not a review (and a tar header's size is not trusted before allocating).
+pub const MAX_REVIEW_BYTES: u64 = 1 << 20;
 const EXPECTED: &str = "expected a Hugging Face dataset id, a folder of {train,test}-*.parquet, \
                         an aclImdb/ folder or aclImdb_v1.tar.gz";
 
@@ -179,8 +182,7 @@ impl Source {
                 for (split_index, split) in SPLITS.iter().enumerate() {
                     let mut hasher = Sha256::new();
                     for (place, path) in files.iter().filter(|(p, _)| p.split == split_index) {
-                        let bytes = fs::read(path)
-                            .with_context(|| format!("cannot read {}", path.display()))?;
+                        let bytes = read_review_file(path)?;
                         hasher.update(format!("{}\0{}\0", place.rel_path(), bytes.len()));
                         hasher.update(&bytes);
                     }
@@ -241,6 +243,7 @@ fn read_parquet_split(split: &str, files: &[PathBuf]) -> Result<Reviews> {
                 Some(t) if !t.trim().is_empty() => t,
                 _ => bail!("{name}: row {row}: empty or null text"),
             };
+            check_review_size(text.len() as u64, &|| format!("{name}: row {row}"))?;
             let label = match label {
                 Some(l @ (0 | 1)) => l as u8,
                 other => bail!(
@@ -305,8 +308,31 @@ impl Place {
     }
 }
 
+/// Refuses a review whose size (`bytes`, announced or read) is over [`MAX_REVIEW_BYTES`].
+fn check_review_size(bytes: u64, what: &dyn Fn() -> String) -> Result<()> {
+    ensure!(
+        bytes <= MAX_REVIEW_BYTES,
+        "{}: {bytes} bytes, over the 1 MiB ({MAX_REVIEW_BYTES} bytes) a review may have",
+        what()
+    );
+    Ok(())
+}
+
+/// Reads a review whose size was announced as `announced` (a tar header, a file's metadata),
+/// trusting neither: it is checked before allocating, and at most one byte past the cap is read.
+fn read_capped(reader: impl Read, announced: u64, what: &dyn Fn() -> String) -> Result<Vec<u8>> {
+    check_review_size(announced, what)?;
+    let mut bytes = Vec::with_capacity(announced as usize);
+    reader
+        .take(MAX_REVIEW_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .with_context(|| format!("{}: cannot read", what()))?;
+    check_review_size(bytes.len() as u64, what)?;
+    Ok(bytes)
+}
+
 /// A review file's text: UTF-8 and not blank.
-fn review_text(bytes: Vec<u8>, what: impl Fn() -> String) -> Result<String> {
+fn review_text(bytes: Vec<u8>, what: &dyn Fn() -> String) -> Result<String> {
     let text = String::from_utf8(bytes).map_err(|e| {
         anyhow!(
             "{}: not valid UTF-8 (at byte {})",
@@ -357,12 +383,31 @@ fn stanford_splits(origin: &Path, mut reviews: Vec<(Place, String)>) -> Result<L
     Ok(Loaded { train, test })
 }
 
-/// The review files of an `aclImdb/` folder, sorted.
+/// Refuses a symbolic link inside the dataset: it could make any file on the machine (or
+/// another folder) read as a review; the tarball source refuses links too.
+fn refuse_link(path: &Path, kind: fs::FileType) -> Result<()> {
+    ensure!(
+        !kind.is_symlink(),
+        "{}: a symbolic link; the aclImdb folder must hold its folders and review files \
+         themselves (links are refused, as in the tarball)",
+        path.display()
+    );
+    Ok(())
+}
+
+/// The review files of an `aclImdb/` folder, sorted, each a regular file (not a link) of at
+/// most [`MAX_REVIEW_BYTES`].
 fn list_folder(root: &Path) -> Result<Vec<(Place, PathBuf)>> {
     let mut files = Vec::new();
     for split in SPLITS {
+        if let Ok(meta) = fs::symlink_metadata(root.join(split)) {
+            refuse_link(&root.join(split), meta.file_type())?;
+        }
         for label in LABEL_DIRS {
             let dir = root.join(split).join(label);
+            if let Ok(meta) = fs::symlink_metadata(&dir) {
+                refuse_link(&dir, meta.file_type())?;
+            }
             ensure!(
                 dir.is_dir(),
                 "{}: not Stanford's aclImdb layout: no folder {split}/{label}/ \
@@ -372,17 +417,20 @@ fn list_folder(root: &Path) -> Result<Vec<(Place, PathBuf)>> {
             for entry in
                 fs::read_dir(&dir).with_context(|| format!("cannot list {}", dir.display()))?
             {
-                let path = entry?.path();
-                let name = path
-                    .file_name()
-                    .unwrap_or_default()
-                    .to_string_lossy()
-                    .into_owned();
-                if path.is_file() {
-                    let place = Place::of(&[split, label, name.as_str()])
-                        .with_context(|| format!("{}", path.display()))?;
-                    files.extend(place.map(|p| (p, path)));
-                }
+                let entry = entry?;
+                let path = entry.path();
+                let name = entry.file_name().to_string_lossy().into_owned();
+                let Some(place) = Place::of(&[split, label, name.as_str()])
+                    .with_context(|| format!("{}", path.display()))?
+                else {
+                    continue;
+                };
+                let meta = fs::symlink_metadata(&path)
+                    .with_context(|| format!("cannot read {}", path.display()))?;
+                refuse_link(&path, meta.file_type())?;
+                ensure!(meta.is_file(), "{}: not a regular file", path.display());
+                check_review_size(meta.len(), &|| path.display().to_string())?;
+                files.push((place, path));
             }
         }
     }
@@ -390,13 +438,21 @@ fn list_folder(root: &Path) -> Result<Vec<(Place, PathBuf)>> {
     Ok(files)
 }
 
+/// The bytes of a review file listed by [`list_folder`], within the cap even if it grew since.
+fn read_review_file(path: &Path) -> Result<Vec<u8>> {
+    let what = || path.display().to_string();
+    let file = File::open(path).with_context(|| format!("cannot read {}", what()))?;
+    let len = file.metadata()?.len();
+    read_capped(file, len, &what)
+}
+
 fn load_folder(root: &Path) -> Result<Loaded> {
     let files = list_folder(root)?;
     let mut progress = Progress::new("reading", files.len() as u64);
     let mut reviews = Vec::with_capacity(files.len());
     for (place, path) in files {
-        let bytes = fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?;
-        reviews.push((place, review_text(bytes, || path.display().to_string())?));
+        let text = review_text(read_review_file(&path)?, &|| path.display().to_string())?;
+        reviews.push((place, text));
         progress.advance(1, "reviews");
     }
     progress.finish();
@@ -471,11 +527,9 @@ fn load_tarball(path: &Path) -> Result<Loaded> {
         if !kind.is_dir() {
             if let Some(place) = Place::of(&parts).with_context(what)? {
                 ensure!(kind.is_file(), "{}: not a regular file", what());
-                let mut bytes = Vec::with_capacity(entry.size() as usize);
-                entry
-                    .read_to_end(&mut bytes)
-                    .with_context(|| format!("{}: cannot read", what()))?;
-                reviews.push((place, review_text(bytes, what)?));
+                let size = entry.size();
+                let bytes = read_capped(&mut entry, size, &what)?;
+                reviews.push((place, review_text(bytes, &what)?));
             }
         }
         let now = count.load(Ordering::Relaxed) / 1024;

@@ -48,19 +48,14 @@ impl Classifier {
         let model_dir = resolve_model_dir(config, choice)?;
         let adapter_dir = match &choice.adapter {
             Some(dir) => dir.clone(),
-            None => {
-                let dir = Layout::new(&config.artifacts)
-                    .stage_dir(StageId::Train)
-                    .join("adapter");
-                if !dir.exists() {
-                    bail!(
-                        "no trained adapter at {}: run `just train` first, or pass --adapter DIR",
-                        dir.display()
-                    );
-                }
-                dir
-            }
+            None => trained_adapter(config, &model_dir, choice.model.is_some())?,
         };
+        Self::open(config, model_dir, adapter_dir)
+    }
+
+    /// Loads `adapter_dir` onto `model_dir` as they are (the caller checked that they belong
+    /// together).
+    fn open(config: &Config, model_dir: PathBuf, adapter_dir: PathBuf) -> Result<Self> {
         let (device, _) = training::device::select_device(&config.training.device)?;
         let dtype = training::device::select_dtype(&config.training.dtype, &device)?;
         let checkpoint = Checkpoint::open(&model_dir)?;
@@ -116,6 +111,16 @@ impl Classifier {
             let m = Tensor::from_vec(take(attention_mask), (rows, width), &self.device)?;
             let logits = self.model.forward(&ids, &m, Mode::Inference)?;
             let logits: Vec<Vec<f32>> = logits.to_dtype(DType::F32)?.to_vec2()?;
+            // The loaders refuse non-finite weights, but finite ones can still overflow (f16,
+            // absurd magnitudes): a NaN probability must not pass for an answer.
+            if let Some(row) = logits.iter().position(|l| !l.iter().all(|x| x.is_finite())) {
+                bail!(
+                    "the model gave non-finite logits {:?} for review {}: its weights or \
+                     activations overflow (with training.dtype f16, try f32 or bf16)",
+                    logits[row],
+                    start + row
+                );
+            }
             probs.extend(logits.iter().map(|l| positive_probability(l)));
             if let Some(p) = progress.as_deref_mut() {
                 let rate = probs.len() as f64 / started.elapsed().as_secs_f64().max(1e-9);
@@ -151,18 +156,63 @@ fn resolve_model_dir(config: &Config, choice: &ModelChoice) -> Result<PathBuf> {
     }
 }
 
+/// This run's trained adapter (`artifacts/train/adapter`), after checking against the train
+/// stage's stamp that it was trained for the model and `model.max_len` the config names now
+/// (unless `--model` chose the model), that its files are those train wrote, and that the
+/// model's files are those it was trained on: any other pairing gives answers that look right
+/// and are not.
+fn trained_adapter(config: &Config, model_dir: &Path, model_chosen: bool) -> Result<PathBuf> {
+    let layout = Layout::new(&config.artifacts);
+    let train_dir = layout.stage_dir(StageId::Train);
+    let adapter = train_dir.join("adapter");
+    let fix = "run `just train` to train one for it, or pass --adapter DIR";
+    let stamp = stamp::read_stamp(&train_dir)
+        .with_context(|| format!("the trained adapter cannot be trusted: {fix}"))?;
+    let Some(stamp) = stamp.filter(|_| adapter.exists()) else {
+        bail!(
+            "no trained adapter at {}: run `just train` first, or pass --adapter DIR",
+            adapter.display()
+        );
+    };
+    let keys: &[&str] = if model_chosen {
+        &["model.max_len"]
+    } else {
+        &["model.source", "model.revision", "model.max_len"]
+    };
+    let now = config.sections(keys);
+    for key in keys {
+        let then = stamp.config.get(*key);
+        if then != Some(&now[*key]) {
+            bail!(
+                "the trained adapter {} was trained with {key} = {}, but the config now says {}: \
+                 {fix}",
+                adapter.display(),
+                then.map_or("(not recorded)".to_string(), |v| v.to_string()),
+                now[*key]
+            );
+        }
+    }
+    if let Some(reason) = stamp.damage(&train_dir)? {
+        bail!("{} is incomplete ({reason}): {fix}", train_dir.display());
+    }
+    let mut hashes = BTreeMap::new();
+    for (name, path) in pipeline::hub::model_files(model_dir)? {
+        let hash = stamp::hash_file(&path).with_context(|| format!("hashing {name}"))?;
+        hashes.insert(name, hash);
+    }
+    check_model_is_the_trained_one(&stamp, &hashes, model_dir)?;
+    Ok(adapter)
+}
+
 /// This run's adapter was trained on the model whose files the train stamp records: the
 /// upstream check covers train's config and outputs, not its inputs, so a model whose files
 /// changed since (same `model.source`, new weights) would silently get an adapter trained on
 /// other weights.
 fn check_model_is_the_trained_one(
-    layout: &Layout,
+    trained: &stamp::Stamp,
     hashes: &BTreeMap<String, String>,
     model_dir: &Path,
 ) -> Result<()> {
-    let Some(trained) = stamp::read_stamp(&layout.stage_dir(StageId::Train))? else {
-        return Ok(()); // the upstream check already named `just train`
-    };
     for (name, hash) in trained
         .inputs
         .iter()
@@ -265,7 +315,10 @@ pub fn run(config: &Config, choice: &ModelChoice, force: bool) -> Result<Outcome
         }
     }
     if choice.adapter.is_none() {
-        check_model_is_the_trained_one(&layout, &model_hashes, &model_dir)?;
+        // The upstream check above found the train stage current (so its stamp is there).
+        if let Some(trained) = stamp::read_stamp(&layout.stage_dir(StageId::Train))? {
+            check_model_is_the_trained_one(&trained, &model_hashes, &model_dir)?;
+        }
     }
     let dir = stage.dir.clone();
     if !force {
@@ -273,13 +326,11 @@ pub fn run(config: &Config, choice: &ModelChoice, force: bool) -> Result<Outcome
             return Ok(Outcome::UpToDate(dir));
         }
     }
-    let classifier = Classifier::load(
-        config,
-        &ModelChoice {
-            model: Some(model_dir),
-            adapter: choice.adapter.clone(),
-        },
-    )?;
+    let adapter_dir = match &choice.adapter {
+        Some(dir) => dir.clone(),
+        None => layout.stage_dir(StageId::Train).join("adapter"),
+    };
+    let classifier = Classifier::open(config, model_dir, adapter_dir)?;
 
     let threshold = config.evaluate.threshold;
     let staged = StagingDir::new(&dir)?;

@@ -71,7 +71,9 @@ where
             if args.json {
                 println!("{}", serde_json::to_string(&pred)?);
             } else {
-                println!("{} ({:.4})\t{}", pred.label, pred.probability, text);
+                // Texts may hold escape and bidi control characters: print them inert.
+                let text = pipeline::cli::terminal_safe(text);
+                println!("{} ({:.4})\t{text}", pred.label, pred.probability);
             }
         }
         Ok(())

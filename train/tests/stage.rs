@@ -492,3 +492,162 @@ fn non_finite_loss_stops_naming_the_step_and_keeps_the_checkpoint() {
         .exists());
     assert!(!train_dir(&c).exists());
 }
+
+// Hostile and broken inputs (issue #12): each refused with an error naming the file or key,
+// before any training, and nothing written.
+
+#[test]
+fn a_token_file_with_max_len_0_or_labels_beyond_0_1_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let c = config(tmp.path());
+    let tokens = Layout::new(&c.artifacts).stage_dir(StageId::Tokenize);
+    let zero = TokenSplit {
+        max_len: 0,
+        input_ids: vec![],
+        attention_mask: vec![],
+        ..split(8, 0)
+    };
+    write_tokens(&c, &zero, &split(4, 1));
+    let message = format!(
+        "{} is not a valid token file (rerun `just tokenize`): the `tokens` metadata entry: \
+         max_len is 0, expected at least 1",
+        tokens.join("train.safetensors").display()
+    );
+    assert_fails_early(&c, &[&message]);
+
+    let mut three = split(4, 1);
+    three.labels[2] = 2;
+    write_tokens(&c, &split(8, 0), &three);
+    let message = format!(
+        "{} is not a valid token file (rerun `just tokenize`): tensor `labels` holds 2 at \
+         index 2, expected 0 or 1",
+        tokens.join("validation.safetensors").display()
+    );
+    assert_fails_early(&c, &[&message]);
+}
+
+#[test]
+fn a_rank_no_layer_can_hold_is_refused_before_allocating() {
+    let (_tmp, c) = setup(|c| c.lora.r = 1 << 40);
+    assert_fails_early(
+        &c,
+        &[
+            "adding LoRA to the model (the lora.* keys)",
+            "LoRA rank r = 1099511627776 is too large for layer",
+            "r can be at most 32",
+        ],
+    );
+}
+
+/// One optimizer step (the last) with a learning rate that moves the parameters by ~3e37:
+/// still finite, but the validation after it overflows. The stage fails and saves nothing.
+#[test]
+fn a_non_finite_validation_after_the_last_step_saves_no_adapter() {
+    let (_tmp, c) = setup(|c| {
+        c.training.optimizer = pipeline::config::OptimizerKind::Adam;
+        c.training.weight_decay = 0.0;
+        c.training.learning_rate = 3e37;
+        c.training.epochs = 1;
+        c.training.batch_size = 18;
+        c.training.warmup_ratio = 0.0;
+        c.training.max_grad_norm = None;
+        c.training.eval_every_steps = None;
+    });
+    let err = run_err(&c);
+    assert!(
+        err.contains("the validation loss is NaN after step 1 (epoch 1): stopping without saving an adapter; no checkpoint was written yet"),
+        "{err}"
+    );
+    assert!(!train_dir(&c).exists(), "no adapter, no train folder");
+}
+
+/// A learning rate that overflows f32 makes the parameters infinite in the step itself.
+#[test]
+fn non_finite_parameters_after_a_step_stop_the_run() {
+    let (_tmp, c) = setup(|c| {
+        c.training.learning_rate = 1e300;
+        c.training.warmup_ratio = 0.0;
+        c.training.optimizer = pipeline::config::OptimizerKind::Sgd;
+        c.training.max_grad_norm = None;
+    });
+    let err = run_err(&c);
+    assert!(
+        err.contains("is NaN or infinite after step 1 (epoch 1, batch 1): stopping without saving an adapter; no checkpoint was written yet"),
+        "{err}"
+    );
+    assert!(err.starts_with("parameter base_model.model."), "{err}");
+    assert!(!train_dir(&c).exists());
+}
+
+/// A checkpoint whose state holds NaN is skipped (and said so) for the previous good one, and
+/// the result is the same as a run that was never interrupted.
+#[test]
+fn resume_skips_a_checkpoint_with_non_finite_state() {
+    let (tmp_a, ca) = setup(|_| {});
+    let (tmp_b, cb) = setup(|_| {});
+    let status = binary(tmp_b.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success());
+
+    let mut child = binary(tmp_a.path())
+        .env(train::HANG_AFTER_CHECKPOINT_ENV, "4")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let checkpoints = Layout::new(&ca.artifacts).train_checkpoints();
+    let newest = checkpoints.join("step-00000004");
+    let started = Instant::now();
+    while !newest.exists() {
+        assert!(
+            started.elapsed() < Duration::from_secs(300),
+            "no checkpoint at step 4"
+        );
+        assert!(child.try_wait().unwrap().is_none(), "ended before step 4");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(checkpoints.join("step-00000002").exists());
+
+    // Poison one parameter of the newest checkpoint.
+    let file = newest.join("tensors.safetensors");
+    let mut tensors = candle_core::safetensors::load(&file, &Device::Cpu).unwrap();
+    let name = tensors
+        .keys()
+        .find(|k| k.starts_with("param/") && k.contains("lora_A"))
+        .unwrap()
+        .clone();
+    let t = &tensors[&name];
+    let mut values = t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    values[0] = f32::NAN;
+    let poisoned = candle_core::Tensor::from_vec(values, t.dims(), &Device::Cpu).unwrap();
+    tensors.insert(name.clone(), poisoned);
+    candle_core::safetensors::save(&tensors, &file).unwrap();
+
+    let out = binary(tmp_a.path()).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let skipped = format!(
+        "train: skipping checkpoint {}: tensor '{name}' holds NaN or infinite values; trying an older one",
+        newest.display()
+    );
+    assert!(stdout.contains(&skipped), "{stdout}");
+    assert!(
+        stdout.contains(&format!(
+            "train: resuming from checkpoint {} (step 2",
+            checkpoints.join("step-00000002").display()
+        )),
+        "{stdout}"
+    );
+    assert_eq!(summary_of(&ca).resumed_from_step, Some(2));
+    assert_eq!(history_of(&ca), history_of(&cb));
+    assert_eq!(adapter_bytes(&ca), adapter_bytes(&cb));
+}

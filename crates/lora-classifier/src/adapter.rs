@@ -107,37 +107,81 @@ pub(crate) fn save(model: &SequenceClassifier, dir: &Path) -> Result<()> {
     result.with_context(|| format!("cannot save the adapter to {}", dir.display()))
 }
 
+/// The largest `lora_alpha` accepted: the LoRA update is scaled by alpha/r in f32, and PEFT
+/// setups use up to a few hundred. The same bound as `lora.alpha` in the pipeline's config.
+const MAX_ALPHA: f64 = 10_000.0;
+
+/// The keys of adapter_config.json that we read, typed: a key of the wrong type is an error
+/// naming it (a silent default would change every prediction: `"lora_alpha": "32"` is not 8).
+/// Keys left out or null take PEFT's defaults; PEFT's other keys are not read.
+#[derive(Debug, serde::Deserialize)]
+struct PeftConfig {
+    peft_type: Option<String>,
+    task_type: Option<String>,
+    base_model_name_or_path: Option<String>,
+    r: Option<u64>,
+    lora_alpha: Option<f64>,
+    lora_dropout: Option<f64>,
+    target_modules: Option<Value>,
+    bias: Option<String>,
+    use_rslora: Option<bool>,
+    use_dora: Option<bool>,
+    lora_bias: Option<bool>,
+    use_qalora: Option<bool>,
+    modules_to_save: Option<Vec<String>>,
+    rank_pattern: Option<Value>,
+    alpha_pattern: Option<Value>,
+    layers_to_transform: Option<Value>,
+    layer_replication: Option<Value>,
+    exclude_modules: Option<Value>,
+    trainable_token_indices: Option<Value>,
+    target_parameters: Option<Value>,
+    #[serde(rename = "lora_layer_norm")]
+    layer_norm: Option<bool>,
+}
+
+/// What an adapter_config.json says: the LoRA settings and the base model it was made for.
+#[derive(Debug)]
+struct AdapterSettings {
+    lora: LoraSettings,
+    base_model: Option<String>,
+}
+
 /// The LoRA settings of a PEFT adapter_config.json; options we do not implement are errors.
-fn settings(c: &Value, path: &Path) -> Result<LoraSettings> {
+fn settings(c: &Value, path: &Path) -> Result<AdapterSettings> {
     let err = |msg: String| anyhow!("{}: {msg}", path.display());
-    let get = |k: &str| c.get(k).filter(|v| !v.is_null());
-    match get("peft_type").and_then(Value::as_str) {
+    let c: PeftConfig = serde_path_to_error::deserialize(c).map_err(|e| {
+        let key = e.path().to_string();
+        err(format!("key `{key}`: {}", e.into_inner()))
+    })?;
+    match c.peft_type.as_deref() {
         Some("LORA") => {}
         other => return Err(err(format!("peft_type {other:?} is not supported (LORA)"))),
     }
-    if let Some(t) = get("task_type")
-        .and_then(Value::as_str)
-        .filter(|t| *t != "SEQ_CLS")
-    {
+    if let Some(t) = c.task_type.as_deref().filter(|t| *t != "SEQ_CLS") {
         return Err(err(format!(
             "task_type '{t}' is not a sequence-classification adapter (SEQ_CLS)"
         )));
     }
-    for flag in ["use_dora", "lora_bias", "use_qalora"] {
-        if get(flag).and_then(Value::as_bool) == Some(true) {
+    for (flag, on) in [
+        ("use_dora", c.use_dora),
+        ("lora_bias", c.lora_bias),
+        ("use_qalora", c.use_qalora),
+    ] {
+        if on == Some(true) {
             return Err(err(format!("{flag} is not supported")));
         }
     }
-    for key in [
-        "rank_pattern",
-        "alpha_pattern",
-        "layers_to_transform",
-        "layer_replication",
-        "exclude_modules",
-        "trainable_token_indices",
-        "target_parameters",
+    for (key, value) in [
+        ("rank_pattern", &c.rank_pattern),
+        ("alpha_pattern", &c.alpha_pattern),
+        ("layers_to_transform", &c.layers_to_transform),
+        ("layer_replication", &c.layer_replication),
+        ("exclude_modules", &c.exclude_modules),
+        ("trainable_token_indices", &c.trainable_token_indices),
+        ("target_parameters", &c.target_parameters),
     ] {
-        let set = match get(key) {
+        let set = match value {
             None => false,
             Some(Value::Object(m)) => !m.is_empty(),
             Some(Value::Array(a)) => !a.is_empty(),
@@ -147,21 +191,36 @@ fn settings(c: &Value, path: &Path) -> Result<LoraSettings> {
             return Err(err(format!("{key} is not supported")));
         }
     }
-    if let Some(Value::Array(m)) = get("modules_to_save") {
-        if let Some(x) = m
-            .iter()
-            .find(|x| !matches!(x.as_str(), Some("classifier" | "score")))
-        {
-            return Err(err(format!(
-                "modules_to_save {x} is not supported (only the head)"
-            )));
-        }
+    if let Some(x) = c
+        .modules_to_save
+        .iter()
+        .flatten()
+        .find(|x| !matches!(x.as_str(), "classifier" | "score"))
+    {
+        return Err(err(format!(
+            "modules_to_save \"{x}\" is not supported (only the head)"
+        )));
     }
-    let r = get("r")
-        .and_then(Value::as_u64)
-        .ok_or_else(|| err("no integer r".into()))? as usize;
-    let alpha = get("lora_alpha").and_then(Value::as_f64).unwrap_or(8.0);
-    let target_modules = match get("target_modules") {
+    let r = match c.r {
+        Some(r @ 1..) => r as usize,
+        Some(0) => return Err(err("r is 0, expected at least 1".into())),
+        None => return Err(err("no integer r".into())),
+    };
+    // PEFT's default alpha is 8.
+    let alpha = c.lora_alpha.unwrap_or(8.0);
+    if !(alpha > 0.0 && alpha <= MAX_ALPHA) {
+        return Err(err(format!(
+            "lora_alpha {alpha} is out of range, expected a number in (0, {MAX_ALPHA}] (the \
+             LoRA update is scaled by lora_alpha/r)"
+        )));
+    }
+    let dropout = c.lora_dropout.unwrap_or(0.0);
+    if !(0.0..1.0).contains(&dropout) {
+        return Err(err(format!(
+            "lora_dropout {dropout} is out of range, expected a value in [0, 1)"
+        )));
+    }
+    let target_modules = match &c.target_modules {
         None => Vec::new(),
         Some(Value::Array(a)) => a
             .iter()
@@ -178,23 +237,69 @@ fn settings(c: &Value, path: &Path) -> Result<LoraSettings> {
         }
         Some(v) => return Err(err(format!("bad target_modules {v}"))),
     };
-    let bias = match get("bias").and_then(Value::as_str).unwrap_or("none") {
+    let bias = match c.bias.as_deref().unwrap_or("none") {
         "none" => LoraBias::None,
         "all" => LoraBias::All,
         "lora_only" => LoraBias::LoraOnly,
         other => return Err(err(format!("bias '{other}' is not supported"))),
     };
-    Ok(LoraSettings {
-        r,
-        alpha,
-        dropout: get("lora_dropout").and_then(Value::as_f64).unwrap_or(0.0),
-        bias,
-        target_modules,
-        layer_norm: get(LAYER_NORM_KEY)
-            .and_then(Value::as_bool)
-            .unwrap_or(false),
-        use_rslora: get("use_rslora").and_then(Value::as_bool).unwrap_or(false),
+    Ok(AdapterSettings {
+        lora: LoraSettings {
+            r,
+            alpha,
+            dropout,
+            bias,
+            target_modules,
+            layer_norm: c.layer_norm.unwrap_or(false),
+            use_rslora: c.use_rslora.unwrap_or(false),
+        },
+        base_model: c.base_model_name_or_path.filter(|s| !s.trim().is_empty()),
     })
+}
+
+/// Whether `name` has the shape of a hub repo id (`name` or `org/name`), not of a path.
+fn looks_like_hub_id(name: &str) -> bool {
+    let part = |p: &str| {
+        !p.is_empty()
+            && !p.starts_with('.')
+            && p.chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+    };
+    match name.split_once('/') {
+        Some((org, repo)) => part(org) && part(repo),
+        None => part(name),
+    }
+}
+
+/// Checks the adapter's `base_model_name_or_path` against the model in use, where the two
+/// can be compared: both hub ids. Same shapes do not make the same model (MiniLM-L6 and
+/// paraphrase-MiniLM-L6 fit each other's adapters and give nonsense), so two different ids
+/// are an error. Hub ids compare without case (the hub's own rule) and a legacy id without an
+/// organisation matches its namespaced form (`gpt2` is `openai-community/gpt2`). A local path
+/// on either side is not compared: a folder can hold any model and a model can sit in any
+/// folder, so a path says nothing either way; shapes and tensor names are still checked, and
+/// the pipeline's own adapter is tied to the model's file hashes by the train stage's stamp.
+fn check_base_model(recorded: Option<&str>, ckpt: &Checkpoint, path: &Path) -> Result<()> {
+    let (Some(recorded), Some(in_use)) = (recorded, ckpt.hub_id()) else {
+        return Ok(());
+    };
+    if !looks_like_hub_id(recorded) {
+        return Ok(());
+    }
+    let (a, b) = (recorded.to_ascii_lowercase(), in_use.to_ascii_lowercase());
+    let name = |id: &str| id.rsplit('/').next().unwrap_or(id).to_string();
+    let same = a == b || (!a.contains('/') || !b.contains('/')) && name(&a) == name(&b);
+    if !same {
+        bail!(
+            "{}: base_model_name_or_path is \"{recorded}\" but the model in use is \"{in_use}\" \
+             ({}): the adapter was trained on another model; use that model (--model or \
+             model.source), or correct base_model_name_or_path if it is the same model under \
+             another name",
+            path.display(),
+            ckpt.dir().display()
+        );
+    }
+    Ok(())
 }
 
 pub(crate) fn load(
@@ -208,7 +313,11 @@ pub(crate) fn load(
         .with_context(|| format!("cannot read {}", config_path.display()))?;
     let config: Value = serde_json::from_str(&text)
         .with_context(|| format!("{} is not valid JSON", config_path.display()))?;
-    let s = settings(&config, &config_path)?;
+    let AdapterSettings {
+        lora: s,
+        base_model,
+    } = settings(&config, &config_path)?;
+    check_base_model(base_model.as_deref(), ckpt, &config_path)?;
     let fits = || {
         format!(
             "the adapter {} does not fit the checkpoint {}",
@@ -216,7 +325,8 @@ pub(crate) fn load(
             ckpt.dir().display()
         )
     };
-    let model = SequenceClassifier::new(ckpt, Some(&s), 0, device, dtype).with_context(fits)?;
+    let mut model = SequenceClassifier::new(ckpt, None, 0, device, dtype)?;
+    model.add_lora(ckpt, &s, 0).with_context(fits)?;
 
     let weights_path: PathBuf = dir.join(WEIGHTS);
     if !weights_path.is_file() {
@@ -255,6 +365,20 @@ pub(crate) fn load(
                 model.arch
             )
         };
+        if !t.dtype().is_float() {
+            bail!(
+                "{}: tensor '{name}' has dtype {:?}, expected a float (LoRA weights are never \
+                 integers)",
+                weights_path.display(),
+                t.dtype()
+            )
+        }
+        if !crate::all_finite(t)? {
+            bail!(
+                "{}: tensor '{name}' holds NaN or infinite values: the adapter is damaged",
+                weights_path.display()
+            )
+        }
         if t.dims() != var.dims() {
             bail!(
                 "{}: tensor '{name}' has shape {:?} but this model's parameter has {:?}: the adapter was \
@@ -273,4 +397,210 @@ pub(crate) fn load(
         }
     }
     Ok(model)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn base() -> Value {
+        json!({"peft_type": "LORA", "task_type": "SEQ_CLS", "r": 8, "lora_alpha": 32,
+               "lora_dropout": 0.1, "target_modules": ["query", "value"], "bias": "none"})
+    }
+
+    fn with(key: &str, value: Value) -> Result<AdapterSettings> {
+        let mut c = base();
+        c[key] = value;
+        settings(&c, Path::new("a/adapter_config.json"))
+    }
+
+    #[test]
+    fn fields_of_the_wrong_type_are_errors_not_defaults() {
+        for (key, value, message) in [
+            (
+                "lora_alpha",
+                json!("32"),
+                "key `lora_alpha`: invalid type: string \"32\", expected f64",
+            ),
+            (
+                "r",
+                json!("8"),
+                "key `r`: invalid type: string \"8\", expected u64",
+            ),
+            (
+                "r",
+                json!(-8),
+                "key `r`: invalid value: integer `-8`, expected u64",
+            ),
+            (
+                "r",
+                json!(8.5),
+                "key `r`: invalid type: floating point `8.5`, expected u64",
+            ),
+            (
+                "lora_dropout",
+                json!([0.1]),
+                "key `lora_dropout`: invalid type: sequence, expected f64",
+            ),
+            (
+                "use_rslora",
+                json!("yes"),
+                "key `use_rslora`: invalid type: string \"yes\", expected a boolean",
+            ),
+            (
+                "bias",
+                json!(0),
+                "key `bias`: invalid type: integer `0`, expected a string",
+            ),
+            (
+                "modules_to_save",
+                json!([1]),
+                "key `modules_to_save[0]`: invalid type: integer `1`",
+            ),
+            (
+                "lora_layer_norm",
+                json!(1),
+                "key `lora_layer_norm`: invalid type: integer `1`, expected a boolean",
+            ),
+            (
+                "base_model_name_or_path",
+                json!(7),
+                "key `base_model_name_or_path`: invalid type: integer `7`",
+            ),
+        ] {
+            let err = format!("{:#}", with(key, value).unwrap_err());
+            assert!(
+                err.starts_with("a/adapter_config.json: ") && err.contains(message),
+                "{key}: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn out_of_range_values_are_errors() {
+        for (key, value, message) in [
+            ("r", json!(0), "r is 0, expected at least 1"),
+            (
+                "lora_alpha",
+                json!(1e12),
+                "lora_alpha 1000000000000 is out of range, expected a number in (0, 10000]",
+            ),
+            ("lora_alpha", json!(-1), "lora_alpha -1 is out of range"),
+            (
+                "lora_dropout",
+                json!(1.0),
+                "lora_dropout 1 is out of range, expected a value in [0, 1)",
+            ),
+        ] {
+            let err = format!("{:#}", with(key, value).unwrap_err());
+            assert!(err.contains(message), "{key}: {err}");
+        }
+    }
+
+    #[test]
+    fn nulls_and_missing_keys_take_peft_defaults() {
+        let s = settings(
+            &json!({"peft_type": "LORA", "r": 4, "lora_alpha": null}),
+            Path::new("c"),
+        )
+        .unwrap();
+        assert_eq!((s.lora.r, s.lora.alpha, s.lora.dropout), (4, 8.0, 0.0));
+        assert_eq!(s.lora.bias, LoraBias::None);
+        assert!(s.base_model.is_none());
+        let s = with("lora_alpha", json!(16.5)).unwrap();
+        assert_eq!(s.lora.alpha, 16.5);
+    }
+
+    #[test]
+    fn hub_ids_are_told_from_paths() {
+        for id in [
+            "gpt2",
+            "openai-community/gpt2",
+            "sentence-transformers/all-MiniLM-L6-v2",
+        ] {
+            assert!(looks_like_hub_id(id), "{id}");
+        }
+        for path in [
+            "/models/minilm",
+            "./minilm",
+            "../x/y",
+            "a/b/c",
+            "C:\\models",
+            "",
+            "org/",
+        ] {
+            assert!(!looks_like_hub_id(path), "{path}");
+        }
+    }
+
+    fn json_value() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::from),
+            any::<i64>().prop_map(Value::from),
+            any::<u64>().prop_map(Value::from),
+            any::<f64>()
+                .prop_filter("JSON numbers are finite", |f| f.is_finite())
+                .prop_map(Value::from),
+            prop::sample::select(vec![
+                "LORA",
+                "SEQ_CLS",
+                "none",
+                "all",
+                "query",
+                "classifier",
+                "x"
+            ])
+            .prop_map(Value::from),
+        ];
+        leaf.prop_recursive(2, 8, 3, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..3).prop_map(Value::from),
+                prop::collection::btree_map("[a-z]{1,3}", inner, 0..2)
+                    .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(1024))]
+
+        /// Any value for any key read: an error naming the file, or settings in range.
+        #[test]
+        fn random_fields_give_an_error_or_valid_settings(
+            edits in prop::collection::vec((
+                prop::sample::select(vec![
+                    "peft_type", "task_type", "r", "lora_alpha", "lora_dropout", "target_modules",
+                    "bias", "use_rslora", "use_dora", "modules_to_save", "rank_pattern",
+                    "lora_layer_norm", "base_model_name_or_path", "other",
+                ]),
+                json_value(),
+            ), 0..5),
+        ) {
+            let mut c = base();
+            for (key, value) in edits {
+                c[key] = value;
+            }
+            match settings(&c, Path::new("a/adapter_config.json")) {
+                Ok(s) => {
+                    prop_assert!(s.lora.r >= 1);
+                    prop_assert!(s.lora.alpha > 0.0 && s.lora.alpha <= MAX_ALPHA);
+                    prop_assert!((0.0..1.0).contains(&s.lora.dropout));
+                    prop_assert!(s.lora.scale().is_finite());
+                }
+                Err(e) => {
+                    let e = format!("{e:#}");
+                    prop_assert!(e.starts_with("a/adapter_config.json: "), "{}", e)
+                }
+            }
+        }
+
+        #[test]
+        fn garbled_text_never_panics(text in "\\PC{0,200}") {
+            if let Ok(v) = serde_json::from_str::<Value>(&text) {
+                let _ = settings(&v, Path::new("c"));
+            }
+        }
+    }
 }

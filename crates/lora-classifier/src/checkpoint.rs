@@ -165,10 +165,7 @@ impl Checkpoint {
             ),
         };
         validate(&config, &config_path)?;
-        let num_labels = match raw.get("id2label").and_then(|v| v.as_object()) {
-            Some(m) if !m.is_empty() => m.len(),
-            _ => raw.get("num_labels").and_then(|v| v.as_u64()).unwrap_or(2) as usize,
-        };
+        let num_labels = num_labels(&raw, &config_path)?;
 
         let paths = weight_files(dir)?;
         let mut files = Vec::new();
@@ -268,6 +265,12 @@ impl Checkpoint {
         &self.name_or_path
     }
 
+    /// The hub repo id when the folder is a snapshot in a Hugging Face cache (so the model is
+    /// known by name), else `None` (a local folder can hold any model).
+    pub fn hub_id(&self) -> Option<String> {
+        hub_repo_id(&self.dir)
+    }
+
     /// The canonical name of the classification head's module (HF's attribute name).
     pub(crate) fn head_module(&self) -> &'static str {
         match self.config {
@@ -323,8 +326,67 @@ impl Checkpoint {
                 t.dtype()
             )
         }
-        Ok(t.to_dtype(dtype)?)
+        // NaN or inf in a weight turns every output into NaN: refuse it here, by name.
+        let converted = t.to_dtype(dtype)?;
+        if !all_finite(&converted)? {
+            if !all_finite(&t)? {
+                bail!(
+                    "{}: tensor '{name}' holds NaN or infinite values: the checkpoint is damaged",
+                    path.display()
+                )
+            }
+            bail!(
+                "{}: tensor '{name}' has values beyond the range of {dtype:?}: use training.dtype \
+                 f32 or bf16",
+                path.display()
+            )
+        }
+        Ok(converted)
     }
+}
+
+/// The number of labels as transformers reads it (`id2label`'s size, else `num_labels`, else
+/// 2), which must be 2: the pipeline classifies reviews as negative or positive, and a head
+/// with other labels would be read wrongly (logits 0 and 1 of 3) or not at all.
+fn num_labels(raw: &serde_json::Value, path: &Path) -> Result<usize> {
+    let (n, key) = match (raw.get("id2label"), raw.get("num_labels")) {
+        (Some(serde_json::Value::Object(m)), _) if !m.is_empty() => (m.len() as u64, "id2label"),
+        (Some(v), _) if !v.is_null() && !v.is_object() => bail!(
+            "{}: id2label is {v}, expected an object of label names",
+            path.display()
+        ),
+        (_, Some(v)) if !v.is_null() => match v.as_u64() {
+            Some(n) => (n, "num_labels"),
+            None => bail!(
+                "{}: num_labels is {v}, expected a whole number",
+                path.display()
+            ),
+        },
+        _ => (2, "num_labels"),
+    };
+    if n != 2 {
+        bail!(
+            "{}: the classification head has {n} labels ({key}); this pipeline classifies \
+             reviews as negative or positive and needs a checkpoint with 2 labels (or none: a \
+             base model gets a fresh 2-label head)",
+            path.display()
+        );
+    }
+    Ok(2)
+}
+
+/// Whether every value of `t` is finite (no NaN, no ±inf), on any device and float dtype:
+/// x − x is exactly 0 for a finite x and NaN otherwise, and a sum of zeros is exactly 0.
+pub fn all_finite(t: &Tensor) -> candle_core::Result<bool> {
+    if !t.dtype().is_float() || t.elem_count() == 0 {
+        return Ok(true);
+    }
+    #[allow(clippy::eq_op)] // x − x on purpose (see above)
+    let sum = (t - t)?
+        .sum_all()?
+        .to_dtype(DType::F32)?
+        .to_scalar::<f32>()?;
+    Ok(sum == 0.0)
 }
 
 fn validate(config: &Config, path: &Path) -> Result<()> {
@@ -399,7 +461,7 @@ fn files_display(files: &[(PathBuf, MmapedSafetensors)]) -> String {
 }
 
 /// `…/models--org--name/snapshots/<rev>` (a Hugging Face cache) → "org/name".
-fn name_or_path(dir: &Path) -> String {
+fn hub_repo_id(dir: &Path) -> Option<String> {
     let parts: Vec<_> = dir
         .components()
         .map(|c| c.as_os_str().to_string_lossy())
@@ -407,11 +469,15 @@ fn name_or_path(dir: &Path) -> String {
     if let [.., repo, snapshots, _rev] = parts.as_slice() {
         if snapshots == "snapshots" {
             if let Some(id) = repo.strip_prefix("models--") {
-                return id.replacen("--", "/", 1);
+                return Some(id.replacen("--", "/", 1));
             }
         }
     }
-    dir.display().to_string()
+    None
+}
+
+fn name_or_path(dir: &Path) -> String {
+    hub_repo_id(dir).unwrap_or_else(|| dir.display().to_string())
 }
 
 /// Loads the modules of a model from a checkpoint onto a device.

@@ -56,7 +56,7 @@ use candle_core::{DType, Device, Tensor, Var};
 use common::format::thousands;
 use common::hash::fnv1a;
 
-pub use checkpoint::Checkpoint;
+pub use checkpoint::{all_finite, Checkpoint};
 use checkpoint::{Config, Loader};
 use lora::{Part, PartMut};
 use ops::{Ctx, KeyMask, MASKED};
@@ -277,15 +277,27 @@ impl SequenceClassifier {
             kernels: Kernels::from_env(),
         };
         if let Some(s) = lora {
-            let mut s = s.clone();
-            if s.target_modules.is_empty() {
-                s.target_modules = ckpt.default_target_modules();
-            }
-            let arch = model.arch_name();
-            lora::apply(model.parts_mut(), &s, seed, arch)?;
-            model.lora = Some(s);
+            model.add_lora(ckpt, s, seed)?;
         }
         Ok(model)
+    }
+
+    /// Adds LoRA branches to the loaded model (empty targets: the checkpoint's defaults).
+    /// Separate from loading, so that an adapter's errors are told from the checkpoint's.
+    pub(crate) fn add_lora(
+        &mut self,
+        ckpt: &Checkpoint,
+        s: &LoraSettings,
+        seed: u64,
+    ) -> Result<()> {
+        let mut s = s.clone();
+        if s.target_modules.is_empty() {
+            s.target_modules = ckpt.default_target_modules();
+        }
+        let arch = self.arch_name();
+        lora::apply(self.parts_mut(), &s, seed, arch)?;
+        self.lora = Some(s);
+        Ok(())
     }
 
     /// Loads a PEFT LoRA adapter folder (ours or PEFT's) onto the checkpoint.

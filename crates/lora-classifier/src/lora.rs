@@ -166,6 +166,16 @@ impl Linear {
     /// a = √5, i.e. U(±1/√in)), B zero.
     pub fn add_lora(&mut self, s: &LoraSettings, seed: u64) -> Result<()> {
         let (n_in, n_out, r) = (self.in_features(), self.out_features(), s.r);
+        // B·A has rank at most min(in, out): a larger r adds nothing, and r comes from user
+        // input (config, adapter_config.json), so it is bounded before it sizes an allocation.
+        if r > n_in.min(n_out) {
+            bail!(
+                "LoRA rank r = {r} is too large for layer {} ({n_in} inputs, {n_out} outputs): \
+                 r can be at most {}",
+                self.path,
+                n_in.min(n_out)
+            )
+        }
         let mut rng = ChaCha8Rng::seed_from_u64(seed ^ fnv1a(&self.path));
         let bound = 1.0 / (n_in as f32).sqrt();
         let a: Vec<f32> = (0..r * n_in)

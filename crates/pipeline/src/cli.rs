@@ -46,6 +46,31 @@ pub fn run_stage(name: &str, body: impl FnOnce() -> Result<()>) {
     }
 }
 
+/// `text` safe to print to a terminal: control characters (C0 such as ESC, DEL, C1) and the
+/// invisible characters that reorder or hide text (bidi controls, zero-width and line/paragraph
+/// separators) are written as `\u{…}`, and a backslash as `\\`, so what is shown is what
+/// the text holds and nothing in it can drive the terminal.
+pub fn terminal_safe(text: &str) -> std::borrow::Cow<'_, str> {
+    fn hidden(c: char) -> bool {
+        c.is_control()
+            || matches!(c,
+                '\u{061C}' | '\u{200B}'..='\u{200F}' | '\u{2028}'..='\u{202E}'
+                | '\u{2060}'..='\u{2069}' | '\u{FEFF}')
+    }
+    if !text.chars().any(|c| hidden(c) || c == '\\') {
+        return text.into();
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            c if hidden(c) => out.push_str(&format!("\\u{{{:x}}}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.into()
+}
+
 /// A progress bar on a terminal; plain log lines every few seconds when
 /// stderr is not one (CI logs).
 pub struct Progress {
@@ -116,5 +141,26 @@ impl Progress {
         if let Some(bar) = self.bar {
             bar.finish_and_clear();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn terminal_safe_escapes_what_could_drive_or_fool_a_terminal() {
+        assert_eq!(
+            terminal_safe("Café, naïve — 9/10 ★"),
+            "Café, naïve — 9/10 ★"
+        );
+        assert_eq!(terminal_safe("\x1b[2Jgone\x07"), "\\u{1b}[2Jgone\\u{7}");
+        // Bidi overrides and isolates (Trojan Source), zero-width, C1 (CSI), DEL, tabs.
+        assert_eq!(
+            terminal_safe("a\u{202E}b\u{2066}c\u{200B}d\u{9b}e\u{7f}f\tg\rh"),
+            "a\\u{202e}b\\u{2066}c\\u{200b}d\\u{9b}e\\u{7f}f\\u{9}g\\u{d}h"
+        );
+        // A backslash is doubled, so an escape in the text cannot pass for one of ours.
+        assert_eq!(terminal_safe("\\u{1b}"), "\\\\u{1b}");
     }
 }

@@ -263,6 +263,22 @@ impl Default for ReportConfig {
     }
 }
 
+/// Upper bounds of the keys that size allocations or scale the model, so that a typo (an
+/// extra zero, a power of two too many) is an error naming the key, not an abort.
+///
+/// `lora.alpha`: the LoRA update is scaled by alpha/r in f32; PEFT setups use up to a few
+/// hundred. Adapters read from `adapter_config.json` have the same bound (lora-classifier's
+/// `adapter.rs`). `lora.r` is bounded by the model (r ≤ min(in, out) of each targeted layer),
+/// which is checked when LoRA is added, before anything is allocated.
+pub const MAX_LORA_ALPHA: f64 = 10_000.0;
+/// Batches of `max_len` tokens: 4096 × 128 tokens of BERT activations already take
+/// gigabytes.
+pub const MAX_BATCH_SIZE: usize = 4096;
+/// BERT checkpoints have 512 positions and GPT-2 1024; the tokenize and train stages also
+/// check the model's own count.
+pub const MAX_MAX_LEN: usize = 8192;
+pub const MAX_EPOCHS: usize = 10_000;
+
 impl Config {
     /// Reads `path`, applies `overrides` (`section.key=value`, the value in
     /// YAML syntax) and validates. Every error names the file and the key.
@@ -285,6 +301,15 @@ impl Config {
         };
         if doc.is_null() {
             doc = Value::Mapping(Default::default());
+        }
+        // Checked before the overrides, so that a file that is not a mapping is blamed, not
+        // the first `--set`.
+        if !doc.is_mapping() {
+            bail!(
+                "{origin}: expected a mapping of sections (seed, artifacts, data, model, lora, \
+                 training, evaluate, report) at the top level, found {}",
+                yaml_kind(&doc)
+            );
         }
         for item in overrides {
             apply_override(&mut doc, item).with_context(|| format!("--set {item}"))?;
@@ -309,6 +334,12 @@ impl Config {
         fn positive(key: &str, v: usize) -> Result<()> {
             if v == 0 {
                 bail!("key `{key}`: must be at least 1, got 0");
+            }
+            Ok(())
+        }
+        fn at_most(key: &str, v: usize, max: usize, why: &str) -> Result<()> {
+            if v > max {
+                bail!("key `{key}`: {v} is out of range, expected at most {max} ({why})");
             }
             Ok(())
         }
@@ -347,8 +378,21 @@ impl Config {
                 self.model.max_len
             );
         }
+        at_most(
+            "model.max_len",
+            self.model.max_len,
+            MAX_MAX_LEN,
+            "BERT models have 512 positions, GPT-2 1024",
+        )?;
         positive("lora.r", self.lora.r)?;
         finite_positive("lora.alpha", self.lora.alpha)?;
+        if self.lora.alpha > MAX_LORA_ALPHA {
+            bail!(
+                "key `lora.alpha`: {} is out of range, expected at most {MAX_LORA_ALPHA} \
+                 (the LoRA update is scaled by alpha/r)",
+                self.lora.alpha
+            );
+        }
         unit_interval("lora.dropout", self.lora.dropout)?;
         if let Some(targets) = &self.lora.target_modules {
             if targets.is_empty() || targets.iter().any(|t| t.trim().is_empty()) {
@@ -358,7 +402,20 @@ impl Config {
         let t = &self.training;
         finite_positive("training.learning_rate", t.learning_rate)?;
         positive("training.batch_size", t.batch_size)?;
+        let batch_why = "a batch is held in memory at once";
+        at_most(
+            "training.batch_size",
+            t.batch_size,
+            MAX_BATCH_SIZE,
+            batch_why,
+        )?;
         positive("training.epochs", t.epochs)?;
+        at_most(
+            "training.epochs",
+            t.epochs,
+            MAX_EPOCHS,
+            "a run that long is a typo",
+        )?;
         unit_interval("training.momentum", t.momentum)?;
         if !(t.weight_decay.is_finite() && t.weight_decay >= 0.0) {
             bail!(
@@ -393,6 +450,12 @@ impl Config {
             );
         }
         positive("evaluate.batch_size", self.evaluate.batch_size)?;
+        at_most(
+            "evaluate.batch_size",
+            self.evaluate.batch_size,
+            MAX_BATCH_SIZE,
+            batch_why,
+        )?;
         if self.report.formats.is_empty() {
             bail!("key `report.formats`: expected at least one of png, svg");
         }
@@ -418,6 +481,19 @@ impl Config {
 
     pub fn to_yaml(&self) -> String {
         serde_norway::to_string(self).expect("config serialises")
+    }
+}
+
+/// What a YAML node is, for errors.
+fn yaml_kind(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Sequence(_) => "a list",
+        Value::Mapping(_) => "a mapping",
+        Value::Tagged(_) => "a tagged value",
     }
 }
 
@@ -543,6 +619,13 @@ mod tests {
             ("training.device=gpu", "training.device"),
             ("training.dtype=f64", "training.dtype"),
             ("evaluate.threshold=2", "evaluate.threshold"),
+            // Sizes that would abort on allocation or overflow.
+            ("lora.alpha=1e6", "lora.alpha"),
+            ("lora.alpha=.inf", "lora.alpha"),
+            ("training.batch_size=4097", "training.batch_size"),
+            ("evaluate.batch_size=1099511627776", "evaluate.batch_size"),
+            ("model.max_len=1099511627776", "model.max_len"),
+            ("training.epochs=1000000000", "training.epochs"),
         ] {
             let err = load("", &[set]).unwrap_err().to_string();
             assert!(
@@ -550,6 +633,50 @@ mod tests {
                 "{set}: {err}"
             );
         }
+    }
+
+    #[test]
+    fn bounds_are_inclusive_and_named_in_the_error() {
+        let c = load(
+            "",
+            &[
+                "lora.alpha=10000",
+                "training.batch_size=4096",
+                "evaluate.batch_size=4096",
+                "model.max_len=8192",
+            ],
+        )
+        .unwrap();
+        assert_eq!(c.lora.alpha, MAX_LORA_ALPHA);
+        assert_eq!(c.training.batch_size, MAX_BATCH_SIZE);
+        let err = load("", &["training.batch_size=5000"])
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            err,
+            "test.yaml: key `training.batch_size`: 5000 is out of range, expected at most 4096 \
+             (a batch is held in memory at once)"
+        );
+    }
+
+    #[test]
+    fn a_file_that_is_not_a_mapping_is_blamed_not_the_override() {
+        for (text, kind) in [
+            ("- seed: 1\n- lora: {}\n", "a list"),
+            ("42\n", "a number"),
+            ("just words\n", "a string"),
+        ] {
+            let err = format!("{:#}", load(text, &["lora.r=4"]).unwrap_err());
+            assert!(
+                err.starts_with("test.yaml: expected a mapping of sections")
+                    && err.contains(kind)
+                    && !err.contains("--set"),
+                "{err}"
+            );
+        }
+        // A bad override on a good file still blames the override.
+        let err = format!("{:#}", load("seed: 1\n", &["seed.x=1"]).unwrap_err());
+        assert!(err.contains("--set seed.x=1") && err.contains("`seed` is not a section"));
     }
 
     #[test]
@@ -571,5 +698,117 @@ mod tests {
     fn devices_parse() {
         assert_eq!(parse_device("cuda:1").unwrap(), DeviceSetting::Cuda(1));
         assert!(parse_device("cuda:x").is_err());
+    }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        /// Keys of every section, with values drawn from the types YAML can spell.
+        fn key() -> impl Strategy<Value = String> {
+            prop::sample::select(vec![
+                "seed",
+                "artifacts",
+                "data.source",
+                "data.train_fraction",
+                "data.max_test",
+                "model.source",
+                "model.max_len",
+                "lora.r",
+                "lora.alpha",
+                "lora.dropout",
+                "lora.bias",
+                "lora.target_modules",
+                "training.batch_size",
+                "training.epochs",
+                "training.optimizer",
+                "training.device",
+                "training.max_grad_norm",
+                "evaluate.threshold",
+                "evaluate.batch_size",
+                "report.formats",
+                "lora",
+                "nonsense",
+                "training.nonsense",
+            ])
+            .prop_map(String::from)
+        }
+
+        fn value() -> impl Strategy<Value = String> {
+            prop_oneof![
+                any::<i64>().prop_map(|v| v.to_string()),
+                any::<u64>().prop_map(|v| v.to_string()),
+                any::<f64>().prop_map(|v| format!("{v:e}")),
+                Just("null".to_string()),
+                Just(".nan".to_string()),
+                Just("-.inf".to_string()),
+                Just("[query, value]".to_string()),
+                Just("{a: 1}".to_string()),
+                "[a-z_:0-9]{0,12}",
+            ]
+        }
+
+        /// The config a successful parse gives is valid: it parses again to itself.
+        fn round_trips(c: &Config) {
+            let again = Config::from_yaml(&c.to_yaml(), "again.yaml", &[]).unwrap();
+            assert_eq!(&again, c);
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(512))]
+
+            #[test]
+            fn garbled_text_never_panics(text in "\\PC{0,200}") {
+                match Config::from_yaml(&text, "fuzz.yaml", &[]) {
+                    Ok(c) => round_trips(&c),
+                    Err(e) => {
+                        let e = format!("{e:#}");
+                        prop_assert!(e.contains("fuzz.yaml"), "{}", e)
+                    }
+                }
+            }
+
+            #[test]
+            fn random_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..300)) {
+                let text = String::from_utf8_lossy(&bytes);
+                if let Ok(c) = Config::from_yaml(&text, "fuzz.yaml", &[]) {
+                    round_trips(&c);
+                }
+            }
+
+            #[test]
+            fn random_keys_and_values_give_an_error_naming_the_origin_or_a_valid_config(
+                entries in prop::collection::vec((key(), value()), 0..6),
+                as_overrides in any::<bool>(),
+            ) {
+                let lines: Vec<String> = entries.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                let result = if as_overrides {
+                    Config::from_yaml("", "fuzz.yaml", &lines)
+                } else {
+                    // Nested YAML from the dotted keys (a later key may clash with an earlier
+                    // one: that is an error too, not a panic).
+                    let mut text = String::new();
+                    for (k, v) in &entries {
+                        let parts: Vec<&str> = k.split('.').collect();
+                        for (depth, part) in parts.iter().enumerate() {
+                            let indent = "  ".repeat(depth);
+                            if depth + 1 == parts.len() {
+                                text.push_str(&format!("{indent}{part}: {v}\n"));
+                            } else {
+                                text.push_str(&format!("{indent}{part}:\n"));
+                            }
+                        }
+                    }
+                    Config::from_yaml(&text, "fuzz.yaml", &[])
+                };
+                match result {
+                    Ok(c) => round_trips(&c),
+                    Err(e) => {
+                        let e = format!("{e:#}");
+                        prop_assert!(e.contains("fuzz.yaml") || e.contains("--set"), "{e}");
+                    }
+                }
+            }
+        }
     }
 }

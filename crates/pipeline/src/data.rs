@@ -6,7 +6,7 @@
 
 use std::path::Path;
 
-use anyhow::{bail, Result};
+use anyhow::Result;
 use polars::prelude::*;
 use serde::{Deserialize, Serialize};
 
@@ -65,36 +65,36 @@ impl Reviews {
         crate::parquet::write(path, &mut df)
     }
 
-    /// Reads a split written by [`Reviews::write_parquet`].
+    /// Reads a split written by [`Reviews::write_parquet`]: no nulls (but in `rating`), labels
+    /// 0 or 1, ratings 1 to 10.
     pub fn read_parquet(path: &Path) -> Result<Reviews> {
         let table = crate::parquet::Table::read(path, "data-prep")?;
-        let col = |name: &str| table.column(name);
-        let ids = col("id")?
-            .str()?
-            .iter()
-            .map(|s| s.unwrap_or_default().to_string())
-            .collect();
-        let texts = col("text")?
-            .str()?
-            .iter()
-            .map(|s| s.unwrap_or_default().to_string())
-            .collect();
-        let labels = col("label")?
-            .i64()?
-            .iter()
-            .map(|l| match l {
-                Some(l @ (0 | 1)) => Ok(l as u8),
-                other => bail!("{}: label {other:?} is not 0 or 1", path.display()),
+        let labels = table
+            .i64s("label")?
+            .into_iter()
+            .enumerate()
+            .map(|(row, l)| match l {
+                0 | 1 => Ok(l as u8),
+                other => Err(table.bad_value("label", row, format!("{other} is not 0 or 1"))),
             })
             .collect::<Result<_>>()?;
-        let ratings = col("rating")?
-            .i64()?
-            .iter()
-            .map(|r| r.map(|r| r as u8))
-            .collect();
+        let ratings = table
+            .opt_i64s("rating")?
+            .into_iter()
+            .enumerate()
+            .map(|(row, r)| match r {
+                None => Ok(None),
+                Some(r @ 1..=10) => Ok(Some(r as u8)),
+                Some(other) => Err(table.bad_value(
+                    "rating",
+                    row,
+                    format!("{other} is not a star rating from 1 to 10"),
+                )),
+            })
+            .collect::<Result<_>>()?;
         Ok(Reviews {
-            ids,
-            texts,
+            ids: table.strings("id")?,
+            texts: table.strings("text")?,
             labels,
             ratings,
         })
@@ -141,3 +141,102 @@ pub struct DataSummary {
 }
 
 pub const SUMMARY_FILE: &str = "summary.json";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(path: &Path, columns: Vec<Column>) {
+        let mut df = DataFrame::new(columns[0].len(), columns).unwrap();
+        crate::parquet::write(path, &mut df).unwrap();
+    }
+
+    fn err(path: &Path) -> String {
+        format!("{:#}", Reviews::read_parquet(path).unwrap_err())
+    }
+
+    #[test]
+    fn round_trip() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("train.parquet");
+        let reviews = Reviews {
+            ids: vec!["train/pos/1".into(), "train/neg/2".into()],
+            texts: vec!["good".into(), "bad".into()],
+            labels: vec![1, 0],
+            ratings: vec![Some(9), None],
+        };
+        reviews.write_parquet(&path).unwrap();
+        assert_eq!(Reviews::read_parquet(&path).unwrap(), reviews);
+    }
+
+    #[test]
+    fn nulls_and_out_of_range_values_name_the_file_column_and_row() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("test.parquet");
+        let f = path.display();
+        let ids = |v: Vec<Option<&str>>| Column::new("id".into(), v);
+        let texts = |v: Vec<Option<&str>>| Column::new("text".into(), v);
+        let labels = |v: Vec<Option<i64>>| Column::new("label".into(), v);
+        let ratings = |v: Vec<Option<i64>>| Column::new("rating".into(), v);
+        let cases = [
+            (
+                vec![
+                    ids(vec![Some("a"), None]),
+                    texts(vec![Some("x"), Some("y")]),
+                    labels(vec![Some(1), Some(0)]),
+                    ratings(vec![None, None]),
+                ],
+                format!("{f}: column `id` is null at row 1, expected a value in every row"),
+            ),
+            (
+                vec![
+                    ids(vec![Some("a"), Some("b")]),
+                    texts(vec![None, Some("y")]),
+                    labels(vec![Some(1), Some(0)]),
+                    ratings(vec![None, None]),
+                ],
+                format!("{f}: column `text` is null at row 0, expected a value in every row"),
+            ),
+            (
+                vec![
+                    ids(vec![Some("a"), Some("b")]),
+                    texts(vec![Some("x"), Some("y")]),
+                    labels(vec![Some(1), None]),
+                    ratings(vec![None, None]),
+                ],
+                format!("{f}: column `label` is null at row 1, expected a value in every row"),
+            ),
+            (
+                vec![
+                    ids(vec![Some("a"), Some("b")]),
+                    texts(vec![Some("x"), Some("y")]),
+                    labels(vec![Some(1), Some(3)]),
+                    ratings(vec![None, None]),
+                ],
+                format!("{f}: column `label`, row 1: 3 is not 0 or 1"),
+            ),
+            (
+                vec![
+                    ids(vec![Some("a"), Some("b")]),
+                    texts(vec![Some("x"), Some("y")]),
+                    labels(vec![Some(1), Some(0)]),
+                    ratings(vec![Some(300), None]),
+                ],
+                format!("{f}: column `rating`, row 0: 300 is not a star rating from 1 to 10"),
+            ),
+            (
+                vec![
+                    ids(vec![Some("a"), Some("b")]),
+                    texts(vec![Some("x"), Some("y")]),
+                    Column::new("label".into(), [1.0, 0.0]),
+                    ratings(vec![None, None]),
+                ],
+                format!("{f}: column `label` holds f64, expected int64"),
+            ),
+        ];
+        for (columns, message) in cases {
+            write(&path, columns);
+            assert_eq!(err(&path), message);
+        }
+    }
+}

@@ -17,7 +17,7 @@
 
 use std::path::Path;
 
-use anyhow::{bail, Result};
+use anyhow::Result;
 use polars::prelude::*;
 use serde::{Deserialize, Serialize};
 
@@ -94,37 +94,42 @@ pub fn write_parquet(rows: &[HistoryRow], path: &Path) -> Result<()> {
 /// Reads rows written by [`write_parquet`].
 pub fn read_parquet(path: &Path) -> Result<Vec<HistoryRow>> {
     let table = crate::parquet::Table::read(path, "train")?;
-    let col = |name: &str| table.column(name);
-    let opt_f64 =
-        |name: &str| -> Result<Vec<Option<f64>>> { Ok(col(name)?.f64()?.iter().collect()) };
-    let kinds = col("kind")?
-        .str()?
-        .iter()
-        .map(|k| match k.and_then(RowKind::parse) {
-            Some(kind) => Ok(kind),
-            None => bail!("{}: unknown row kind {k:?}", path.display()),
-        })
-        .collect::<Result<Vec<_>>>()?;
-    let epochs: Vec<Option<u32>> = col("epoch")?.u32()?.iter().collect();
-    let steps: Vec<Option<u64>> = col("step")?.u64()?.iter().collect();
-    let losses = opt_f64("train_loss")?;
-    let (lrs, sps) = (opt_f64("learning_rate")?, opt_f64("samples_per_s")?);
-    let (vl, va) = (opt_f64("val_loss")?, opt_f64("val_accuracy")?);
-    (0..table.height())
-        .map(|i| {
-            let missing = || anyhow::anyhow!("{}: row {i} has a null key column", path.display());
-            Ok(HistoryRow {
-                kind: kinds[i],
-                epoch: epochs[i].ok_or_else(missing)?,
-                step: steps[i].ok_or_else(missing)?,
-                train_loss: losses[i].ok_or_else(missing)?,
-                learning_rate: lrs[i],
-                samples_per_s: sps[i],
-                val_loss: vl[i],
-                val_accuracy: va[i],
+    let kinds = table
+        .strings("kind")?
+        .into_iter()
+        .enumerate()
+        .map(|(row, k)| {
+            RowKind::parse(&k).ok_or_else(|| {
+                table.bad_value(
+                    "kind",
+                    row,
+                    format!("unknown row kind {k:?} (expected step, epoch or eval)"),
+                )
             })
         })
-        .collect()
+        .collect::<Result<Vec<_>>>()?;
+    let (epochs, steps, losses) = (
+        table.u32s("epoch")?,
+        table.u64s("step")?,
+        table.f64s("train_loss")?,
+    );
+    let (lrs, sps) = (
+        table.opt_f64s("learning_rate")?,
+        table.opt_f64s("samples_per_s")?,
+    );
+    let (vl, va) = (table.opt_f64s("val_loss")?, table.opt_f64s("val_accuracy")?);
+    Ok((0..table.height())
+        .map(|i| HistoryRow {
+            kind: kinds[i],
+            epoch: epochs[i],
+            step: steps[i],
+            train_loss: losses[i],
+            learning_rate: lrs[i],
+            samples_per_s: sps[i],
+            val_loss: vl[i],
+            val_accuracy: va[i],
+        })
+        .collect())
 }
 
 #[cfg(test)]

@@ -64,7 +64,16 @@ impl StageId {
         match self {
             StageId::DataPrep => &["seed", "data"],
             StageId::Tokenize => &["model.source", "model.revision", "model.max_len"],
-            StageId::Train => &["seed", "model.source", "model.revision", "lora", "training"],
+            // model.max_len reaches train through the tokens too; recorded here so that the
+            // train stamp alone says what the adapter was trained for (predict checks it).
+            StageId::Train => &[
+                "seed",
+                "model.source",
+                "model.revision",
+                "model.max_len",
+                "lora",
+                "training",
+            ],
             StageId::Evaluate => &["model.source", "model.revision", "evaluate"],
             StageId::Report => &["report"],
         }

@@ -45,29 +45,35 @@ impl Predictions {
         crate::parquet::write(path, &mut df)
     }
 
+    /// Reads predictions written by [`Predictions::write_parquet`]: no nulls, labels and
+    /// predictions 0 or 1, probabilities in [0, 1].
     pub fn read_parquet(path: &Path) -> Result<Predictions> {
         let table = crate::parquet::Table::read(path, "evaluate")?;
-        let col = |name: &str| table.column(name);
-        let ints = |name: &str| -> Result<Vec<u32>> {
-            Ok(col(name)?
-                .i64()?
-                .iter()
-                .map(|v| v.unwrap_or(0) as u32)
-                .collect())
+        let binary = |name: &str| -> Result<Vec<u32>> {
+            table
+                .i64s(name)?
+                .into_iter()
+                .enumerate()
+                .map(|(row, v)| match v {
+                    0 | 1 => Ok(v as u32),
+                    other => Err(table.bad_value(name, row, format!("{other} is not 0 or 1"))),
+                })
+                .collect()
         };
+        let prob_positive = table.f64s("prob_positive")?;
+        if let Some(row) = prob_positive.iter().position(|p| !(0.0..=1.0).contains(p)) {
+            let p = prob_positive[row];
+            return Err(table.bad_value(
+                "prob_positive",
+                row,
+                format!("{p} is not a probability in [0, 1]"),
+            ));
+        }
         Ok(Predictions {
-            ids: col("id")?
-                .str()?
-                .iter()
-                .map(|s| s.unwrap_or_default().to_string())
-                .collect(),
-            labels: ints("label")?,
-            prob_positive: col("prob_positive")?
-                .f64()?
-                .iter()
-                .map(|v| v.unwrap_or(f64::NAN))
-                .collect(),
-            predicted: ints("predicted")?,
+            ids: table.strings("id")?,
+            labels: binary("label")?,
+            prob_positive,
+            predicted: binary("predicted")?,
         })
     }
 }
@@ -115,5 +121,70 @@ mod tests {
         };
         p.write_parquet(&path).unwrap();
         assert_eq!(Predictions::read_parquet(&path).unwrap(), p);
+    }
+
+    #[test]
+    fn nulls_and_impossible_values_name_the_file_column_and_row() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(PREDICTIONS_FILE);
+        let f = path.display();
+        let id = Column::new("id".into(), ["a", "b"]);
+        let ints = |name: &str, v: Vec<Option<i64>>| Column::new(name.into(), v);
+        let probs = |v: Vec<Option<f64>>| Column::new("prob_positive".into(), v);
+        let cases = [
+            (
+                vec![
+                    Column::new("id".into(), [Some("a"), None]),
+                    ints("label", vec![Some(1), Some(0)]),
+                    probs(vec![Some(0.9), Some(0.1)]),
+                    ints("predicted", vec![Some(1), Some(0)]),
+                ],
+                format!("{f}: column `id` is null at row 1, expected a value in every row"),
+            ),
+            (
+                vec![
+                    id.clone(),
+                    ints("label", vec![None, Some(0)]),
+                    probs(vec![Some(0.9), Some(0.1)]),
+                    ints("predicted", vec![Some(1), Some(0)]),
+                ],
+                format!("{f}: column `label` is null at row 0, expected a value in every row"),
+            ),
+            (
+                vec![
+                    id.clone(),
+                    ints("label", vec![Some(1), Some(0)]),
+                    probs(vec![Some(0.9), None]),
+                    ints("predicted", vec![Some(1), Some(0)]),
+                ],
+                format!(
+                    "{f}: column `prob_positive` is null at row 1, expected a value in every row"
+                ),
+            ),
+            (
+                vec![
+                    id.clone(),
+                    ints("label", vec![Some(1), Some(0)]),
+                    probs(vec![Some(f64::NAN), Some(0.1)]),
+                    ints("predicted", vec![Some(1), Some(0)]),
+                ],
+                format!("{f}: column `prob_positive`, row 0: NaN is not a probability in [0, 1]"),
+            ),
+            (
+                vec![
+                    id.clone(),
+                    ints("label", vec![Some(1), Some(0)]),
+                    probs(vec![Some(0.9), Some(0.1)]),
+                    ints("predicted", vec![Some(1), Some(-1)]),
+                ],
+                format!("{f}: column `predicted`, row 1: -1 is not 0 or 1"),
+            ),
+        ];
+        for (columns, message) in cases {
+            let mut df = DataFrame::new(2, columns).unwrap();
+            crate::parquet::write(&path, &mut df).unwrap();
+            let err = format!("{:#}", Predictions::read_parquet(&path).unwrap_err());
+            assert_eq!(err, message);
+        }
     }
 }

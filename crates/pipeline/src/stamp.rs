@@ -7,10 +7,10 @@
 //! stamp no longer matches the current config (or whose files changed) stops
 //! and names the stage to run, instead of silently using stale artifacts.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::fs;
 use std::io::Read;
-use std::path::{Path, PathBuf};
+use std::path::{Component, Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
@@ -37,6 +37,49 @@ pub struct Stamp {
     pub outputs: BTreeMap<String, String>,
     /// Stages whose outputs this one read.
     pub upstream: Vec<String>,
+}
+
+impl Stamp {
+    /// Parses a stamp file's text and checks what the freshness checks rely on; `path` names
+    /// the file in errors.
+    pub fn parse(text: &str, path: &Path) -> Result<Stamp> {
+        let stamp: Stamp = serde_json::from_str(text)
+            .with_context(|| format!("{} is not a valid stamp", path.display()))?;
+        stamp
+            .check()
+            .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        Ok(stamp)
+    }
+
+    /// Outputs are files inside the stage folder (a stamp with none vouches for nothing), and
+    /// upstream stages are stages of this pipeline.
+    fn check(&self) -> Result<()> {
+        if self.outputs.is_empty() {
+            bail!("lists no outputs");
+        }
+        for rel in self.outputs.keys() {
+            let inside = !rel.is_empty()
+                && Path::new(rel)
+                    .components()
+                    .all(|c| matches!(c, Component::Normal(_)));
+            if !inside {
+                bail!("output {rel:?} is not a relative path inside the stage folder");
+            }
+        }
+        for up in &self.upstream {
+            if StageId::from_recipe(up).is_none() {
+                bail!("unknown upstream stage {up:?}");
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Stamp {
+    /// The first output that is missing from `dir` or changed since the stamp was written.
+    pub fn damage(&self, dir: &Path) -> Result<Option<String>> {
+        outputs_damaged(dir, self)
+    }
 }
 
 /// Whether a stage must run.
@@ -193,8 +236,11 @@ impl StageRun {
 
     /// Compares the stamp on disk with what this run would record.
     pub fn freshness(&self) -> Result<Freshness> {
-        let Some(stamp) = read_stamp(&self.dir)? else {
-            return Ok(Freshness::Stale("no previous run".into()));
+        // A stamp that cannot be trusted is no stamp: the stage reruns and writes a good one.
+        let stamp = match read_stamp(&self.dir) {
+            Ok(Some(stamp)) => stamp,
+            Ok(None) => return Ok(Freshness::Stale("no previous run".into())),
+            Err(err) => return Ok(Freshness::Stale(format!("{err:#}"))),
         };
         let expected = self.stamp_with(BTreeMap::new());
         if stamp.program_version != expected.program_version
@@ -266,16 +312,20 @@ fn changed_keys(old: &serde_json::Value, new: &serde_json::Value) -> String {
     out.join(", ")
 }
 
+/// The stamp of the stage folder `dir`: `None` when there is none, an error naming the file
+/// when it is not a valid stamp.
 pub fn read_stamp(dir: &Path) -> Result<Option<Stamp>> {
     let path = dir.join(STAMP_FILE);
     if !path.exists() {
         return Ok(None);
     }
-    let text = fs::read_to_string(&path)?;
-    // A stamp we cannot read counts as no stamp: the stage simply reruns.
-    Ok(serde_json::from_str(&text).ok())
+    let text =
+        fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
+    Stamp::parse(&text, &path).map(Some)
 }
 
+/// The first output of `stamp` that is missing or changed (`stamp` was checked by
+/// [`Stamp::parse`]: its outputs lie inside `dir`).
 fn outputs_damaged(dir: &Path, stamp: &Stamp) -> Result<Option<String>> {
     for (rel, hash) in &stamp.outputs {
         let path = dir.join(rel);
@@ -292,11 +342,37 @@ fn outputs_damaged(dir: &Path, stamp: &Stamp) -> Result<Option<String>> {
 /// Errors unless `stage`'s outputs exist, are intact and were made with the
 /// current config, and the same holds for its own upstream stages.
 pub fn verify_current(layout: &Layout, config: &Config, stage: StageId) -> Result<()> {
+    verify_tree(layout, config, stage, &mut Vec::new(), &mut HashSet::new())
+}
+
+/// `verify_current` along the upstream links: `path` holds the stages being checked (a stage
+/// met again on it is a cycle), `done` those already found current.
+fn verify_tree(
+    layout: &Layout,
+    config: &Config,
+    stage: StageId,
+    path: &mut Vec<StageId>,
+    done: &mut HashSet<StageId>,
+) -> Result<()> {
+    if done.contains(&stage) {
+        return Ok(());
+    }
     let dir = layout.stage_dir(stage);
     let run = format!("run `just {}` (or `just all`) first", stage.recipe());
-    let Some(stamp) = read_stamp(&dir)? else {
+    let stamp =
+        read_stamp(&dir).with_context(|| format!("{} cannot be trusted; {run}", dir.display()))?;
+    let Some(stamp) = stamp else {
         bail!("{} has no complete output: {run}", dir.display());
     };
+    let stamp_file = dir.join(STAMP_FILE);
+    if stamp.stage != stage.recipe() {
+        bail!(
+            "{}: written by stage {:?}, not `{}`; {run}",
+            stamp_file.display(),
+            stamp.stage,
+            stage.recipe()
+        );
+    }
     let current = config.sections(stage.config_keys());
     if stamp.config != current {
         bail!(
@@ -317,16 +393,21 @@ pub fn verify_current(layout: &Layout, config: &Config, stage: StageId) -> Resul
     if let Some(reason) = outputs_damaged(&dir, &stamp)? {
         bail!("{} is incomplete ({reason}); {run}", dir.display());
     }
+    path.push(stage);
     for up in &stamp.upstream {
-        let id = StageId::from_recipe(up).with_context(|| {
-            format!(
-                "{}: unknown upstream stage {up}",
-                dir.join(STAMP_FILE).display()
-            )
-        })?;
-        verify_current(layout, config, id)
+        let id = StageId::from_recipe(up).expect("Stamp::parse checked the upstream names");
+        if path.contains(&id) {
+            bail!(
+                "{}: upstream stage `{up}` leads back to `{}` (a cycle): the stamp is corrupt; {run}",
+                stamp_file.display(),
+                stage.recipe()
+            );
+        }
+        verify_tree(layout, config, id, path, done)
             .with_context(|| format!("{} depends on it", dir.display()))?;
     }
+    path.pop();
+    done.insert(stage);
     Ok(())
 }
 
@@ -394,6 +475,217 @@ mod tests {
         assert!(matches!(run.freshness().unwrap(), Freshness::Stale(_)));
         fs::remove_file(run.dir.join("train.parquet")).unwrap();
         assert!(matches!(run.freshness().unwrap(), Freshness::Stale(_)));
+    }
+
+    /// Rewrites the stamp in `dir` through `edit` on its JSON.
+    fn edit_stamp(dir: &Path, edit: impl FnOnce(&mut serde_json::Value)) {
+        let path = dir.join(STAMP_FILE);
+        let mut json: serde_json::Value =
+            serde_json::from_str(&fs::read_to_string(&path).unwrap()).unwrap();
+        edit(&mut json);
+        fs::write(&path, json.to_string()).unwrap();
+    }
+
+    /// data-prep and tokenize, both current.
+    fn two_stages() -> (tempfile::TempDir, Layout, Config) {
+        let (tmp, layout, config) = setup();
+        let data = StageRun::new(&layout, StageId::DataPrep, &config);
+        produce(&data, &[("train.parquet", "rows")]);
+        let mut tok = StageRun::new(&layout, StageId::Tokenize, &config);
+        tok.upstream(&layout, &config, StageId::DataPrep, &["train.parquet"])
+            .unwrap();
+        produce(&tok, &[("train.safetensors", "ids")]);
+        verify_current(&layout, &config, StageId::Tokenize).unwrap();
+        (tmp, layout, config)
+    }
+
+    /// What a train stage reading the tokens gets: an error, and no train folder.
+    fn train_on_tokens_err(layout: &Layout, config: &Config) -> String {
+        let mut train = StageRun::new(layout, StageId::Train, config);
+        let err = train
+            .upstream(layout, config, StageId::Tokenize, &["train.safetensors"])
+            .unwrap_err();
+        assert!(!layout.stage_dir(StageId::Train).exists());
+        format!("{err:#}")
+    }
+
+    #[test]
+    fn an_upstream_cycle_is_an_error_naming_the_stamp() {
+        let (_tmp, layout, config) = two_stages();
+        let tokens = layout.stage_dir(StageId::Tokenize);
+        // A stage naming itself.
+        edit_stamp(&tokens, |j| j["upstream"] = serde_json::json!(["tokenize"]));
+        let err = train_on_tokens_err(&layout, &config);
+        let stamp = tokens.join(STAMP_FILE).display().to_string();
+        assert!(
+            err.contains(&format!(
+                "{stamp}: upstream stage `tokenize` leads back to `tokenize` (a cycle)"
+            )) && err.contains("just tokenize"),
+            "{err}"
+        );
+        // Two stages naming each other.
+        edit_stamp(&tokens, |j| {
+            j["upstream"] = serde_json::json!(["data-prep"])
+        });
+        let data = layout.stage_dir(StageId::DataPrep);
+        edit_stamp(&data, |j| j["upstream"] = serde_json::json!(["tokenize"]));
+        let err = train_on_tokens_err(&layout, &config);
+        assert!(
+            err.contains(&format!(
+                "{}: upstream stage `tokenize` leads back to `data-prep` (a cycle)",
+                data.join(STAMP_FILE).display()
+            )),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn outputs_outside_the_stage_folder_or_none_are_refused() {
+        let (tmp, layout, config) = two_stages();
+        let tokens = layout.stage_dir(StageId::Tokenize);
+        let stamp = tokens.join(STAMP_FILE).display().to_string();
+        let outside = tmp.path().join("outside.txt");
+        fs::write(&outside, "x").unwrap();
+        let hash = hash_file(&outside).unwrap();
+        for (key, message) in [
+            (
+                "../../outside.txt",
+                "is not a relative path inside the stage folder",
+            ),
+            (
+                outside.to_str().unwrap(),
+                "is not a relative path inside the stage folder",
+            ),
+            ("", "is not a relative path inside the stage folder"),
+            (
+                "./train.safetensors",
+                "is not a relative path inside the stage folder",
+            ),
+        ] {
+            edit_stamp(&tokens, |j| {
+                j["outputs"] = serde_json::json!({ key: hash });
+            });
+            let err = train_on_tokens_err(&layout, &config);
+            assert!(
+                err.contains(&stamp) && err.contains(message) && err.contains("just tokenize"),
+                "{key}: {err}"
+            );
+            // The stage itself is not up to date: it reruns.
+            let run = StageRun::new(&layout, StageId::Tokenize, &config);
+            match run.freshness().unwrap() {
+                Freshness::Stale(why) => assert!(why.contains(message), "{why}"),
+                f => panic!("{key}: {f:?}"),
+            }
+        }
+        edit_stamp(&tokens, |j| j["outputs"] = serde_json::json!({}));
+        let err = train_on_tokens_err(&layout, &config);
+        assert!(err.contains(&format!("{stamp}: lists no outputs")), "{err}");
+        let mut run = StageRun::new(&layout, StageId::Tokenize, &config);
+        run.upstream(&layout, &config, StageId::DataPrep, &["train.parquet"])
+            .unwrap();
+        assert!(matches!(run.freshness().unwrap(), Freshness::Stale(_)));
+    }
+
+    #[test]
+    fn a_stamp_of_another_stage_or_unknown_upstream_is_refused() {
+        let (_tmp, layout, config) = two_stages();
+        let tokens = layout.stage_dir(StageId::Tokenize);
+        edit_stamp(&tokens, |j| j["upstream"] = serde_json::json!(["fetch"]));
+        let err = train_on_tokens_err(&layout, &config);
+        assert!(err.contains("unknown upstream stage \"fetch\""), "{err}");
+        edit_stamp(&tokens, |j| {
+            j["upstream"] = serde_json::json!(["data-prep"]);
+            j["stage"] = serde_json::json!("train");
+        });
+        let err = train_on_tokens_err(&layout, &config);
+        assert!(
+            err.contains("written by stage \"train\", not `tokenize`"),
+            "{err}"
+        );
+    }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn json_value() -> impl Strategy<Value = serde_json::Value> {
+            let leaf = prop_oneof![
+                Just(serde_json::Value::Null),
+                any::<bool>().prop_map(serde_json::Value::from),
+                any::<i64>().prop_map(serde_json::Value::from),
+                any::<f64>().prop_map(serde_json::Value::from),
+                "\\PC{0,12}".prop_map(serde_json::Value::from),
+            ];
+            leaf.prop_recursive(3, 24, 4, |inner| {
+                prop_oneof![
+                    prop::collection::vec(inner.clone(), 0..4).prop_map(serde_json::Value::from),
+                    prop::collection::btree_map("[a-z./]{0,8}", inner, 0..4)
+                        .prop_map(|m| serde_json::Value::Object(m.into_iter().collect())),
+                ]
+            })
+        }
+
+        /// A stamp-shaped object whose fields may be anything.
+        fn stamp_like() -> impl Strategy<Value = serde_json::Value> {
+            let path = prop_oneof![
+                "[a-z]{1,6}(/[a-z]{1,6}){0,2}",
+                "(\\.\\./|/|\\./)?[a-z./]{0,10}"
+            ];
+            (
+                prop::collection::btree_map(path, "[0-9a-f]{4}", 0..4),
+                prop::collection::vec(
+                    prop::sample::select(vec!["data-prep", "tokenize", "train", "x", ""]),
+                    0..3,
+                ),
+                json_value(),
+                any::<bool>(),
+            )
+                .prop_map(|(outputs, upstream, config, typed)| {
+                    serde_json::json!({
+                        "stage": "tokenize",
+                        "program_version": "1",
+                        "artifact_format": if typed { serde_json::json!(1) } else { config.clone() },
+                        "config": config,
+                        "inputs": {},
+                        "outputs": outputs,
+                        "upstream": upstream,
+                    })
+                })
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(512))]
+
+            #[test]
+            fn garbled_stamps_never_panic(text in "\\PC{0,300}") {
+                if let Err(e) = Stamp::parse(&text, Path::new("s/stamp.json")) {
+                    let e = format!("{e:#}");
+                    prop_assert!(e.contains("s/stamp.json"), "{}", e);
+                }
+            }
+
+            #[test]
+            fn a_parsed_stamp_keeps_its_promises(value in stamp_like()) {
+                match Stamp::parse(&value.to_string(), Path::new("s/stamp.json")) {
+                    Ok(stamp) => {
+                        prop_assert!(!stamp.outputs.is_empty());
+                        for rel in stamp.outputs.keys() {
+                            let p = Path::new(rel);
+                            // Joined to the stage folder, it cannot climb out of it.
+                            prop_assert!(!rel.is_empty() && p.is_relative(), "{rel}");
+                            prop_assert!(p.iter().all(|part| part != ".."), "{rel}");
+                        }
+                        for up in &stamp.upstream {
+                            prop_assert!(StageId::from_recipe(up).is_some());
+                        }
+                    }
+                    Err(e) => {
+                        let e = format!("{e:#}");
+                        prop_assert!(e.starts_with("s/stamp.json"), "{}", e)
+                    }
+                }
+            }
+        }
     }
 
     #[test]

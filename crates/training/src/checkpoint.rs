@@ -94,6 +94,7 @@ impl CheckpointStore {
     /// The newest complete checkpoint with this run's fingerprint, if any; older or
     /// foreign ones are skipped (and said so).
     pub fn latest(&self, device: &Device) -> Result<Option<(PathBuf, Snapshot)>> {
+        let mut skipped = false;
         for (_, path) in self.complete()? {
             match self.read(&path, device) {
                 Ok(Some(snapshot)) => return Ok(Some((path, snapshot))),
@@ -101,11 +102,17 @@ impl CheckpointStore {
                     "train: ignoring checkpoint {} (made with another config or other inputs)",
                     path.display()
                 ),
-                Err(err) => println!(
-                    "train: ignoring unreadable checkpoint {}: {err:#}",
-                    path.display()
-                ),
+                Err(err) => {
+                    skipped = true;
+                    println!(
+                        "train: skipping checkpoint {}: {err:#}; trying an older one",
+                        path.display()
+                    )
+                }
             }
+        }
+        if skipped {
+            println!("train: no usable checkpoint of this run: starting from the beginning");
         }
         Ok(None)
     }
@@ -119,6 +126,11 @@ impl CheckpointStore {
         let tensors = candle_core::safetensors::load(path.join(TENSORS_FILE), device)?;
         let (mut params, mut optimizer, mut best) = (Vec::new(), Vec::new(), Vec::new());
         for (name, t) in tensors {
+            // A run never writes non-finite state (it stops first); such a checkpoint was
+            // damaged, and resuming from it would fail at once, every time.
+            if !lora_classifier::all_finite(&t)? {
+                bail!("tensor '{name}' holds NaN or infinite values");
+            }
             if let Some(n) = name.strip_prefix("param/") {
                 params.push((n.to_string(), t));
             } else if let Some(n) = name.strip_prefix("optim/") {
@@ -129,12 +141,18 @@ impl CheckpointStore {
                 bail!("unexpected tensor {name}");
             }
         }
+        let history = history::read_parquet(&path.join(HISTORY_FILE))?;
+        let finite =
+            |r: &HistoryRow| r.train_loss.is_finite() && r.val_loss.is_none_or(f64::is_finite);
+        if let Some(row) = history.iter().position(|r| !finite(r)) {
+            bail!("{HISTORY_FILE}: row {row} holds a non-finite loss");
+        }
         Ok(Some(Snapshot {
             position: state.position,
             params,
             optimizer,
             best,
-            history: history::read_parquet(&path.join(HISTORY_FILE))?,
+            history,
         }))
     }
 
@@ -271,5 +289,46 @@ mod tests {
         assert!(other.latest_path().unwrap().is_none());
         store.remove_all().unwrap();
         assert!(!dir.exists());
+    }
+
+    /// A checkpoint with non-finite state is skipped for the one before it, or none.
+    #[test]
+    fn checkpoints_with_non_finite_state_are_skipped() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = CheckpointStore::new(&tmp.path().join("ckpt"), "run");
+        store.write(&snapshot(2)).unwrap();
+        let mut bad = snapshot(4);
+        bad.optimizer[0].1 = Tensor::new(&[f32::NAN, 1.0], &Device::Cpu).unwrap();
+        store.write(&bad).unwrap();
+        let (path, snap) = store.latest(&Device::Cpu).unwrap().unwrap();
+        assert!(path.ends_with("step-00000002"), "{}", path.display());
+        assert_eq!(snap.position.global_step, 2);
+        assert!(store
+            .read(&store.dir.join("step-00000004"), &Device::Cpu)
+            .err()
+            .unwrap()
+            .to_string()
+            .contains("tensor 'optim/exp_avg/w' holds NaN or infinite values"));
+
+        // A non-finite loss in the history counts too; with no good one left, none is used.
+        let mut bad = snapshot(2);
+        bad.history.push(HistoryRow {
+            kind: history::RowKind::Step,
+            epoch: 1,
+            step: 2,
+            train_loss: f64::INFINITY,
+            learning_rate: Some(1e-3),
+            samples_per_s: None,
+            val_loss: None,
+            val_accuracy: None,
+        });
+        store.write(&bad).unwrap();
+        let err = store
+            .read(&store.dir.join("step-00000002"), &Device::Cpu)
+            .err()
+            .unwrap()
+            .to_string();
+        assert_eq!(err, "history.parquet: row 0 holds a non-finite loss");
+        assert!(store.latest(&Device::Cpu).unwrap().is_none());
     }
 }

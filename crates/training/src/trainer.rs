@@ -229,6 +229,33 @@ fn epoch_mean_loss(history: &[HistoryRow], epoch: u32) -> f64 {
     sum / n.max(1) as f64
 }
 
+/// The name of the first tensor that holds NaN or inf (`None` entries, e.g. a parameter with
+/// no gradient, are skipped). One reduction per tensor (x − x sums to 0 exactly when every
+/// value is finite) and a single read of all the sums: on a GPU, one synchronisation per call
+/// rather than one per tensor.
+fn first_non_finite(
+    names: &[String],
+    tensors: impl IntoIterator<Item = Option<Tensor>>,
+) -> Result<Option<&str>> {
+    let (mut which, mut sums) = (Vec::new(), Vec::new());
+    for (i, t) in tensors.into_iter().enumerate() {
+        if let Some(t) = t.filter(|t| t.dtype().is_float() && t.elem_count() > 0) {
+            #[allow(clippy::eq_op)] // x − x on purpose
+            sums.push((&t - &t)?.sum_all()?.to_dtype(candle_core::DType::F32)?);
+            which.push(i);
+        }
+    }
+    if sums.is_empty() {
+        return Ok(None);
+    }
+    let sums = Tensor::stack(&sums, 0)?.to_vec1::<f32>()?;
+    Ok(which
+        .into_iter()
+        .zip(sums)
+        .find(|(_, s)| *s != 0.0)
+        .map(|(i, _)| names[i].as_str()))
+}
+
 fn copies(vars: &[Var]) -> Result<Vec<Tensor>> {
     Ok(vars
         .iter()
@@ -357,6 +384,29 @@ pub fn train(
         );
     }
 
+    // A non-finite loss, gradient, parameter or validation loss stops the run: training on
+    // would only spread the NaN, and nothing of it may be saved as an adapter. Checkpoints
+    // written before it stay (they hold finite state; resuming skips any that do not).
+    let stop = |what: String| -> anyhow::Error {
+        let kept = match store.latest_path() {
+            Ok(Some(p)) => format!("the last good checkpoint, {}, is kept", p.display()),
+            _ => "no checkpoint was written yet".to_string(),
+        };
+        anyhow::anyhow!(
+            "{what}: stopping without saving an adapter; {kept}. Lower training.learning_rate \
+             or set training.max_grad_norm"
+        )
+    };
+    let check_validation = |v: &Validation, step: u64, epoch_no: u32| -> Result<()> {
+        if v.loss.is_finite() {
+            return Ok(());
+        }
+        Err(stop(format!(
+            "the validation loss is {} after step {step} (epoch {epoch_no})",
+            v.loss
+        )))
+    };
+
     let (mut trained_samples, mut step_seconds) = (0usize, 0f64);
     for epoch in epoch0..settings.epochs as u64 {
         let epoch_no = epoch as u32 + 1;
@@ -378,23 +428,27 @@ pub fn train(
             let logits = model.forward(&ids, &mask, mode)?;
             let loss = candle_nn::loss::cross_entropy(&logits, &labels)?;
             let loss_value = loss.to_scalar::<f32>()? as f64;
+            let at = format!("step {} (epoch {epoch_no}, batch {})", run.step + 1, b + 1);
             if !loss_value.is_finite() {
-                let kept = match store.latest_path()? {
-                    Some(p) => format!("the last good checkpoint, {}, is kept", p.display()),
-                    None => "no checkpoint was written yet".to_string(),
-                };
-                bail!(
-                    "the training loss is {loss_value} at step {} (epoch {epoch_no}, batch {}): \
-                     stopping; {kept}. Lower training.learning_rate or set training.max_grad_norm",
-                    run.step + 1,
-                    b + 1
-                );
+                return Err(stop(format!("the training loss is {loss_value} at {at}")));
             }
             let mut grads = loss.backward()?;
+            let gradients = run.vars.iter().map(|v| grads.get(v.as_tensor()).cloned());
+            if let Some(name) = first_non_finite(&run.names, gradients)? {
+                return Err(stop(format!(
+                    "the gradient of {name} is NaN or infinite at {at}"
+                )));
+            }
             if let Some(max_norm) = settings.max_grad_norm {
                 clip_grad_norm(&mut grads, &run.vars, max_norm)?;
             }
             run.optimizer.step(&grads, lr)?;
+            let values = run.vars.iter().map(|v| Some(v.as_tensor().clone()));
+            if let Some(name) = first_non_finite(&run.names, values)? {
+                return Err(stop(format!(
+                    "parameter {name} is NaN or infinite after {at}"
+                )));
+            }
             run.step += 1;
             let seconds = t0.elapsed().as_secs_f64();
             let samples_per_s = rows.len() as f64 / seconds.max(1e-9);
@@ -424,6 +478,7 @@ pub fn train(
             };
             let checkpoint = if b + 1 == per_epoch {
                 let v = run.validate(RowKind::Epoch, epoch_no, validation, bs, device)?;
+                check_validation(&v, step, epoch_no)?;
                 progress.println(&format!(
                     "epoch {epoch_no}: train loss {:.4}, validation loss {:.4}, accuracy {:.4}",
                     epoch_mean_loss(&run.history, epoch_no),
@@ -439,6 +494,7 @@ pub fn train(
             } else {
                 if settings.eval_every_steps.is_some_and(|k| step % k == 0) {
                     let v = run.validate(RowKind::Eval, epoch_no, validation, bs, device)?;
+                    check_validation(&v, step, epoch_no)?;
                     progress.println(&format!(
                         "step {step}: validation loss {:.4}, accuracy {:.4}",
                         v.loss, v.accuracy
