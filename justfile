@@ -5,9 +5,14 @@ set shell := ["bash", "-euo", "pipefail", "-c"]
 # Pass recipe arguments through as they were quoted ("$@").
 set positional-arguments := true
 
-# Use the shared offline Hugging Face cache beside the project when HF_HOME is unset.
-export HF_HOME := env_var_or_default("HF_HOME", if path_exists(justfile_directory() / "../shared/hf-home") == "true" { justfile_directory() / "../shared/hf-home" } else { "" })
-export HF_HUB_OFFLINE := env_var_or_default("HF_HUB_OFFLINE", if path_exists(justfile_directory() / "../shared/hf-home") == "true" { "1" } else { "0" })
+# The programs find the standard Hugging Face cache themselves (HF_HUB_CACHE, else HF_HOME/hub,
+# else ~/.cache/huggingface/hub). Only when neither variable is set and the offline cache
+# ../shared/hf-home is beside the project do the recipes set HF_HOME to it (and HF_HUB_OFFLINE,
+# unless set): `hf_env` holds those assignments, and is empty (nothing set) otherwise.
+shared_hf_home := justfile_directory() / "../shared/hf-home"
+hf_env := if env_var_or_default("HF_HOME", "") + env_var_or_default("HF_HUB_CACHE", "") != "" { "" } else if path_exists(shared_hf_home) == "true" { "HF_HOME=" + quote(shared_hf_home) + " HF_HUB_OFFLINE=" + quote(env_var_or_default("HF_HUB_OFFLINE", "1")) } else { "" }
+# Runs a command with `hf_env` added to the environment.
+run := "env " + hf_env
 
 config := env_var_or_default("PIPELINE_CONFIG", "pipeline.yaml")
 bin := env_var_or_default("CARGO_TARGET_DIR", justfile_directory() / "target") / "release"
@@ -22,35 +27,35 @@ build:
 
 # Run every stage in order: data-prep → tokenize → train → evaluate → report.
 all *ARGS: build
-    {{bin}}/data-prep --config {{config}} "$@"
-    {{bin}}/tokenize --config {{config}} "$@"
-    {{bin}}/train --config {{config}} "$@"
-    {{bin}}/evaluate --config {{config}} "$@"
-    {{bin}}/report --config {{config}} "$@"
+    {{run}} {{bin}}/data-prep --config {{config}} "$@"
+    {{run}} {{bin}}/tokenize --config {{config}} "$@"
+    {{run}} {{bin}}/train --config {{config}} "$@"
+    {{run}} {{bin}}/evaluate --config {{config}} "$@"
+    {{run}} {{bin}}/report --config {{config}} "$@"
 
 # Load IMDb, sample train, split test into test/validation → artifacts/data.
 data-prep *ARGS: build
-    {{bin}}/data-prep --config {{config}} "$@"
+    {{run}} {{bin}}/data-prep --config {{config}} "$@"
 
 # Tokenize every split to padded tensors → artifacts/tokens.
 tokenize *ARGS: build
-    {{bin}}/tokenize --config {{config}} "$@"
+    {{run}} {{bin}}/tokenize --config {{config}} "$@"
 
 # Fine-tune the model with LoRA → artifacts/train (adapter, history, summary).
 train *ARGS: build
-    {{bin}}/train --config {{config}} "$@"
+    {{run}} {{bin}}/train --config {{config}} "$@"
 
 # Evaluate on the test split → artifacts/evaluate (metrics, predictions).
 evaluate *ARGS: build
-    {{bin}}/evaluate --config {{config}} "$@"
+    {{run}} {{bin}}/evaluate --config {{config}} "$@"
 
 # Render figures and the HTML/Markdown report → artifacts/report.
 report *ARGS: build
-    {{bin}}/report --config {{config}} "$@"
+    {{run}} {{bin}}/report --config {{config}} "$@"
 
 # Classify texts given as arguments (or stdin with no arguments).
 predict *TEXTS: build
-    {{bin}}/predict --config {{config}} "$@"
+    {{run}} {{bin}}/predict --config {{config}} "$@"
 
 # The whole chain on a small slice of the real data, in its own artifacts folder.
 smoke: build
@@ -59,9 +64,9 @@ smoke: build
     sets=(--set artifacts=artifacts-smoke --set data.max_train=200 --set data.max_validation=200
           --set data.max_test=400 --set training.epochs=1 --set training.checkpoint_every_steps=5)
     for stage in data-prep tokenize train evaluate report; do
-        "{{bin}}/$stage" --config {{config}} "${sets[@]}"
+        {{run}} "{{bin}}/$stage" --config {{config}} "${sets[@]}"
     done
-    "{{bin}}/predict" --config {{config}} "${sets[@]}" "A wonderful, moving film." "Dull and far too long."
+    {{run}} "{{bin}}/predict" --config {{config}} "${sets[@]}" "A wonderful, moving film." "Dull and far too long."
 
 # Build train/evaluate/predict with CUDA for Hopper GPUs → target/cuda/release (toolkit from PyPI wheels in .cuda/).
 build-cuda:
@@ -80,7 +85,7 @@ build-cuda:
 
 # Run the whole test suite.
 test:
-    cargo test --release --workspace
+    {{run}} cargo test --release --workspace
 
 # Formatting and lints, as CI checks them.
 lint:
@@ -89,5 +94,5 @@ lint:
 
 # Throughput benchmarks (JSON lines).
 bench:
-    cargo bench -p tokenize --bench tokenize
-    cargo bench -p lora-classifier --bench throughput
+    {{run}} cargo bench -p tokenize --bench tokenize
+    {{run}} cargo bench -p lora-classifier --bench throughput
