@@ -1,4 +1,4 @@
-//! Throughput on all-MiniLM-L6-v2 (from the shared Hugging Face cache): LoRA r=8, alpha=32 on
+//! Throughput on all-MiniLM-L6-v2 (through the Hugging Face cache, as the tests find it): LoRA r=8, alpha=32 on
 //! query,value; batch 16 × 128 random tokens, full mask, f32, CPU.
 //!
 //! `cargo bench -p lora-classifier --bench throughput` (the bench profile is the release one)
@@ -18,20 +18,7 @@ const BATCH: usize = 16;
 const SEQ: usize = 128;
 
 fn minilm_dir() -> Result<PathBuf> {
-    let hf_home = std::env::var_os("HF_HOME")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(concat!(
-                env!("CARGO_MANIFEST_DIR"),
-                "/../../../shared/hf-home"
-            ))
-        });
-    let snapshots = hf_home.join("hub/models--sentence-transformers--all-MiniLM-L6-v2/snapshots");
-    let entry = std::fs::read_dir(&snapshots)
-        .with_context(|| format!("cannot read {}", snapshots.display()))?
-        .next()
-        .context("no snapshot of all-MiniLM-L6-v2")??;
-    Ok(entry.path())
+    test_support::real_model(test_support::MINILM, true).map_err(anyhow::Error::msg)
 }
 
 /// This process's user + system CPU time (Linux), to tell our cost from other load on the machine.

@@ -4,7 +4,7 @@ and timing, printed as the same JSON lines (plus the merged-weights inference).
     python3 -m venv /tmp/venv && /tmp/venv/bin/pip install torch transformers peft
     /tmp/venv/bin/python crates/lora-classifier/benches/torch_reference.py
 """
-import glob, json, os, time
+import json, os, time
 
 import torch
 from peft import LoraConfig, get_peft_model
@@ -13,8 +13,13 @@ from transformers import AutoModelForSequenceClassification
 BATCH, SEQ, STEPS = 16, 128, int(os.environ.get("STEPS", 10))
 torch.set_num_threads(2)
 here = os.path.dirname(os.path.abspath(__file__))
-hf_home = os.environ.get("HF_HOME", os.path.join(here, "../../../../shared/hf-home"))
-path = glob.glob(f"{hf_home}/hub/models--sentence-transformers--all-MiniLM-L6-v2/snapshots/*")[0]
+# The HF cache as huggingface_hub finds it (HF_HUB_CACHE, HF_HOME, ~/.cache/huggingface), else
+# ../shared/hf-home beside the project, as the Rust benchmark does.
+shared = os.path.join(here, "../../../../shared/hf-home")
+if not (os.environ.get("HF_HOME") or os.environ.get("HF_HUB_CACHE")) and os.path.isdir(shared):
+    os.environ["HF_HOME"], os.environ["HF_HUB_OFFLINE"] = shared, "1"
+from huggingface_hub import snapshot_download  # noqa: E402 (reads the variables above)
+path = snapshot_download("sentence-transformers/all-MiniLM-L6-v2")
 base = AutoModelForSequenceClassification.from_pretrained(path, num_labels=2)
 config = LoraConfig(task_type="SEQ_CLS", r=8, lora_alpha=32, lora_dropout=0.1, target_modules=["query", "value"])
 model = get_peft_model(base, config)
