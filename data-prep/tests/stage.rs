@@ -349,7 +349,7 @@ fn hf_hub_cache_names_the_cache_and_wins_over_hf_home() {
         &hf_home.join("hub"),
     );
     assert!(out.status.success(), "{}", stderr(&out));
-    assert!(read_splits(&found.artifacts.join("data"))[0].len() > 0);
+    assert!(!read_splits(&found.artifacts.join("data"))[0].is_empty());
 
     let missed = config(&tmp.path().join("b"), Path::new("tiny/imdb"));
     let out = run_offline(
