@@ -5,9 +5,14 @@ set shell := ["bash", "-euo", "pipefail", "-c"]
 # Pass recipe arguments through as they were quoted ("$@").
 set positional-arguments := true
 
-# Use the shared offline Hugging Face cache beside the project when HF_HOME is unset.
-export HF_HOME := env_var_or_default("HF_HOME", if path_exists(justfile_directory() / "../shared/hf-home") == "true" { justfile_directory() / "../shared/hf-home" } else { "" })
-export HF_HUB_OFFLINE := env_var_or_default("HF_HUB_OFFLINE", if path_exists(justfile_directory() / "../shared/hf-home") == "true" { "1" } else { "0" })
+# The programs find the standard Hugging Face cache themselves (HF_HUB_CACHE, else HF_HOME/hub,
+# else ~/.cache/huggingface/hub). Only when neither variable is set and the offline cache
+# ../shared/hf-home is beside the project do the recipes set HF_HOME to it (and HF_HUB_OFFLINE,
+# unless set): `hf_env` holds those assignments, and is empty (nothing set) otherwise.
+shared_hf_home := justfile_directory() / "../shared/hf-home"
+hf_env := if env_var_or_default("HF_HOME", "") + env_var_or_default("HF_HUB_CACHE", "") != "" { "" } else if path_exists(shared_hf_home) == "true" { "HF_HOME=" + quote(shared_hf_home) + " HF_HUB_OFFLINE=" + quote(env_var_or_default("HF_HUB_OFFLINE", "1")) } else { "" }
+# Runs a command with `hf_env` added to the environment.
+run := "env " + hf_env
 
 config := env_var_or_default("PIPELINE_CONFIG", "pipeline.yaml")
 bin := env_var_or_default("CARGO_TARGET_DIR", justfile_directory() / "target") / "release"
@@ -22,35 +27,35 @@ build:
 
 # Run every stage in order: data-prep → tokenize → train → evaluate → report.
 all *ARGS: build
-    {{bin}}/data-prep --config {{config}} "$@"
-    {{bin}}/tokenize --config {{config}} "$@"
-    {{bin}}/train --config {{config}} "$@"
-    {{bin}}/evaluate --config {{config}} "$@"
-    {{bin}}/report --config {{config}} "$@"
+    {{run}} {{bin}}/data-prep --config {{config}} "$@"
+    {{run}} {{bin}}/tokenize --config {{config}} "$@"
+    {{run}} {{bin}}/train --config {{config}} "$@"
+    {{run}} {{bin}}/evaluate --config {{config}} "$@"
+    {{run}} {{bin}}/report --config {{config}} "$@"
 
 # Load IMDb, sample train, split test into test/validation → artifacts/data.
 data-prep *ARGS: build
-    {{bin}}/data-prep --config {{config}} "$@"
+    {{run}} {{bin}}/data-prep --config {{config}} "$@"
 
 # Tokenize every split to padded tensors → artifacts/tokens.
 tokenize *ARGS: build
-    {{bin}}/tokenize --config {{config}} "$@"
+    {{run}} {{bin}}/tokenize --config {{config}} "$@"
 
 # Fine-tune the model with LoRA → artifacts/train (adapter, history, summary).
 train *ARGS: build
-    {{bin}}/train --config {{config}} "$@"
+    {{run}} {{bin}}/train --config {{config}} "$@"
 
 # Evaluate on the test split → artifacts/evaluate (metrics, predictions).
 evaluate *ARGS: build
-    {{bin}}/evaluate --config {{config}} "$@"
+    {{run}} {{bin}}/evaluate --config {{config}} "$@"
 
 # Render figures and the HTML/Markdown report → artifacts/report.
 report *ARGS: build
-    {{bin}}/report --config {{config}} "$@"
+    {{run}} {{bin}}/report --config {{config}} "$@"
 
 # Classify texts given as arguments (or stdin with no arguments).
 predict *TEXTS: build
-    {{bin}}/predict --config {{config}} "$@"
+    {{run}} {{bin}}/predict --config {{config}} "$@"
 
 # The whole chain on a small slice of the real data, in its own artifacts folder.
 smoke: build
@@ -59,9 +64,9 @@ smoke: build
     sets=(--set artifacts=artifacts-smoke --set data.max_train=200 --set data.max_validation=200
           --set data.max_test=400 --set training.epochs=1 --set training.checkpoint_every_steps=5)
     for stage in data-prep tokenize train evaluate report; do
-        "{{bin}}/$stage" --config {{config}} "${sets[@]}"
+        {{run}} "{{bin}}/$stage" --config {{config}} "${sets[@]}"
     done
-    "{{bin}}/predict" --config {{config}} "${sets[@]}" "A wonderful, moving film." "Dull and far too long."
+    {{run}} "{{bin}}/predict" --config {{config}} "${sets[@]}" "A wonderful, moving film." "Dull and far too long."
 
 # Build the stages and imdb-lora with CUDA for Hopper GPUs → target/cuda/release (toolkit from PyPI wheels in .cuda/).
 build-cuda:
@@ -76,17 +81,17 @@ build-cuda:
 # The bundle to copy to a GPU machine (.gpu/bundle): imdb-lora (CUDA), MiniLM in bf16, the fixture, the real split's tokens.
 gpu-bundle:
     cargo build --release -p imdb-lora
-    scripts/gpu-bundle.sh
+    {{run}} scripts/gpu-bundle.sh
 
 # The GPU check's whole logic on this CPU, on a tiny slice (what scripts/gpu-check.sh runs on a GPU).
 gpu-check-cpu:
     cargo build --release -p imdb-lora
-    scripts/gpu-bundle.sh --bin {{bin}}/imdb-lora --host-bin {{bin}}/imdb-lora --out .gpu/cpu-bundle --tiny
+    {{run}} scripts/gpu-bundle.sh --bin {{bin}}/imdb-lora --host-bin {{bin}}/imdb-lora --out .gpu/cpu-bundle --tiny
     scripts/gpu-check.sh --device cpu --bundle .gpu/cpu-bundle --out .gpu/cpu-check --quick
 
 # Run the whole test suite.
 test:
-    cargo test --release --workspace
+    {{run}} cargo test --release --workspace
 
 # Formatting and lints, as CI checks them.
 lint:
@@ -95,6 +100,6 @@ lint:
 
 # Throughput benchmarks (JSON lines): tokenizer, then the model's training step and inference (MiniLM, CPU).
 bench *ARGS:
-    cargo bench -p tokenize --bench tokenize
+    {{run}} cargo bench -p tokenize --bench tokenize
     cargo build --release -p imdb-lora
-    {{bin}}/imdb-lora bench "$@"
+    {{run}} {{bin}}/imdb-lora bench "$@"

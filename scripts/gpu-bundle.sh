@@ -18,7 +18,7 @@
 #   --tiny           a 64/64/128-review slice of the data, for the CPU dry run (`just gpu-check-cpu`)
 #
 # The data come from the Hugging Face cache ($HF_HOME; ../shared/hf-home beside the repository when
-# HF_HOME is unset), the fixture from $FIXTURES (default ../shared/fixtures).
+# HF_HOME is unset), the fixture from $FIXTURES (default: the repository's fixtures/).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bin=target/cuda/release/imdb-lora host=target/release/imdb-lora out=.gpu/bundle tiny=0
@@ -36,7 +36,7 @@ done
 if [ -z "${HF_HOME:-}" ] && [ -d ../shared/hf-home ]; then
     export HF_HOME=$PWD/../shared/hf-home HF_HUB_OFFLINE=${HF_HUB_OFFLINE:-1}
 fi
-fixture=${FIXTURES:-../shared/fixtures}/bert-tiny-lora
+fixture=${FIXTURES:-fixtures}/bert-tiny-lora
 [ -d "$fixture" ] || { echo "gpu-bundle.sh: no reference fixture at $fixture (set FIXTURES)" >&2; exit 1; }
 
 rm -rf "$out"

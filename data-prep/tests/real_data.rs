@@ -1,4 +1,5 @@
-//! On the real IMDb in the shared folder (skipped with a note where it is absent).
+//! On the real IMDb: the hub's parquet files through the HF cache and Stanford's tarball from
+//! `../shared/data` (each test prints why it skipped where they cannot be had).
 
 mod common;
 
@@ -7,24 +8,26 @@ use std::path::{Path, PathBuf};
 
 use common::*;
 use data_prep::source;
+use test_support::{real_dataset_file, require, shared_file, IMDB, IMDB_TEST, IMDB_TRAIN};
 
-fn shared() -> Option<PathBuf> {
-    let shared = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared");
-    let found = shared
-        .join("hf-home/hub/datasets--stanfordnlp--imdb")
-        .is_dir()
-        && shared.join("data/aclImdb_v1.tar.gz").is_file();
-    if !found {
-        eprintln!("note: skipped, no IMDb in {}", shared.display());
-    }
-    found.then_some(shared)
+/// The snapshot folder of the real IMDb in the HF cache (both parquet files in it), and
+/// Stanford's tarball.
+fn real_imdb() -> Result<(PathBuf, PathBuf), String> {
+    real_dataset_file(IMDB, IMDB_TEST)?;
+    let train = real_dataset_file(IMDB, IMDB_TRAIN)?;
+    let snapshot = train
+        .parent()
+        .and_then(Path::parent)
+        .ok_or("no snapshot folder")?
+        .to_path_buf();
+    Ok((snapshot, shared_file("data/aclImdb_v1.tar.gz")?))
 }
 
 #[test]
 fn real_imdb_splits_into_2500_5000_20000() {
-    let Some(shared) = shared() else { return };
+    let (_, tarball) = require!(real_imdb());
+    let hub_cache = test_support::hub().cache_dir().to_path_buf();
     let tmp = tempfile::tempdir().unwrap();
-    let tarball = shared.join("data/aclImdb_v1.tar.gz");
     let mut results = Vec::new();
     for (name, source) in [
         ("hub", Path::new("stanfordnlp/imdb")),
@@ -33,11 +36,7 @@ fn real_imdb_splits_into_2500_5000_20000() {
         let root = tmp.path().join(name);
         let mut config = config(&root, source);
         config.data.train_fraction = 0.1; // the repository's setting
-        let out = data_prep(
-            &config_file(&root, &config),
-            &[],
-            Some(&shared.join("hf-home")),
-        );
+        let out = data_prep_with_hub_cache(&config_file(&root, &config), &[], &hub_cache);
         assert!(out.status.success(), "{}", stderr(&out));
         let [train, validation, test] = read_splits(&config.artifacts.join("data"));
         assert_eq!(
@@ -63,19 +62,12 @@ fn real_imdb_splits_into_2500_5000_20000() {
 
 #[test]
 fn real_tarball_and_hub_parquet_hold_the_same_reviews() {
-    let Some(shared) = shared() else { return };
-    let snapshot =
-        std::fs::read_dir(shared.join("hf-home/hub/datasets--stanfordnlp--imdb/snapshots"))
-            .unwrap()
-            .next()
-            .unwrap()
-            .unwrap()
-            .path();
+    let (snapshot, tarball) = require!(real_imdb());
     let parquet = source::resolve(&snapshot.display().to_string())
         .unwrap()
         .load()
         .unwrap();
-    let tar = source::resolve(&shared.join("data/aclImdb_v1.tar.gz").display().to_string())
+    let tar = source::resolve(&tarball.display().to_string())
         .unwrap()
         .load()
         .unwrap();

@@ -333,6 +333,36 @@ fn an_offline_hub_id_missing_from_the_cache_says_how_to_fix_it() {
     assert_no_output(&config.artifacts);
 }
 
+/// HF_HUB_CACHE names the hub cache folder itself and wins over HF_HOME, as in huggingface_hub.
+#[test]
+fn hf_hub_cache_names_the_cache_and_wins_over_hf_home() {
+    let tmp = tempfile::tempdir().unwrap();
+    let hf_home = tmp.path().join("hf-home");
+    hub_cache(&hf_home, "tiny/imdb");
+    let empty = tmp.path().join("empty-cache");
+    fs::create_dir(&empty).unwrap();
+
+    let found = config(&tmp.path().join("a"), Path::new("tiny/imdb"));
+    let out = data_prep_with_hub_cache(
+        &config_file(&tmp.path().join("a"), &found),
+        &[],
+        &hf_home.join("hub"),
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(!read_splits(&found.artifacts.join("data"))[0].is_empty());
+
+    let missed = config(&tmp.path().join("b"), Path::new("tiny/imdb"));
+    let out = run_offline(
+        &config_file(&tmp.path().join("b"), &missed),
+        &[],
+        [("HF_HOME", Some(&hf_home)), ("HF_HUB_CACHE", Some(&empty))],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(err.contains(&empty.display().to_string()), "{err}");
+    assert_no_output(&missed.artifacts);
+}
+
 #[test]
 fn tarball_entries_outside_aclimdb_are_refused() {
     let tmp = tempfile::tempdir().unwrap();

@@ -1,6 +1,6 @@
 //! Test-only crate: the whole pipeline run in-process on tiny inputs (see `tests/`).
 //!
-//! Helpers: a tiny IMDb-like parquet source, a tiny config on the shared fixture's tiny BERT,
+//! Helpers: a tiny IMDb-like parquet source, a tiny config on the fixtures' tiny BERT,
 //! the chain of stages with what each one did, and snapshots of the artifacts.
 
 use std::collections::BTreeMap;
@@ -12,14 +12,9 @@ use pipeline::config::ImageFormatSetting;
 use pipeline::{Config, Layout, StageId};
 use polars::prelude::*;
 
-pub const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/fixtures");
-
 /// The fixture's tiny BERT checkpoint (with its classifier head and MiniLM's tokenizer).
 pub fn bert_tiny() -> PathBuf {
-    Path::new(FIXTURES)
-        .join("bert-tiny-lora/base")
-        .canonicalize()
-        .expect("shared/fixtures/bert-tiny-lora/base")
+    test_support::fixture("bert-tiny-lora/base")
 }
 
 /// A review whose words carry its label, varied by `i` so that no two are alike.

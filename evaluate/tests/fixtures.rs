@@ -1,4 +1,4 @@
-//! A PEFT adapter from the shared fixtures, loaded and merged by `evaluate::Classifier`,
+//! A PEFT adapter from the fixtures, loaded and merged by `evaluate::Classifier`,
 //! predicts what HF transformers + PEFT computed; adapters that do not fit the model are
 //! errors, not garbage output.
 

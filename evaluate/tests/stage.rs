@@ -385,7 +385,7 @@ fn every_shard_of_a_sharded_model_is_an_input() {
     // The fixture model in two shards.
     let sharded = tmp.path().join("sharded");
     fs::create_dir_all(&sharded).unwrap();
-    for file in ["config.json", "tokenizer.json", "vocab.txt"] {
+    for file in ["config.json", "tokenizer.json"] {
         fs::copy(bert_base().join(file), sharded.join(file)).unwrap();
     }
     let tensors =

@@ -1,7 +1,7 @@
 //! Throughput of the MiniLM tokenizer, padded to 128, on 20,000 real IMDb
 //! test reviews: `cargo bench -p tokenize` prints one JSON line. Also times
 //! tokenizing every review whole (no prefix shortcut) and checks that both
-//! give the same ids. Uses HF_HOME, else ../shared/hf-home beside the project.
+//! give the same ids. Finds the real data and model through the HF cache as the tests do.
 
 use std::time::Instant;
 
@@ -27,19 +27,8 @@ fn time(encoder: &TextEncoder, texts: &[&str]) -> anyhow::Result<(f64, Encoded)>
 }
 
 fn main() -> anyhow::Result<()> {
-    if std::env::var_os("HF_HOME").is_none() {
-        // Before any thread exists, so setting the environment is safe.
-        std::env::set_var(
-            "HF_HOME",
-            concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/hf-home"),
-        );
-        std::env::set_var("HF_HUB_OFFLINE", "1");
-    }
-    let file = pipeline::hub::dataset_file(
-        "stanfordnlp/imdb",
-        "main",
-        "plain_text/test-00000-of-00001.parquet",
-    )?;
+    let file = test_support::real_dataset_file(test_support::IMDB, test_support::IMDB_TEST)
+        .map_err(anyhow::Error::msg)?;
     let df = ParquetReader::new(std::fs::File::open(&file)?).finish()?;
     let texts: Vec<&str> = df
         .column("text")?
@@ -48,12 +37,8 @@ fn main() -> anyhow::Result<()> {
         .take(REVIEWS)
         .map(Option::unwrap_or_default)
         .collect();
-    let model = pipeline::hub::model_dir(
-        "sentence-transformers/all-MiniLM-L6-v2",
-        "main",
-        false,
-        true,
-    )?;
+    let model =
+        test_support::real_model(test_support::MINILM, false).map_err(anyhow::Error::msg)?;
 
     let (seconds, fast) = time(&tokenize::encoder(&model, MAX_LEN)?, &texts)?;
     let whole = tokenize::encoder(&model, MAX_LEN)?.with_prefix_cut(false);

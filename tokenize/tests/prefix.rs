@@ -1,31 +1,33 @@
 //! Tokenizing long texts from a prefix gives exactly the ids of tokenizing
-//! them whole: on real reviews and on texts built to break it at the cut.
+//! them whole: on real reviews and on texts built to break it at the cut. The tokenizers are
+//! the fixture models' tokenizer.json files, which are the real MiniLM and GPT-2 ones.
 
 mod common;
 
 use std::path::{Path, PathBuf};
 
-use common::{hub_snapshot, FIXTURES};
+use common::fixture;
+use pipeline::encode::TextEncoder;
 use polars::prelude::*;
 use tokenize::encoder;
 
-fn models() -> [PathBuf; 2] {
-    [
-        hub_snapshot("model", "sentence-transformers/all-MiniLM-L6-v2"),
-        hub_snapshot("model", "openai-community/gpt2"),
-    ]
+/// The MiniLM and GPT-2 tokenizer files.
+fn tokenizers() -> [PathBuf; 2] {
+    ["bert", "gpt2"].map(|m| fixture(&format!("{m}-tiny-lora/base/tokenizer.json")))
 }
 
-fn assert_same_as_whole(dir: &Path, max_len: usize, texts: &[String]) {
-    let fast = encoder(dir, max_len).unwrap();
-    assert!(fast.cuts_prefixes(), "{}", dir.display());
-    let whole = encoder(dir, max_len).unwrap().with_prefix_cut(false);
+fn assert_same_as_whole(file: &Path, max_len: usize, texts: &[String]) {
+    let fast = TextEncoder::from_file(file, max_len).unwrap();
+    assert!(fast.cuts_prefixes(), "{}", file.display());
+    let whole = TextEncoder::from_file(file, max_len)
+        .unwrap()
+        .with_prefix_cut(false);
     let (a, b) = (fast.encode(texts).unwrap(), whole.encode(texts).unwrap());
     assert_eq!(
         a.truncated,
         b.truncated,
         "{} max_len {max_len}",
-        dir.display()
+        file.display()
     );
     for (row, text) in texts.iter().enumerate() {
         let span = row * max_len..(row + 1) * max_len;
@@ -36,8 +38,10 @@ fn assert_same_as_whole(dir: &Path, max_len: usize, texts: &[String]) {
 
 #[test]
 fn real_reviews_give_the_same_ids() {
-    let file =
-        hub_snapshot("dataset", "stanfordnlp/imdb").join("plain_text/train-00000-of-00001.parquet");
+    let file = test_support::require!(test_support::real_dataset_file(
+        test_support::IMDB,
+        test_support::IMDB_TRAIN
+    ));
     let df = ParquetReader::new(std::fs::File::open(file).unwrap())
         .finish()
         .unwrap();
@@ -50,9 +54,9 @@ fn real_reviews_give_the_same_ids() {
         .take(1000)
         .map(|t| t.unwrap().to_string())
         .collect();
-    for dir in models() {
+    for file in tokenizers() {
         for max_len in [32, 128] {
-            assert_same_as_whole(&dir, max_len, &texts);
+            assert_same_as_whole(&file, max_len, &texts);
         }
     }
 }
@@ -116,12 +120,9 @@ fn texts_made_to_break_at_the_cut_give_the_same_ids() {
                 .collect()
         })
         .collect();
-    for dir in models()
-        .into_iter()
-        .chain(["bert", "gpt2"].map(|m| Path::new(FIXTURES).join(format!("{m}-tiny-lora/base"))))
-    {
+    for file in tokenizers() {
         for max_len in [4, 5, 8, 13, 24] {
-            assert_same_as_whole(&dir, max_len, &texts);
+            assert_same_as_whole(&file, max_len, &texts);
         }
     }
 }
@@ -129,7 +130,7 @@ fn texts_made_to_break_at_the_cut_give_the_same_ids() {
 #[test]
 fn other_pre_tokenizers_are_tokenized_whole() {
     let tmp = tempfile::tempdir().unwrap();
-    let base = Path::new(FIXTURES).join("bert-tiny-lora/base");
+    let base = fixture("bert-tiny-lora/base");
     std::fs::copy(base.join("config.json"), tmp.path().join("config.json")).unwrap();
     let mut json: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(base.join("tokenizer.json")).unwrap())

@@ -3,10 +3,10 @@
 mod common;
 
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 
-use common::FIXTURES;
+use common::fixture;
 use pipeline::atomic::StagingDir;
 use pipeline::config::ModelConfig;
 use pipeline::data::Reviews;
@@ -30,7 +30,7 @@ impl Setup {
         let config = Config {
             artifacts: tmp.path().join("artifacts"),
             model: ModelConfig {
-                source: format!("{FIXTURES}/{model}/base"),
+                source: fixture(&format!("{model}/base")).display().to_string(),
                 max_len: 16,
                 ..ModelConfig::default()
             },
@@ -220,7 +220,7 @@ fn a_broken_tokenizer_is_named_without_output() {
     s.write_data([2, 2, 2]);
     let model = s.tmp.path().join("model");
     fs::create_dir(&model).unwrap();
-    let base = Path::new(FIXTURES).join("bert-tiny-lora/base");
+    let base = fixture("bert-tiny-lora/base");
     fs::copy(base.join("config.json"), model.join("config.json")).unwrap();
     fs::write(
         model.join("tokenizer.json"),

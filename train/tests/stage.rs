@@ -1,4 +1,4 @@
-//! The train stage end to end on the fixture's tiny BERT (shared/fixtures/bert-tiny-lora/base
+//! The train stage end to end on the fixture's tiny BERT (fixtures/bert-tiny-lora/base
 //! as a local model folder), with small token artifacts and a tokens stamp made here.
 
 use std::fs;
@@ -19,12 +19,7 @@ use train::Outcome;
 const MAX_LEN: usize = 24;
 
 fn model_dir() -> PathBuf {
-    PathBuf::from(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../shared/fixtures/bert-tiny-lora/base"
-    ))
-    .canonicalize()
-    .expect("the fixture model")
+    test_support::fixture("bert-tiny-lora/base")
 }
 
 /// `n` reviews: `[CLS] words… [SEP] [PAD]…` of varying length, the label carried by which

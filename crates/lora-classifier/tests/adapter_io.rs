@@ -179,12 +179,12 @@ fn saving_without_lora_is_an_error() {
     assert!(err.contains("no LoRA adapter"), "{err}");
 }
 
-/// Adapters written by PEFT itself (tests/data/peft, made by make_peft.py there) with other
+/// Adapters written by PEFT itself (fixtures/peft, made by fixtures/generate.py) with other
 /// ranks, alphas, targets (`dense` also hits the pooler, `c_proj` both projections), bias modes
 /// and rsLoRA load and give PEFT's logits.
 #[test]
 fn loads_adapters_written_by_peft() {
-    let data = std::path::PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/peft"));
+    let data = test_support::fixture("peft");
     for name in ["bert-dense-key-all", "gpt2-cfc-rslora-loraonly"] {
         let dir = data.join(name);
         let expected = json(&dir.join("expected_logits.json"));

@@ -229,19 +229,23 @@ fn adapter_for_another_architecture() {
 
 #[test]
 fn adapter_for_another_hidden_size() {
-    // A PEFT adapter made for hidden 384 (MiniLM) on the hidden-32 fixture.
+    // The fixture's adapter as if made for hidden 384 (MiniLM's) on the hidden-32 fixture:
+    // every LoRA matrix widened to 384 on its hidden side.
     let f = Fixture::load("bert-tiny-lora");
-    let minilm = Checkpoint::open(&common::minilm_dir()).unwrap();
-    let m = SequenceClassifier::new(
-        &minilm,
-        Some(&settings(&["query", "value"])),
-        0,
-        &Device::Cpu,
-        DType::F32,
-    )
-    .unwrap();
     let tmp = tempfile::tempdir().unwrap();
-    m.save_adapter(tmp.path()).unwrap();
+    copy_dir(&f.adapter(), tmp.path());
+    rewrite(&tmp.path().join("adapter_model.safetensors"), |t| {
+        for (name, tensor) in t.iter_mut() {
+            let shape = if name.contains("lora_A") {
+                (tensor.dim(0).unwrap(), 384)
+            } else if name.contains("lora_B") {
+                (384, tensor.dim(1).unwrap())
+            } else {
+                continue;
+            };
+            *tensor = Tensor::zeros(shape, DType::F32, &Device::Cpu).unwrap();
+        }
+    });
     let err = format!(
         "{:#}",
         SequenceClassifier::load_adapter(&f.ckpt, tmp.path(), &Device::Cpu, DType::F32)

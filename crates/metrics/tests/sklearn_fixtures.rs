@@ -1,17 +1,14 @@
-//! Checks every metric against scikit-learn's answers in /work/shared/fixtures/metrics.
+//! Checks every metric against scikit-learn's answers in fixtures/metrics (made by
+//! fixtures/generate.py).
 
 use metrics::{evaluate, ClassScores, Metrics, RocCurve};
 use serde_json::Value;
 
-const FIXTURES: &str = concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/../../../shared/fixtures/metrics"
-);
 const TOL: f64 = 1e-9;
 
 fn read(name: &str) -> String {
-    let path = format!("{FIXTURES}/{name}");
-    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("reading {path}: {e}"))
+    let path = test_support::fixtures_dir().join("metrics").join(name);
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()))
 }
 
 /// `cases.csv`: a `label,score` header, then one sample per line.

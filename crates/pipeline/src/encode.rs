@@ -22,6 +22,8 @@ const PREFIX_BYTES_PER_TOKEN: usize = 6;
 
 pub struct TextEncoder {
     tokenizer: Tokenizer,
+    /// The same tokenizer truncating one token later, without padding (see `is_cut`).
+    probe: Tokenizer,
     max_len: usize,
     pad_id: u32,
     /// Whether long texts may be tokenized from a prefix (see `encode_one`).
@@ -53,6 +55,16 @@ impl TextEncoder {
                 direction: TruncationDirection::Right,
             }))
             .map_err(|e| anyhow!("{}: {e}", path.display()))?;
+        let mut probe = tokenizer.clone();
+        probe
+            .with_truncation(Some(TruncationParams {
+                max_length: max_len + 1,
+                strategy: TruncationStrategy::LongestFirst,
+                stride: 0,
+                direction: TruncationDirection::Right,
+            }))
+            .map_err(|e| anyhow!("{}: {e}", path.display()))?
+            .with_padding(None);
         tokenizer.with_padding(Some(PaddingParams {
             strategy: PaddingStrategy::Fixed(max_len),
             direction: PaddingDirection::Right,
@@ -64,6 +76,7 @@ impl TextEncoder {
         let prefix_cut = splits_at_spaces(&tokenizer);
         Ok(Self {
             tokenizer,
+            probe,
             max_len,
             pad_id,
             prefix_cut,
@@ -101,7 +114,7 @@ impl TextEncoder {
             .zip(texts.par_iter())
             .with_min_len(32)
             .map(|((ids, mask), text)| {
-                let encoding = self.encode_one(text.as_ref())?;
+                let (encoding, cut) = self.encode_one(text.as_ref())?;
                 ensure!(
                     encoding.len() == len,
                     "the tokenizer returned {} tokens, not {len}",
@@ -109,7 +122,7 @@ impl TextEncoder {
                 );
                 ids.copy_from_slice(encoding.get_ids());
                 mask.copy_from_slice(encoding.get_attention_mask());
-                Ok(usize::from(!encoding.get_overflowing().is_empty()))
+                Ok(usize::from(cut))
             })
             .sum::<Result<usize>>()?;
         Ok(Encoded {
@@ -125,7 +138,7 @@ impl TextEncoder {
     /// space gives the same first tokens, and if it overflows `max_len` so
     /// does the whole text. A prefix that does not overflow grows until it is
     /// the whole text.
-    fn encode_one(&self, text: &str) -> Result<Encoding> {
+    fn encode_one(&self, text: &str) -> Result<(Encoding, bool)> {
         let mut budget = self.max_len * PREFIX_BYTES_PER_TOKEN;
         loop {
             let prefix = match text.as_bytes().get(budget..) {
@@ -142,11 +155,30 @@ impl TextEncoder {
                 .tokenizer
                 .encode_fast(prefix, true)
                 .map_err(|e| anyhow!("tokenizing failed: {e}"))?;
-            if prefix.len() == text.len() || !encoding.get_overflowing().is_empty() {
-                return Ok(encoding);
+            let cut = self.is_cut(prefix, &encoding)?;
+            if prefix.len() == text.len() || cut {
+                return Ok((encoding, cut));
             }
             budget *= 2;
         }
+    }
+
+    /// Whether `text` has more tokens than its row holds. tokenizers 0.23 stops tokenizing
+    /// once it has `max_len` tokens, so a text cut exactly at a word boundary reports no
+    /// overflow (GPT-2, which adds no special tokens); for a full row without one, the probe,
+    /// which keeps one token more, tells.
+    fn is_cut(&self, text: &str, encoding: &Encoding) -> Result<bool> {
+        if !encoding.get_overflowing().is_empty() {
+            return Ok(true);
+        }
+        if encoding.get_attention_mask().contains(&0) {
+            return Ok(false);
+        }
+        let probe = self
+            .probe
+            .encode_fast(text, true)
+            .map_err(|e| anyhow!("tokenizing failed: {e}"))?;
+        Ok(probe.len() > self.max_len)
     }
 }
 

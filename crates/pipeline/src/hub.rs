@@ -1,6 +1,6 @@
 //! Finding models and datasets: a local folder, or a Hugging Face hub id
-//! resolved through the standard HF cache (`HF_HOME`), downloading into the
-//! cache only when the file is not there and the hub may be reached.
+//! resolved through the standard HF cache, downloading into the cache only
+//! when the file is not there and the hub may be reached.
 
 use std::path::{Path, PathBuf};
 
@@ -21,85 +21,171 @@ pub fn is_local(source: &str) -> bool {
     path.exists() || source.starts_with('.') || source.starts_with('/') || source.contains('\\')
 }
 
-fn cache() -> Cache {
-    Cache::from_env()
+/// An environment variable's value as a path; empty counts as unset (an empty `HF_HOME` would
+/// otherwise put the cache in the working directory).
+fn env_path(name: &str) -> Option<PathBuf> {
+    std::env::var_os(name)
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
 }
 
-/// One file of a hub repository: from the cache, else downloaded into it.
-pub fn hub_file(repo_id: &str, kind: RepoType, revision: &str, file: &str) -> Result<PathBuf> {
-    let repo = Repo::with_revision(repo_id.to_string(), kind, revision.to_string());
-    let cache = cache();
-    if let Some(path) = cache.repo(repo.clone()).get(file) {
-        return Ok(path);
+/// The Hugging Face home as huggingface_hub finds it: `HF_HOME`, else
+/// `$XDG_CACHE_HOME/huggingface`, else `~/.cache/huggingface`.
+pub fn hf_home() -> PathBuf {
+    env_path("HF_HOME")
+        .or_else(|| env_path("XDG_CACHE_HOME").map(|dir| dir.join("huggingface")))
+        .or_else(|| dirs::home_dir().map(|home| home.join(".cache/huggingface")))
+        .unwrap_or_else(|| PathBuf::from(".cache/huggingface"))
+}
+
+/// The hub cache folder as huggingface_hub finds it: `HF_HUB_CACHE`, else `hf_home()/hub`.
+/// (hf-hub 0.5's `Cache::from_env` reads only `HF_HOME`.)
+pub fn cache_dir() -> PathBuf {
+    env_path("HF_HUB_CACHE").unwrap_or_else(|| hf_home().join("hub"))
+}
+
+/// A hub cache and whether the hub may be asked for what it lacks.
+#[derive(Debug, Clone)]
+pub struct Hub {
+    cache: PathBuf,
+    offline: bool,
+}
+
+impl Hub {
+    /// The cache and offline setting from the environment, as huggingface_hub reads them.
+    pub fn from_env() -> Hub {
+        Hub::new(cache_dir(), offline())
     }
-    let what = match kind {
-        RepoType::Dataset => "dataset",
-        _ => "model",
-    };
-    let fix = format!(
-        "set HF_HOME to a Hugging Face cache that holds it, download it on a machine with \
-         internet (`huggingface-cli download {}{repo_id} {file}`), or point the source at a local folder",
-        if matches!(kind, RepoType::Dataset) { "--repo-type dataset " } else { "" }
-    );
-    if offline() {
-        bail!(
-            "{what} {repo_id}: {file} is not in the Hugging Face cache at {} and HF_HUB_OFFLINE is set: {fix}",
-            cache.path().display()
+
+    pub fn new(cache: PathBuf, offline: bool) -> Hub {
+        Hub { cache, offline }
+    }
+
+    pub fn cache_dir(&self) -> &Path {
+        &self.cache
+    }
+
+    fn cache(&self) -> Cache {
+        Cache::new(self.cache.clone())
+    }
+
+    /// One file of a hub repository: from the cache, else downloaded into it.
+    pub fn file(
+        &self,
+        repo_id: &str,
+        kind: RepoType,
+        revision: &str,
+        file: &str,
+    ) -> Result<PathBuf> {
+        let repo = Repo::with_revision(repo_id.to_string(), kind, revision.to_string());
+        if let Some(path) = self.cache().repo(repo.clone()).get(file) {
+            return Ok(path);
+        }
+        let what = match kind {
+            RepoType::Dataset => "dataset",
+            _ => "model",
+        };
+        let fix = format!(
+            "set HF_HOME (or HF_HUB_CACHE) to a Hugging Face cache that holds it, download it on a machine with \
+             internet (`huggingface-cli download {}{repo_id} {file}`), or point the source at a local folder",
+            if matches!(kind, RepoType::Dataset) { "--repo-type dataset " } else { "" }
         );
+        if self.offline {
+            bail!(
+                "{what} {repo_id}: {file} is not in the Hugging Face cache at {} and HF_HUB_OFFLINE is set: {fix}",
+                self.cache.display()
+            );
+        }
+        let mut builder = hf_hub::api::sync::ApiBuilder::from_cache(self.cache())
+            .with_progress(true)
+            .with_token(token());
+        if let Ok(endpoint) = std::env::var("HF_ENDPOINT") {
+            builder = builder.with_endpoint(endpoint);
+        }
+        let api = builder
+            .build()
+            .context("cannot set up the Hugging Face hub client")?;
+        api.repo(repo).get(file).map_err(|err| {
+            anyhow::anyhow!(
+                "{what} {repo_id}: {file} is not in the Hugging Face cache at {} and downloading it failed ({err}): {fix}",
+                self.cache.display()
+            )
+        })
     }
-    let api = hf_hub::api::sync::ApiBuilder::from_env()
-        .with_progress(true)
-        .build()
-        .context("cannot set up the Hugging Face hub client")?;
-    api.repo(repo).get(file).map_err(|err| {
-        anyhow::anyhow!(
-            "{what} {repo_id}: {file} is not in the Hugging Face cache at {} and downloading it failed ({err}): {fix}",
-            cache.path().display()
-        )
-    })
-}
 
-/// A model folder holding `config.json`, the weights (single file or
-/// shards) and, when `tokenizer` is set, `tokenizer.json`.
-pub fn model_dir(source: &str, revision: &str, weights: bool, tokenizer: bool) -> Result<PathBuf> {
-    let mut needed = vec!["config.json"];
-    if tokenizer {
-        needed.push("tokenizer.json");
-    }
-    if is_local(source) {
-        let dir = Path::new(source);
-        if !dir.is_dir() {
-            bail!("model folder {} does not exist", dir.display());
+    /// A model folder holding `config.json`, the weights (single file or
+    /// shards) and, when `tokenizer` is set, `tokenizer.json`.
+    pub fn model_dir(
+        &self,
+        source: &str,
+        revision: &str,
+        weights: bool,
+        tokenizer: bool,
+    ) -> Result<PathBuf> {
+        let mut needed = vec!["config.json"];
+        if tokenizer {
+            needed.push("tokenizer.json");
         }
-        for file in &needed {
-            if !dir.join(file).exists() {
-                bail!("model folder {} has no {file}", dir.display());
+        if is_local(source) {
+            let dir = Path::new(source);
+            if !dir.is_dir() {
+                bail!("model folder {} does not exist", dir.display());
             }
+            for file in &needed {
+                if !dir.join(file).exists() {
+                    bail!("model folder {} has no {file}", dir.display());
+                }
+            }
+            return Ok(dir.to_path_buf());
         }
-        return Ok(dir.to_path_buf());
-    }
-    let mut dir = None;
-    for file in needed {
-        let path = hub_file(source, RepoType::Model, revision, file)?;
-        dir = path.parent().map(Path::to_path_buf);
-    }
-    if weights {
-        // Single file first; else the shard index and every shard it names.
-        let single = Repo::with_revision(source.to_string(), RepoType::Model, revision.to_string());
-        if cache().repo(single).get(SINGLE_FILE).is_none() {
-            match hub_file(source, RepoType::Model, revision, INDEX_FILE) {
-                Ok(index) => {
-                    for shard in shard_names(&index)? {
-                        hub_file(source, RepoType::Model, revision, &shard)?;
+        let mut dir = None;
+        for file in needed {
+            let path = self.file(source, RepoType::Model, revision, file)?;
+            dir = path.parent().map(Path::to_path_buf);
+        }
+        if weights {
+            // Single file first; else the shard index and every shard it names.
+            let single =
+                Repo::with_revision(source.to_string(), RepoType::Model, revision.to_string());
+            if self.cache().repo(single).get(SINGLE_FILE).is_none() {
+                match self.file(source, RepoType::Model, revision, INDEX_FILE) {
+                    Ok(index) => {
+                        for shard in shard_names(&index)? {
+                            self.file(source, RepoType::Model, revision, &shard)?;
+                        }
+                    }
+                    Err(_) => {
+                        self.file(source, RepoType::Model, revision, SINGLE_FILE)?;
                     }
                 }
-                Err(_) => {
-                    hub_file(source, RepoType::Model, revision, SINGLE_FILE)?;
-                }
             }
         }
+        dir.context("model files resolved to no folder")
     }
-    dir.context("model files resolved to no folder")
+
+    /// A file of a hub dataset repository (through the cache).
+    pub fn dataset_file(&self, repo_id: &str, revision: &str, file: &str) -> Result<PathBuf> {
+        self.file(repo_id, RepoType::Dataset, revision, file)
+    }
+}
+
+/// The access token as huggingface_hub finds it: `HF_TOKEN`, else the `token` file in `hf_home()`.
+fn token() -> Option<String> {
+    std::env::var("HF_TOKEN")
+        .ok()
+        .or_else(|| std::fs::read_to_string(hf_home().join("token")).ok())
+        .map(|t| t.trim().to_string())
+        .filter(|t| !t.is_empty())
+}
+
+/// A model folder through the environment's cache (`Hub::model_dir`).
+pub fn model_dir(source: &str, revision: &str, weights: bool, tokenizer: bool) -> Result<PathBuf> {
+    Hub::from_env().model_dir(source, revision, weights, tokenizer)
+}
+
+/// A file of a hub dataset repository, through the environment's cache.
+pub fn dataset_file(repo_id: &str, revision: &str, file: &str) -> Result<PathBuf> {
+    Hub::from_env().dataset_file(repo_id, revision, file)
 }
 
 /// The files of a model folder that decide its outputs, by stable name (stamps record them
@@ -122,9 +208,4 @@ pub fn model_files(dir: &Path) -> Result<Vec<(String, PathBuf)>> {
         );
     }
     Ok(files)
-}
-
-/// A file of a hub dataset repository (through the cache).
-pub fn dataset_file(repo_id: &str, revision: &str, file: &str) -> Result<PathBuf> {
-    hub_file(repo_id, RepoType::Dataset, revision, file)
 }

@@ -1,8 +1,7 @@
 //! Five AdamW steps with linear warmup on the fixtures' batch, against HF transformers + PEFT
-//! + torch.optim.AdamW (shared/fixtures/*/expected.safetensors, eval mode).
+//! + torch.optim.AdamW (fixtures/*/expected.safetensors, eval mode).
 
 use std::collections::HashMap;
-use std::path::PathBuf;
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::loss::cross_entropy;
@@ -11,13 +10,6 @@ use training::optim::{Optimizer, OptimizerKind};
 use training::schedule::{Schedule, ScheduleKind};
 
 const TOL: f64 = 1e-5;
-
-fn fixtures() -> PathBuf {
-    PathBuf::from(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../../shared/fixtures"
-    ))
-}
 
 fn flat(t: &Tensor) -> Vec<f64> {
     t.to_dtype(DType::F64)
@@ -39,7 +31,7 @@ fn assert_close(got: &Tensor, want: &Tensor, what: &str) {
 }
 
 fn trajectory(name: &str) {
-    let dir = fixtures().join(name);
+    let dir = test_support::fixture(name);
     let expected: HashMap<String, Tensor> =
         candle_core::safetensors::load(dir.join("expected.safetensors"), &Device::Cpu).unwrap();
     let get = |k: &str| expected.get(k).unwrap_or_else(|| panic!("{name}: no {k}"));

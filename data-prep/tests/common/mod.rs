@@ -175,17 +175,33 @@ pub fn config_file(root: &Path, config: &Config) -> PathBuf {
     path
 }
 
-/// Runs the binary offline, with HF_HOME as given (or unset).
+/// Runs the binary offline, with HF_HOME as given (or unset) and no HF_HUB_CACHE.
 pub fn data_prep(config: &Path, args: &[&str], hf_home: Option<&Path>) -> Output {
+    run_offline(config, args, [("HF_HOME", hf_home), ("HF_HUB_CACHE", None)])
+}
+
+/// Runs the binary offline with the hub cache folder given as HF_HUB_CACHE, HF_HOME unset.
+pub fn data_prep_with_hub_cache(config: &Path, args: &[&str], cache: &Path) -> Output {
+    run_offline(
+        config,
+        args,
+        [("HF_HOME", None), ("HF_HUB_CACHE", Some(cache))],
+    )
+}
+
+/// The binary with HF_HUB_OFFLINE=1 and each variable set to its path or removed.
+pub fn run_offline(config: &Path, args: &[&str], vars: [(&str, Option<&Path>); 2]) -> Output {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_data-prep"));
     cmd.arg("--config")
         .arg(config)
         .args(args)
         .env("HF_HUB_OFFLINE", "1");
-    match hf_home {
-        Some(home) => cmd.env("HF_HOME", home),
-        None => cmd.env_remove("HF_HOME"),
-    };
+    for (name, value) in vars {
+        match value {
+            Some(path) => cmd.env(name, path),
+            None => cmd.env_remove(name),
+        };
+    }
     cmd.output().unwrap()
 }
 

@@ -1,4 +1,4 @@
-//! Shared helpers: the shared fixtures, a tiny IMDb-like parquet source, a tiny config on the
+//! Shared helpers: the repository's fixtures, a tiny IMDb-like parquet source, a tiny config on the
 //! fixture's tiny BERT, and the upstream stages run in-process.
 #![allow(dead_code)] // each test binary uses its own share of the helpers
 
@@ -9,15 +9,8 @@ use pipeline::config::ImageFormatSetting;
 use pipeline::{Config, Layout, StageId};
 use polars::prelude::*;
 
-pub const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/fixtures");
-
-/// `shared/fixtures/{name}`, canonical (the stamp and error messages show it).
-pub fn fixture(name: &str) -> PathBuf {
-    Path::new(FIXTURES)
-        .join(name)
-        .canonicalize()
-        .unwrap_or_else(|e| panic!("fixture {name}: {e}"))
-}
+/// `fixtures/{name}`, canonical (the stamp and error messages show it).
+pub use test_support::fixture;
 
 pub fn bert_base() -> PathBuf {
     fixture("bert-tiny-lora/base")

@@ -1,4 +1,5 @@
-//! Fixture helpers: the reference answers of HF transformers + PEFT in shared/fixtures.
+//! Fixture helpers: the reference answers of HF transformers + PEFT in the repository's
+//! `fixtures/` (made by fixtures/generate.py).
 #![allow(dead_code)]
 
 use std::collections::HashMap;
@@ -8,23 +9,7 @@ use candle_core::{DType, Device, Tensor};
 use lora_classifier::Checkpoint;
 
 pub fn fixtures() -> PathBuf {
-    PathBuf::from(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../../shared/fixtures"
-    ))
-}
-
-pub fn minilm_dir() -> PathBuf {
-    let snapshots = PathBuf::from(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../../shared/hf-home/hub/models--sentence-transformers--all-MiniLM-L6-v2/snapshots"
-    ));
-    std::fs::read_dir(&snapshots)
-        .expect("MiniLM snapshot")
-        .next()
-        .unwrap()
-        .unwrap()
-        .path()
+    test_support::fixtures_dir()
 }
 
 pub struct Fixture {
