@@ -28,7 +28,9 @@ pub struct ModelChoice {
     #[arg(long, value_name = "DIR")]
     pub model: Option<PathBuf>,
     /// A PEFT LoRA adapter folder (adapter_config.json + adapter_model.safetensors) to use
-    /// instead of artifacts/train/adapter; one trained in Python with PEFT works too.
+    /// instead of artifacts/train/adapter; one trained in Python with PEFT works too. Without
+    /// it, a --model that has a trained classification head (an export: `just export`, or
+    /// any fine-tuned 2-label classifier) is used as it is.
     #[arg(long, value_name = "DIR")]
     pub adapter: Option<PathBuf>,
 }
@@ -37,7 +39,8 @@ pub struct ModelChoice {
 pub struct Classifier {
     pub model: SequenceClassifier,
     pub model_dir: PathBuf,
-    pub adapter_dir: PathBuf,
+    /// None: the model is a classifier as it is (an export, LoRA merged, head included).
+    pub adapter_dir: Option<PathBuf>,
     device: Device,
 }
 
@@ -46,6 +49,12 @@ impl Classifier {
     /// weights (one matmul per layer instead of three).
     pub fn load(config: &Config, choice: &ModelChoice) -> Result<Self> {
         let model_dir = resolve_model_dir(config, choice)?;
+        if choice.model.is_some() && choice.adapter.is_none() {
+            let checkpoint = Checkpoint::open(&model_dir)?;
+            if checkpoint.has_head() {
+                return Self::open_classifier(config, &checkpoint);
+            }
+        }
         let adapter_dir = match &choice.adapter {
             Some(dir) => dir.clone(),
             None => trained_adapter(config, &model_dir, choice.model.is_some())?,
@@ -71,7 +80,20 @@ impl Classifier {
         Ok(Self {
             model,
             model_dir,
-            adapter_dir,
+            adapter_dir: Some(adapter_dir),
+            device,
+        })
+    }
+
+    /// Loads a checkpoint that is a trained classifier (its head included) as it is.
+    fn open_classifier(config: &Config, checkpoint: &Checkpoint) -> Result<Self> {
+        let (device, _) = training::device::select_device(&config.training.device)?;
+        let dtype = training::device::select_dtype(&config.training.dtype, &device)?;
+        let model = SequenceClassifier::new(checkpoint, None, config.seed, &device, dtype)?;
+        Ok(Self {
+            model,
+            model_dir: checkpoint.dir().to_path_buf(),
+            adapter_dir: None,
             device,
         })
     }
