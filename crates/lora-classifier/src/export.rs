@@ -207,7 +207,9 @@ pub(crate) fn export(
         let staged = StagingDir::new(dir)?;
         let out = staged.path();
         let metadata = HashMap::from([("format".to_string(), "pt".to_string())]);
-        safetensors::serialize_to_file(tensors, Some(metadata), &out.join(shards::SINGLE_FILE))?;
+        let weights = out.join(shards::SINGLE_FILE);
+        safetensors::serialize_to_file(tensors, Some(metadata), &weights)?;
+        readable_by_all(&weights)?;
         write_json(&out.join("config.json"), &config)?;
         for name in TOKENIZER_FILES {
             let src = ckpt.dir().join(name);
@@ -217,8 +219,10 @@ pub(crate) fn export(
                     &tokenizer_config(model, &src, options.max_len)?,
                 )?;
             } else if src.is_file() {
-                std::fs::copy(&src, out.join(name))
-                    .with_context(|| format!("cannot copy {}", src.display()))?;
+                // Contents only: the HF cache's files are read-only, the export's are not.
+                let bytes = std::fs::read(&src)
+                    .with_context(|| format!("cannot read {}", src.display()))?;
+                std::fs::write(out.join(name), bytes)?;
             }
         }
         staged.commit()?;
@@ -231,4 +235,17 @@ fn write_json(path: &Path, value: &Value) -> Result<()> {
     let mut text = serde_json::to_string_pretty(value)?;
     text.push('\n');
     std::fs::write(path, text).with_context(|| format!("cannot write {}", path.display()))
+}
+
+/// safetensors creates its files readable by the owner only; an export is made to be shared.
+fn readable_by_all(path: &Path) -> Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o644))
+            .with_context(|| format!("cannot set the permissions of {}", path.display()))?;
+    }
+    #[cfg(not(unix))]
+    let _ = path;
+    Ok(())
 }

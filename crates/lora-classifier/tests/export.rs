@@ -131,6 +131,12 @@ fn config_and_tokenizer_files_are_a_classifiers() {
             std::fs::read(f.dir.join("base/tokenizer.json")).unwrap(),
             "{name}: tokenizer.json is copied unchanged"
         );
+        #[cfg(unix)]
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = entry.unwrap().metadata().unwrap().permissions().mode();
+            assert_eq!(mode & 0o644, 0o644, "{name}: files readable by all, owner writes");
+        }
         let mut files: Vec<String> = std::fs::read_dir(tmp.path())
             .unwrap()
             .map(|e| e.unwrap().file_name().into_string().unwrap())
