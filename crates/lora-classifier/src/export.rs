@@ -176,6 +176,23 @@ pub(crate) fn export(
     dir: &Path,
     options: ExportOptions,
 ) -> Result<()> {
+    let result = (|| -> Result<()> {
+        let staged = StagingDir::new(dir)?;
+        write_files(model, ckpt, staged.path(), options)?;
+        staged.commit()?;
+        Ok(())
+    })();
+    result.with_context(|| format!("cannot export the model to {}", dir.display()))
+}
+
+/// Writes the export's files into `out`, an existing folder that the caller publishes whole
+/// (a staging folder).
+pub(crate) fn write_files(
+    model: &SequenceClassifier,
+    ckpt: &Checkpoint,
+    out: &Path,
+    options: ExportOptions,
+) -> Result<()> {
     if ckpt.architecture() != model.arch || ckpt.hidden_size() != model.head.weight.dims()[1] {
         bail!(
             "{}: not the checkpoint this model was loaded from",
@@ -202,33 +219,26 @@ pub(crate) fn export(
         tensors.push((name, t));
     }
     let config = config_json(model, ckpt, options.dtype)?;
-
-    let result = (|| -> Result<()> {
-        let staged = StagingDir::new(dir)?;
-        let out = staged.path();
-        let metadata = HashMap::from([("format".to_string(), "pt".to_string())]);
-        let weights = out.join(shards::SINGLE_FILE);
-        safetensors::serialize_to_file(tensors, Some(metadata), &weights)?;
-        readable_by_all(&weights)?;
-        write_json(&out.join("config.json"), &config)?;
-        for name in TOKENIZER_FILES {
-            let src = ckpt.dir().join(name);
-            if *name == TOKENIZER_CONFIG {
-                write_json(
-                    &out.join(name),
-                    &tokenizer_config(model, &src, options.max_len)?,
-                )?;
-            } else if src.is_file() {
-                // Contents only: the HF cache's files are read-only, the export's are not.
-                let bytes = std::fs::read(&src)
-                    .with_context(|| format!("cannot read {}", src.display()))?;
-                std::fs::write(out.join(name), bytes)?;
-            }
+    let metadata = HashMap::from([("format".to_string(), "pt".to_string())]);
+    let weights = out.join(shards::SINGLE_FILE);
+    safetensors::serialize_to_file(tensors, Some(metadata), &weights)?;
+    readable_by_all(&weights)?;
+    write_json(&out.join("config.json"), &config)?;
+    for name in TOKENIZER_FILES {
+        let src = ckpt.dir().join(name);
+        if *name == TOKENIZER_CONFIG {
+            write_json(
+                &out.join(name),
+                &tokenizer_config(model, &src, options.max_len)?,
+            )?;
+        } else if src.is_file() {
+            // Contents only: the HF cache's files are read-only, the export's are not.
+            let bytes =
+                std::fs::read(&src).with_context(|| format!("cannot read {}", src.display()))?;
+            std::fs::write(out.join(name), bytes)?;
         }
-        staged.commit()?;
-        Ok(())
-    })();
-    result.with_context(|| format!("cannot export the model to {}", dir.display()))
+    }
+    Ok(())
 }
 
 fn write_json(path: &Path, value: &Value) -> Result<()> {

@@ -332,6 +332,17 @@ impl SequenceClassifier {
         export::export(self, ckpt, dir, options)
     }
 
+    /// `export_merged`'s files, written into `out`: an existing folder the caller publishes
+    /// whole (a stage's staging folder).
+    pub fn write_export(
+        &self,
+        ckpt: &Checkpoint,
+        out: &Path,
+        options: ExportOptions,
+    ) -> Result<()> {
+        export::write_files(self, ckpt, out, options)
+    }
+
     /// input_ids, attention_mask: [batch, seq] u32 (or i64) → logits [batch, num_labels] f32.
     pub fn forward(
         &self,

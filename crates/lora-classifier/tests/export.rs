@@ -135,7 +135,11 @@ fn config_and_tokenizer_files_are_a_classifiers() {
         for entry in std::fs::read_dir(&dir).unwrap() {
             use std::os::unix::fs::PermissionsExt;
             let mode = entry.unwrap().metadata().unwrap().permissions().mode();
-            assert_eq!(mode & 0o644, 0o644, "{name}: files readable by all, owner writes");
+            assert_eq!(
+                mode & 0o644,
+                0o644,
+                "{name}: files readable by all, owner writes"
+            );
         }
         let mut files: Vec<String> = std::fs::read_dir(tmp.path())
             .unwrap()
