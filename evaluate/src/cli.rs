@@ -28,6 +28,8 @@ where
 {
     let args = Cli::parse_from(args);
     pipeline::cli::run_stage("evaluate", || {
-        pipeline::cli::execute(&args.common, |_| Ok(crate::Evaluate::new(args.choice.clone())))
+        pipeline::cli::execute(&args.common, |_| {
+            Ok(crate::Evaluate::new(args.choice.clone()))
+        })
     });
 }

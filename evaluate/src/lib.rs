@@ -63,7 +63,12 @@ impl Classifier {
     }
 
     /// Loads `adapter_dir` onto `model_dir` on `device`, the frozen weights in `dtype`.
-    pub(crate) fn open_on(model_dir: PathBuf, adapter_dir: PathBuf, device: Device, dtype: DType) -> Result<Self> {
+    pub(crate) fn open_on(
+        model_dir: PathBuf,
+        adapter_dir: PathBuf,
+        device: Device,
+        dtype: DType,
+    ) -> Result<Self> {
         let checkpoint = Checkpoint::open(&model_dir)?;
         let mut model = SequenceClassifier::load_adapter(&checkpoint, &adapter_dir, &device, dtype)
             .with_context(|| {
@@ -99,25 +104,31 @@ impl Classifier {
         };
         let mut probs = Vec::with_capacity(examples.len());
         let started = Instant::now();
-        training::infer(&self.model, &examples, batch_size, &self.device, |rows, logits| {
-            let logits: Vec<Vec<f32>> = logits.to_dtype(DType::F32)?.to_vec2()?;
-            // The loaders refuse non-finite weights, but finite ones can still overflow (f16,
-            // absurd magnitudes): a NaN probability must not pass for an answer.
-            if let Some(row) = logits.iter().position(|l| !l.iter().all(|x| x.is_finite())) {
-                bail!(
-                    "the model gave non-finite logits {:?} for review {}: its weights or \
+        training::infer(
+            &self.model,
+            &examples,
+            batch_size,
+            &self.device,
+            |rows, logits| {
+                let logits: Vec<Vec<f32>> = logits.to_dtype(DType::F32)?.to_vec2()?;
+                // The loaders refuse non-finite weights, but finite ones can still overflow (f16,
+                // absurd magnitudes): a NaN probability must not pass for an answer.
+                if let Some(row) = logits.iter().position(|l| !l.iter().all(|x| x.is_finite())) {
+                    bail!(
+                        "the model gave non-finite logits {:?} for review {}: its weights or \
                      activations overflow (with training.dtype f16, try f32 or bf16)",
-                    logits[row],
-                    rows.start + row
-                );
-            }
-            probs.extend(logits.iter().map(|l| positive_probability(l)));
-            if let Some(p) = progress.as_deref_mut() {
-                let rate = probs.len() as f64 / started.elapsed().as_secs_f64().max(1e-9);
-                p.advance(rows.len() as u64, &format!("{rate:.1} reviews/s"));
-            }
-            Ok(())
-        })?;
+                        logits[row],
+                        rows.start + row
+                    );
+                }
+                probs.extend(logits.iter().map(|l| positive_probability(l)));
+                if let Some(p) = progress.as_deref_mut() {
+                    let rate = probs.len() as f64 / started.elapsed().as_secs_f64().max(1e-9);
+                    p.advance(rows.len() as u64, &format!("{rate:.1} reviews/s"));
+                }
+                Ok(())
+            },
+        )?;
         Ok(probs)
     }
 

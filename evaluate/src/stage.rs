@@ -15,7 +15,9 @@ use pipeline::stamp::hash_file;
 use pipeline::tokens::TokenSplit;
 use pipeline::{Config, Layout, Split, StageId};
 
-use crate::{device_and_dtype, encoder_for, model_hashes, resolve_model_dir, Classifier, ModelChoice};
+use crate::{
+    device_and_dtype, encoder_for, model_hashes, resolve_model_dir, Classifier, ModelChoice,
+};
 
 /// The source identity of this stage's code (its build script computes it).
 pub const CODE: &str = env!("STAGE_IDENTITY");
@@ -150,7 +152,10 @@ impl Stage for Evaluate {
                 &out.join(report_file),
                 metrics.classification_report_text.as_bytes(),
             )?;
-            println!("{split} split ({} reviews, {rate:.1} reviews/s):", tokens.len());
+            println!(
+                "{split} split ({} reviews, {rate:.1} reviews/s):",
+                tokens.len()
+            );
             println!("{}", metrics.classification_report_text);
             if let Some(auc) = metrics.roc_auc {
                 println!("ROC-AUC: {auc:.4}\n");
@@ -184,7 +189,9 @@ impl Stage for Evaluate {
         vec![format!(
             "accuracy {:.4}, ROC-AUC {}, {:.1} reviews/s",
             e.metrics.accuracy,
-            e.metrics.roc_auc.map_or("n/a".into(), |a| format!("{a:.4}")),
+            e.metrics
+                .roc_auc
+                .map_or("n/a".into(), |a| format!("{a:.4}")),
             e.reviews_per_s
         )]
     }

@@ -109,7 +109,8 @@ fn evaluates_the_trained_adapter_then_is_up_to_date() {
         dir,
         summary: evaluate::Evaluation { metrics, .. },
         ..
-    } = evaluate::run(&c, &choice, false).unwrap() else {
+    } = evaluate::run(&c, &choice, false).unwrap()
+    else {
         panic!("the first run evaluates")
     };
     assert_eq!(dir, stage_dir(&c, StageId::Evaluate));
@@ -168,7 +169,8 @@ fn evaluates_the_trained_adapter_then_is_up_to_date() {
     let Outcome::Ran {
         summary: evaluate::Evaluation { metrics, .. },
         ..
-    } = evaluate::run(&c, &choice, false).unwrap() else {
+    } = evaluate::run(&c, &choice, false).unwrap()
+    else {
         panic!("a changed evaluate.threshold reruns the stage")
     };
     let preds = check_split_outputs(&c, &dir, Split::Test, "");
@@ -385,7 +387,11 @@ fn a_mismatched_adapter_fails_without_writing_outputs() {
     // With BERT's tokenizer beside GPT-2's weights, the adapter is what does not fit.
     let gpt2 = tmp.path().join("gpt2-with-bert-tokenizer");
     copy_dir(&gpt2_base(), &gpt2);
-    fs::copy(bert_base().join("tokenizer.json"), gpt2.join("tokenizer.json")).unwrap();
+    fs::copy(
+        bert_base().join("tokenizer.json"),
+        gpt2.join("tokenizer.json"),
+    )
+    .unwrap();
     let bert_on_gpt2 = ModelChoice {
         model: Some(gpt2),
         adapter: Some(bert_adapter()),

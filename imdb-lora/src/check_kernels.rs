@@ -157,10 +157,7 @@ fn run(args: &Args) -> Result<()> {
             .map(|(n, _)| n)
             .zip(vars.clone())
             .collect();
-        let mut opt = Optimizer::new(
-            OptimizerSettings::adamw(0.9, 0.999, 1e-8, 0.01),
-            named,
-        )?;
+        let mut opt = Optimizer::new(OptimizerSettings::adamw(0.9, 0.999, 1e-8, 0.01), named)?;
         opt.set_kernels(kernels);
         Ok((vars, opt))
     };

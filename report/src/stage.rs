@@ -100,20 +100,14 @@ fn gather(config: &Config, layout: &Layout) -> Result<ReportInputs> {
             "optimizer",
             format!(
                 "{} lr={} weight_decay={} batch={} epochs={}",
-                t.optimizer,
-                t.learning_rate,
-                t.weight_decay,
-                t.batch_size,
-                t.epochs
+                t.optimizer, t.learning_rate, t.weight_decay, t.batch_size, t.epochs
             ),
         ),
         (
             "scheduler",
             format!(
                 "{} (warmup {} steps / ratio {})",
-                t.scheduler,
-                t.warmup_steps,
-                t.warmup_ratio
+                t.scheduler, t.warmup_steps, t.warmup_ratio
             ),
         ),
     ]);

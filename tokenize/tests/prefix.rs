@@ -136,5 +136,7 @@ fn other_pre_tokenizers_are_tokenized_whole() {
             .unwrap();
     json["pre_tokenizer"] = serde_json::json!({"type": "Metaspace", "replacement": "▁", "prepend_scheme": "always", "split": true});
     std::fs::write(tmp.path().join("tokenizer.json"), json.to_string()).unwrap();
-    assert!(!TextEncoder::for_model(tmp.path(), 16).unwrap().cuts_prefixes());
+    assert!(!TextEncoder::for_model(tmp.path(), 16)
+        .unwrap()
+        .cuts_prefixes());
 }

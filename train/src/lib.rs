@@ -121,7 +121,8 @@ impl StageInputs for Train<'_> {
         self.model_dir = hub::model_dir(&model.source, &model.revision, true, false)?;
         let mut inputs = Inputs::default();
         for (name, path) in hub::model_files(&self.model_dir)? {
-            let hash = stamp::hash_file(&path).with_context(|| format!("hashing {}", path.display()))?;
+            let hash =
+                stamp::hash_file(&path).with_context(|| format!("hashing {}", path.display()))?;
             inputs.sources.insert(name, hash);
         }
         (self.device, self.device_name) =

@@ -27,12 +27,9 @@ pub fn lora_settings(config: &Config) -> LoraSettings {
 pub fn train_settings(config: &Config) -> TrainSettings {
     let t = &config.training;
     let optimizer = match t.optimizer {
-        OptimizerKind::AdamW => OptimizerSettings::adamw(
-            t.adam_beta1,
-            t.adam_beta2,
-            t.adam_epsilon,
-            t.weight_decay,
-        ),
+        OptimizerKind::AdamW => {
+            OptimizerSettings::adamw(t.adam_beta1, t.adam_beta2, t.adam_epsilon, t.weight_decay)
+        }
         OptimizerKind::Adam => {
             OptimizerSettings::adam(t.adam_beta1, t.adam_beta2, t.adam_epsilon, t.weight_decay)
         }
@@ -98,7 +95,9 @@ mod tests {
                 }
                 OptimizerKind::Sgd => assert_eq!(o.momentum, 0.5),
                 // adam_epsilon is Adam's: RMSprop keeps PyTorch's eps.
-                OptimizerKind::RmsProp => assert_eq!((o.momentum, o.alpha, o.eps), (0.5, 0.99, 1e-8)),
+                OptimizerKind::RmsProp => {
+                    assert_eq!((o.momentum, o.alpha, o.eps), (0.5, 0.99, 1e-8))
+                }
             }
         }
     }

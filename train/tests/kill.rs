@@ -117,7 +117,6 @@ fn resumes_after_a_kill_as_if_never_stopped() {
     assert_eq!(adapter_bytes(&ca), adapter_bytes(&cb));
 }
 
-
 /// A checkpoint whose state holds NaN is skipped (and said so) for the previous good one, and
 /// the result is the same as a run that was never interrupted.
 fn resume_skips_a_checkpoint_with_non_finite_state() {
@@ -208,9 +207,9 @@ fn main() {
     // libtest's conventions, as far as they matter here: name filters, and --list.
     let args: Vec<String> = std::env::args().skip(1).collect();
     let filters: Vec<&String> = args.iter().filter(|a| !a.starts_with('-')).collect();
-    let chosen = TESTS
-        .iter()
-        .filter(|(name, _)| filters.is_empty() || filters.iter().any(|f| name.contains(f.as_str())));
+    let chosen = TESTS.iter().filter(|(name, _)| {
+        filters.is_empty() || filters.iter().any(|f| name.contains(f.as_str()))
+    });
     if args.iter().any(|a| a == "--list") {
         for (name, _) in chosen {
             println!("{name}: test");

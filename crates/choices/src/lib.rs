@@ -242,7 +242,10 @@ mod tests {
         assert!("cuda:x".parse::<DeviceSetting>().is_err());
         assert!("cuda:-1".parse::<DeviceSetting>().is_err());
         let err = serde_json::from_str::<DtypeSetting>("\"f64\"").unwrap_err();
-        assert!(err.to_string().contains("expected auto | f32 | bf16 | f16"), "{err}");
+        assert!(
+            err.to_string().contains("expected auto | f32 | bf16 | f16"),
+            "{err}"
+        );
         // Not a string at all.
         assert!(serde_json::from_str::<LoraBias>("3").is_err());
     }

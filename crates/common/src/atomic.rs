@@ -51,7 +51,9 @@ pub fn recover(target: &Path) -> Result<Recovered> {
     let prefix = format!(".{}.", name.to_string_lossy());
     let mut olds = Vec::new();
     let mut tmps = Vec::new();
-    for entry in fs::read_dir(parent).with_context(|| format!("cannot list {}", parent.display()))? {
+    for entry in
+        fs::read_dir(parent).with_context(|| format!("cannot list {}", parent.display()))?
+    {
         let entry = entry?;
         let file_name = entry.file_name().to_string_lossy().into_owned();
         let Some(rest) = file_name.strip_prefix(&prefix) else {

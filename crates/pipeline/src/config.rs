@@ -343,7 +343,13 @@ impl Config {
             Ok(())
         }
         // An empty root would put every stage folder into the working directory.
-        if self.artifacts.as_os_str().to_string_lossy().trim().is_empty() {
+        if self
+            .artifacts
+            .as_os_str()
+            .to_string_lossy()
+            .trim()
+            .is_empty()
+        {
             bail!("key `artifacts`: must not be empty: name a folder of its own for the outputs");
         }
         if self.data.source.trim().is_empty() {
@@ -665,7 +671,9 @@ mod tests {
         let c = load("training:\n  device: cuda:1\n  dtype: bf16\n", &[]).unwrap();
         assert_eq!(c.training.device, DeviceSetting::Cuda(1));
         assert_eq!(c.training.dtype, DtypeSetting::Bf16);
-        let err = load("", &["training.device=cuda:x"]).unwrap_err().to_string();
+        let err = load("", &["training.device=cuda:x"])
+            .unwrap_err()
+            .to_string();
         assert!(
             err.contains("key `training.device`") && err.contains("cuda:N"),
             "{err}"

@@ -432,9 +432,8 @@ pub fn keyed_config(config: &Config) -> serde_json::Value {
 
 /// README's table of the graph: one row per stage.
 pub fn markdown_table() -> String {
-    let mut out = String::from(
-        "| stage | folder | config keys | reads | writes |\n|---|---|---|---|---|\n",
-    );
+    let mut out =
+        String::from("| stage | folder | config keys | reads | writes |\n|---|---|---|---|---|\n");
     for spec in &STAGES {
         let code = |items: Vec<String>| {
             if items.is_empty() {
@@ -567,6 +566,8 @@ mod tests {
         let report = StageId::Report.spec().writes_for(&c);
         assert!(report.iter().any(|w| w.matches("loss.svg")));
         assert!(!report.iter().any(|w| w.matches("loss.png")));
-        assert!(!report.iter().any(|w| w.matches("sub/loss.svg") || w.matches(".svg")));
+        assert!(!report
+            .iter()
+            .any(|w| w.matches("sub/loss.svg") || w.matches(".svg")));
     }
 }

@@ -20,7 +20,9 @@ pub const LOCK_FILE: &str = ".lock";
 
 /// Names the pipeline writes into the root.
 fn known(name: &str) -> bool {
-    StageId::ALL.iter().any(|s| s.dir_name() == name) || name == CHECKPOINTS_DIR || name == LOCK_FILE
+    StageId::ALL.iter().any(|s| s.dir_name() == name)
+        || name == CHECKPOINTS_DIR
+        || name == LOCK_FILE
 }
 
 /// A leftover of an interrupted write or commit of something the pipeline writes.
@@ -50,7 +52,10 @@ pub fn check(root: &Path) -> Result<()> {
         return Ok(());
     }
     if !root.is_dir() {
-        bail!("the artifacts root {} is not a folder: {fix}", root.display());
+        bail!(
+            "the artifacts root {} is not a folder: {fix}",
+            root.display()
+        );
     }
     let mut foreign = Vec::new();
     let entries = fs::read_dir(root).with_context(|| format!("cannot list {}", root.display()))?;
@@ -277,7 +282,10 @@ mod tests {
         assert!(err.contains("holds no stamp of stage `train`"), "{err}");
         fs::write(root.join("train/stamp.json"), r#"{"stage": "report"}"#).unwrap();
         let err = check(&root).unwrap_err().to_string();
-        assert!(err.contains("stamp of stage `report`, not `train`"), "{err}");
+        assert!(
+            err.contains("stamp of stage `report`, not `train`"),
+            "{err}"
+        );
         fs::write(root.join("train/stamp.json"), r#"{"stage": "train"}"#).unwrap();
         check(&root).unwrap();
         assert_eq!(names(&root), ["train"]);
@@ -297,7 +305,9 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let root = tmp.path().join("artifacts");
         let held = HeldRoot::acquire(&root, "train").unwrap();
-        let err = HeldRoot::acquire(&root, "evaluate").unwrap_err().to_string();
+        let err = HeldRoot::acquire(&root, "evaluate")
+            .unwrap_err()
+            .to_string();
         assert!(
             err.contains(&format!("in use by process {} (train)", std::process::id())),
             "{err}"
@@ -316,7 +326,11 @@ mod tests {
         let root = tmp.path().join("artifacts");
         // data: moved aside by a commit that was killed before the new folder went in.
         fs::create_dir_all(root.join(".data.old-4242-0")).unwrap();
-        fs::write(root.join(".data.old-4242-0/stamp.json"), r#"{"stage":"data-prep"}"#).unwrap();
+        fs::write(
+            root.join(".data.old-4242-0/stamp.json"),
+            r#"{"stage":"data-prep"}"#,
+        )
+        .unwrap();
         fs::create_dir_all(root.join(".data.tmp-4242-1")).unwrap();
         // tokens: a half-staged folder of a killed run.
         fs::create_dir_all(root.join(".tokens.tmp-17-3/x")).unwrap();

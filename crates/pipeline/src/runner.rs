@@ -185,7 +185,11 @@ fn check_shared_sources(stage: &dyn StageInputs, ctx: &Context, inputs: &Inputs)
 }
 
 /// Runs `stage` unless its outputs are up to date (or `force`): the one execute path.
-pub fn execute<S: Stage>(stage: &mut S, config: &Config, force: bool) -> Result<Outcome<S::Summary>> {
+pub fn execute<S: Stage>(
+    stage: &mut S,
+    config: &Config,
+    force: bool,
+) -> Result<Outcome<S::Summary>> {
     let id = stage.id();
     let ctx = Context::new(config);
     let _held = HeldRoot::acquire(ctx.layout.root(), id.recipe())?;

@@ -328,7 +328,11 @@ impl StageRun {
             changes.push(Change::Code);
         }
         changes.extend(key_changes(&stamp.config, &expected.config));
-        let whats: BTreeSet<&String> = stamp.runtime.keys().chain(expected.runtime.keys()).collect();
+        let whats: BTreeSet<&String> = stamp
+            .runtime
+            .keys()
+            .chain(expected.runtime.keys())
+            .collect();
         for what in whats {
             let (old, new) = (stamp.runtime.get(what), expected.runtime.get(what));
             if old != new {

@@ -33,7 +33,10 @@ impl State {
 }
 
 /// The state of each of `stages` (in pipeline order) for `config`.
-pub fn status(config: &Config, stages: &mut [&mut dyn StageInputs]) -> Result<Vec<(StageId, State)>> {
+pub fn status(
+    config: &Config,
+    stages: &mut [&mut dyn StageInputs],
+) -> Result<Vec<(StageId, State)>> {
     root::check(&config.artifacts)?;
     let ctx = Context::new(config);
     let mut states: Vec<(StageId, State)> = Vec::new();
@@ -43,34 +46,36 @@ pub fn status(config: &Config, stages: &mut [&mut dyn StageInputs]) -> Result<Ve
         let state = match read_stamp(&dir) {
             Ok(None) => State::NeverRan,
             Err(err) => State::Stale(vec![Change::BadStamp(format!("{err:#}"))]),
-            Ok(Some(_)) => match planned_run(&mut **stage, &ctx, false).and_then(|(r, _)| r.changes()) {
-                Err(err) => State::Unknown(format!("{err:#}")),
-                Ok(changes) if !changes.is_empty() => State::Stale(changes),
-                Ok(_) => {
-                    let waits: Vec<StageId> = id
-                        .spec()
-                        .reads_for(config)
-                        .iter()
-                        .filter(|r| stage.replacement(r).is_none())
-                        .map(|r| r.stage)
-                        .filter(|up| {
-                            states
-                                .iter()
-                                .any(|(s, state)| s == up && !state.is_up_to_date())
-                        })
-                        .fold(Vec::new(), |mut v, s| {
-                            if !v.contains(&s) {
-                                v.push(s);
-                            }
-                            v
-                        });
-                    if waits.is_empty() {
-                        State::UpToDate
-                    } else {
-                        State::Waits(waits)
+            Ok(Some(_)) => {
+                match planned_run(&mut **stage, &ctx, false).and_then(|(r, _)| r.changes()) {
+                    Err(err) => State::Unknown(format!("{err:#}")),
+                    Ok(changes) if !changes.is_empty() => State::Stale(changes),
+                    Ok(_) => {
+                        let waits: Vec<StageId> = id
+                            .spec()
+                            .reads_for(config)
+                            .iter()
+                            .filter(|r| stage.replacement(r).is_none())
+                            .map(|r| r.stage)
+                            .filter(|up| {
+                                states
+                                    .iter()
+                                    .any(|(s, state)| s == up && !state.is_up_to_date())
+                            })
+                            .fold(Vec::new(), |mut v, s| {
+                                if !v.contains(&s) {
+                                    v.push(s);
+                                }
+                                v
+                            });
+                        if waits.is_empty() {
+                            State::UpToDate
+                        } else {
+                            State::Waits(waits)
+                        }
                     }
                 }
-            },
+            }
         };
         states.push((id, state));
     }

@@ -80,4 +80,3 @@ fn verify_tree(
     done.insert(stage);
     Ok(())
 }
-

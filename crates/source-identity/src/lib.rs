@@ -52,7 +52,8 @@ struct LockedPackage {
 
 /// Reads and parses a TOML file.
 fn read_toml<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T, Error> {
-    let text = fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let text =
+        fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
     toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))
 }
 
@@ -104,7 +105,8 @@ fn members(root: &Path) -> Result<BTreeMap<String, (PathBuf, BTreeSet<String>)>,
 /// Files of a member that decide what it compiles to, relative paths sorted.
 fn member_files(dir: &Path) -> Result<Vec<PathBuf>, Error> {
     fn walk(base: &Path, dir: &Path, top: bool, out: &mut Vec<PathBuf>) -> Result<(), Error> {
-        let entries = fs::read_dir(dir).map_err(|e| format!("cannot list {}: {e}", dir.display()))?;
+        let entries =
+            fs::read_dir(dir).map_err(|e| format!("cannot list {}: {e}", dir.display()))?;
         for entry in entries {
             let entry = entry.map_err(|e| e.to_string())?;
             let name = entry.file_name().to_string_lossy().into_owned();
@@ -117,7 +119,11 @@ fn member_files(dir: &Path) -> Result<Vec<PathBuf>, Error> {
             if path.is_dir() {
                 walk(base, &path, false, out)?;
             } else {
-                out.push(path.strip_prefix(base).expect("below the base").to_path_buf());
+                out.push(
+                    path.strip_prefix(base)
+                        .expect("below the base")
+                        .to_path_buf(),
+                );
             }
         }
         Ok(())
@@ -132,9 +138,13 @@ fn member_files(dir: &Path) -> Result<Vec<PathBuf>, Error> {
 fn member_hash(dir: &Path) -> Result<String, Error> {
     let mut hasher = Sha256::new();
     for rel in member_files(dir)? {
-        let bytes = fs::read(dir.join(&rel)).map_err(|e| format!("cannot read {}: {e}", rel.display()))?;
+        let bytes =
+            fs::read(dir.join(&rel)).map_err(|e| format!("cannot read {}: {e}", rel.display()))?;
         // `/`-separated on every system.
-        let name: Vec<String> = rel.iter().map(|p| p.to_string_lossy().into_owned()).collect();
+        let name: Vec<String> = rel
+            .iter()
+            .map(|p| p.to_string_lossy().into_owned())
+            .collect();
         hasher.update(format!("{}\0{}\0", name.join("/"), bytes.len()));
         hasher.update(&bytes);
     }
@@ -206,7 +216,11 @@ pub fn compute(root: &Path, package: &str, target: &str) -> Result<Identity, Err
     }
     let mut text = String::new();
     let _ = writeln!(text, "target {target}");
-    let _ = writeln!(text, "workspace {}", toml::to_string(&workspace).map_err(|e| e.to_string())?);
+    let _ = writeln!(
+        text,
+        "workspace {}",
+        toml::to_string(&workspace).map_err(|e| e.to_string())?
+    );
     for p in &packages {
         let _ = writeln!(text, "{p}");
     }
@@ -294,7 +308,9 @@ checksum = "bb"
     }
 
     fn id(dir: &Path, package: &str) -> String {
-        compute(dir, package, "x86_64-unknown-linux-gnu").unwrap().hash
+        compute(dir, package, "x86_64-unknown-linux-gnu")
+            .unwrap()
+            .hash
     }
 
     #[test]
@@ -307,7 +323,10 @@ checksum = "bb"
         assert_ne!(id(a.path(), "app"), id(a.path(), "lib"));
         let identity = compute(a.path(), "app", "t").unwrap();
         assert!(
-            identity.packages.iter().any(|p| p.starts_with("serde 1.0.1 registry")),
+            identity
+                .packages
+                .iter()
+                .any(|p| p.starts_with("serde 1.0.1 registry")),
             "{:?}",
             identity.packages
         );
@@ -341,7 +360,11 @@ checksum = "bb"
         assert_eq!(id(dir.path(), "app"), app3);
         // A dependency's version does; a workspace feature does; a new member does not.
         let lock = fs::read_to_string(dir.path().join("Cargo.lock")).unwrap();
-        fs::write(dir.path().join("Cargo.lock"), lock.replace("1.0.1", "1.0.2")).unwrap();
+        fs::write(
+            dir.path().join("Cargo.lock"),
+            lock.replace("1.0.1", "1.0.2"),
+        )
+        .unwrap();
         let app4 = id(dir.path(), "app");
         assert_ne!(app4, app3);
         assert_eq!(id(dir.path(), "lib"), id(dir.path(), "lib"));

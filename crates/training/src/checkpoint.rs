@@ -342,7 +342,11 @@ mod tests {
             foreign.push(p.to_path_buf());
         });
         assert!(found.unwrap().is_none());
-        assert_eq!(foreign.len(), 2, "both checkpoints of run a are skipped as foreign");
+        assert_eq!(
+            foreign.len(),
+            2,
+            "both checkpoints of run a are skipped as foreign"
+        );
         assert!(other.latest_path().unwrap().is_none());
         store.remove_all().unwrap();
         assert!(!dir.exists());

@@ -62,8 +62,13 @@ mod tests {
         if !cfg!(feature = "cuda") {
             let (device, name) = select_device(DeviceSetting::Auto).unwrap();
             assert!(device.is_cpu() && name == "cpu");
-            let err = select_device(DeviceSetting::Cuda(1)).unwrap_err().to_string();
-            assert!(err.contains("cuda:1") && err.contains("--features cuda"), "{err}");
+            let err = select_device(DeviceSetting::Cuda(1))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains("cuda:1") && err.contains("--features cuda"),
+                "{err}"
+            );
         }
     }
 }

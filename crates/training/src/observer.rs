@@ -19,7 +19,10 @@ pub enum Skipped {
 #[derive(Debug)]
 pub enum Event<'a> {
     /// A checkpoint in the store that is not resumed from.
-    CheckpointSkipped { path: &'a Path, why: Skipped },
+    CheckpointSkipped {
+        path: &'a Path,
+        why: Skipped,
+    },
     /// The run continues from this checkpoint; `batches` is the number per epoch.
     Resumed {
         path: &'a Path,
@@ -27,7 +30,9 @@ pub enum Event<'a> {
         batches: u64,
     },
     /// The run starts from the beginning, after skipping this many unusable checkpoints.
-    Started { unusable_skipped: usize },
+    Started {
+        unusable_skipped: usize,
+    },
     /// Epoch `epoch` (1-based) of `epochs` starts at batch `first_batch` of `batches`.
     EpochStarted {
         epoch: u32,
@@ -39,9 +44,14 @@ pub enum Event<'a> {
     Step(&'a Record),
     /// A validation ran, mid-epoch or at the epoch's end (see the record's kind).
     Validated(&'a Record),
-    EpochFinished { epoch: u32 },
+    EpochFinished {
+        epoch: u32,
+    },
     /// A checkpoint was written after optimizer step `step`.
-    CheckpointWritten { dir: &'a Path, step: u64 },
+    CheckpointWritten {
+        dir: &'a Path,
+        step: u64,
+    },
 }
 
 /// Receives a run's events; any `FnMut(Event)` is one.

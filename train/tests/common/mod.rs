@@ -123,4 +123,3 @@ pub fn summary_of(c: &Config) -> TrainSummary {
 pub fn run_err(c: &Config) -> String {
     format!("{:#}", train::run(c, false).unwrap_err())
 }
-
