@@ -7,16 +7,17 @@ use pipeline::cli::Progress;
 use training::{Event, Observer, RecordKind, Skipped};
 
 /// Called with a checkpoint's folder and optimizer step after it is written.
-pub type CheckpointHook<'h> = &'h mut dyn FnMut(&Path, u64);
+pub type AfterCheckpoint<'h> = dyn FnMut(&Path, u64) + 'h;
+pub type CheckpointHook<'h> = &'h mut AfterCheckpoint<'h>;
 
 /// Shows a run on the terminal (or as plain lines in a log).
 pub struct Console<'a, 'h> {
     progress: Option<Progress>,
-    after_checkpoint: Option<&'a mut (dyn FnMut(&Path, u64) + 'h)>,
+    after_checkpoint: Option<&'a mut AfterCheckpoint<'h>>,
 }
 
 impl<'a, 'h> Console<'a, 'h> {
-    pub fn new(after_checkpoint: Option<&'a mut (dyn FnMut(&Path, u64) + 'h)>) -> Self {
+    pub fn new(after_checkpoint: Option<&'a mut AfterCheckpoint<'h>>) -> Self {
         Self {
             progress: None,
             after_checkpoint,
