@@ -25,13 +25,18 @@ fn known(name: &str) -> bool {
         || name == LOCK_FILE
 }
 
+/// For a leftover of an interrupted write or commit (`.NAME.tmp-…`, `.NAME.old-…`), the name
+/// it was for and the rest.
+fn leftover_target(name: &str) -> Option<(&str, &str)> {
+    if !atomic::is_leftover(name) {
+        return None;
+    }
+    name.strip_prefix('.').and_then(|rest| rest.split_once('.'))
+}
+
 /// A leftover of an interrupted write or commit of something the pipeline writes.
 fn our_leftover(name: &str) -> bool {
-    atomic::is_leftover(name)
-        && name
-            .strip_prefix('.')
-            .and_then(|rest| rest.split_once('.'))
-            .is_some_and(|(target, _)| known(target))
+    leftover_target(name).is_some_and(|(target, _)| known(target))
 }
 
 /// Files a desktop adds to any folder it shows.
@@ -212,6 +217,23 @@ impl HeldRoot {
             }
         }
         atomic::recover(&self.root.join(CHECKPOINTS_DIR))?;
+        // Checkpoints a killed run was writing or replacing (each `step-N` is committed as a
+        // stage folder is).
+        let train = layout.train_checkpoints();
+        if train.is_dir() {
+            let mut targets: Vec<String> = Vec::new();
+            for entry in fs::read_dir(&train)? {
+                let name = entry?.file_name().to_string_lossy().into_owned();
+                if let Some((target, _)) = leftover_target(&name) {
+                    targets.push(target.to_string());
+                }
+            }
+            targets.sort();
+            targets.dedup();
+            for target in targets {
+                atomic::recover(&train.join(target))?;
+            }
+        }
         Ok(())
     }
 }
