@@ -6,7 +6,7 @@ use std::fs;
 use std::path::Path;
 
 use e2e::{parquet_source, run_chain, snapshot, stage_dir, stage_states, tiny_config};
-use pipeline::config::DeviceSetting;
+use pipeline::config::{DeviceSetting, DtypeSetting};
 use pipeline::runner::Outcome;
 use pipeline::stamp::Change;
 use pipeline::status::{render, State};
@@ -197,4 +197,41 @@ fn evaluate_on_a_named_device_accepts_an_auto_train() {
     // The outputs do not depend on the device setting: the forced rerun changed nothing that
     // report reads, so all is current again.
     all_up_to_date(&c);
+}
+
+/// With `--adapter DIR`, evaluate reads no train output, yet the dtype of the weights it
+/// computes with still decides its outputs: a dtype change makes it stale.
+#[test]
+fn evaluate_with_its_own_adapter_is_stale_when_the_dtype_changes() {
+    let (tmp, mut c) = setup();
+    run_chain(&c).unwrap();
+    let adapter = tmp.path().join("my-adapter");
+    fs::create_dir(&adapter).unwrap();
+    for entry in fs::read_dir(stage_dir(&c, Train).join("adapter")).unwrap() {
+        let path = entry.unwrap().path();
+        fs::copy(&path, adapter.join(path.file_name().unwrap())).unwrap();
+    }
+    let choice = evaluate::ModelChoice {
+        model: None,
+        adapter: Some(adapter),
+    };
+    evaluate::run(&c, &choice, true).unwrap_or_else(|e| panic!("{e:#}"));
+    let evaluate_state = |c: &Config| {
+        let mut stage = evaluate::Evaluate::new(choice.clone());
+        let mut stages: [&mut dyn pipeline::runner::StageInputs; 1] = [&mut stage];
+        pipeline::status::status(c, &mut stages)
+            .unwrap()
+            .remove(0)
+            .1
+    };
+    assert_eq!(evaluate_state(&c), State::UpToDate);
+    c.training.dtype = DtypeSetting::Bf16;
+    assert_eq!(
+        evaluate_state(&c),
+        State::Stale(vec![Change::Runtime {
+            what: "dtype".into(),
+            old: Some("f32".into()),
+            new: Some("bf16".into()),
+        }])
+    );
 }
