@@ -12,7 +12,7 @@ use candle_core::{DType, Tensor, Var};
 use clap::Parser;
 use lora_classifier::{Kernels, Mode, SequenceClassifier};
 use rand::{Rng, SeedableRng};
-use training::{Optimizer, OptimizerKind};
+use training::{Optimizer, OptimizerSettings};
 
 use crate::models;
 
@@ -27,10 +27,10 @@ struct Args {
     model: String,
     /// cpu, cuda, cuda:N or auto.
     #[arg(long, default_value = "auto")]
-    device: String,
+    device: training::device::DeviceSetting,
     /// Frozen weights: auto, f32, bf16 or f16.
     #[arg(long, default_value = "auto")]
-    dtype: String,
+    dtype: training::device::DtypeSetting,
     #[arg(long, default_value_t = 16)]
     batch: usize,
     #[arg(long, default_value_t = 128)]
@@ -69,8 +69,8 @@ fn relative_error(a: &Tensor, b: &Tensor) -> Result<(f64, f64)> {
 }
 
 fn run(args: &Args) -> Result<()> {
-    let (device, device_name) = training::device::select_device(&args.device)?;
-    let dtype = training::device::select_dtype(&args.dtype, &device)?;
+    let (device, device_name) = training::device::select_device(args.device)?;
+    let dtype = training::device::select_dtype(args.dtype, &device);
     let tolerance = args
         .tolerance
         .unwrap_or(if dtype == DType::F32 { 1e-4 } else { 3e-2 });
@@ -157,15 +157,7 @@ fn run(args: &Args) -> Result<()> {
             .map(|(n, _)| n)
             .zip(vars.clone())
             .collect();
-        let mut opt = Optimizer::new(
-            OptimizerKind::AdamW {
-                beta1: 0.9,
-                beta2: 0.999,
-                eps: 1e-8,
-                weight_decay: 0.01,
-            },
-            named,
-        )?;
+        let mut opt = Optimizer::new(OptimizerSettings::adamw(0.9, 0.999, 1e-8, 0.01), named)?;
         opt.set_kernels(kernels);
         Ok((vars, opt))
     };

@@ -8,6 +8,7 @@ mod check_fixture;
 mod check_kernels;
 mod convert;
 mod models;
+mod status;
 
 use std::ffi::OsString;
 
@@ -31,6 +32,10 @@ const COMMANDS: &[(&str, &str)] = &[
         "figures and the HTML/Markdown report → artifacts/report",
     ),
     ("predict", "classify new texts"),
+    (
+        "status",
+        "for every stage: up to date, or what changed (runs nothing)",
+    ),
     ("bench", "training and inference throughput, as JSON lines"),
     (
         "check-kernels",
@@ -77,6 +82,7 @@ fn main() {
         "evaluate" => evaluate::cli::main(argv),
         "report" => report::cli::main(argv),
         "predict" => evaluate::predict_cli::main(argv),
+        "status" => status::main(argv),
         "bench" => bench::main(argv),
         "check-kernels" => check_kernels::main(argv),
         "check-fixture" => check_fixture::main(argv),
