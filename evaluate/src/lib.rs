@@ -98,8 +98,7 @@ impl Classifier {
 
     /// Loads a checkpoint that is a trained classifier (its head included) as it is.
     fn open_classifier(config: &Config, checkpoint: &Checkpoint) -> Result<Self> {
-        let (device, _) = training::device::select_device(&config.training.device)?;
-        let dtype = training::device::select_dtype(&config.training.dtype, &device)?;
+        let (device, dtype) = device_and_dtype(config)?;
         let model = SequenceClassifier::new(checkpoint, None, config.seed, &device, dtype)?;
         Ok(Self {
             model,
