@@ -25,13 +25,14 @@ default:
 build:
     cargo build --release --bins
 
-# Run every stage in order: data-prep → tokenize → train → evaluate → report.
+# Run every stage in order: data-prep → tokenize → train → evaluate → report → export.
 all *ARGS: build
     {{run}} {{bin}}/data-prep --config {{config}} "$@"
     {{run}} {{bin}}/tokenize --config {{config}} "$@"
     {{run}} {{bin}}/train --config {{config}} "$@"
     {{run}} {{bin}}/evaluate --config {{config}} "$@"
     {{run}} {{bin}}/report --config {{config}} "$@"
+    {{run}} {{bin}}/export --config {{config}} "$@"
 
 # Load IMDb, sample train, split test into test/validation → artifacts/data.
 data-prep *ARGS: build
@@ -52,6 +53,10 @@ evaluate *ARGS: build
 # Render figures and the HTML/Markdown report → artifacts/report.
 report *ARGS: build
     {{run}} {{bin}}/report --config {{config}} "$@"
+
+# Merge the adapter into the model → artifacts/export, a Hugging Face checkpoint (transformers' pipeline, predict --model).
+export *ARGS: build
+    {{run}} {{bin}}/export --config {{config}} "$@"
 
 # Classify texts given as arguments (or stdin with no arguments).
 predict *TEXTS: build

@@ -145,6 +145,15 @@ choice!(
     }
 );
 
+choice!(
+    /// The dtype of an export's weights (`export.dtype`): f32 exact, bf16 or f16 half the size.
+    ExportDtype, "export dtype" {
+        F32 = "f32",
+        Bf16 = "bf16",
+        F16 = "f16",
+    }
+);
+
 /// Where the model runs: `auto` (a GPU when the build has CUDA and one is there, else the
 /// CPU), `cpu`, `cuda` (= `cuda:0`) or `cuda:N`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -212,6 +221,7 @@ mod tests {
         round_trip(OptimizerKind::ALL);
         round_trip(ScheduleKind::ALL);
         round_trip(DtypeSetting::ALL);
+        round_trip(ExportDtype::ALL);
         round_trip(&[
             DeviceSetting::Auto,
             DeviceSetting::Cpu,

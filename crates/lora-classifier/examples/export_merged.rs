@@ -20,7 +20,10 @@ fn main() -> Result<()> {
         Some(n) => n.parse().with_context(|| format!("MAX_LEN {n:?}"))?,
         None => 128,
     };
-    let dtype = rest.get(1).map_or(Ok(Default::default()), |d| d.parse())?;
+    let dtype = match rest.get(1) {
+        Some(d) => d.parse()?,
+        None => lora_classifier::ExportDtype::F32,
+    };
     let ckpt = Checkpoint::open(&PathBuf::from(model))?;
     let m =
         SequenceClassifier::load_adapter(&ckpt, &PathBuf::from(adapter), &Device::Cpu, DType::F32)?;

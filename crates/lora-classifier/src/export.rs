@@ -7,7 +7,6 @@
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::str::FromStr;
 
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor};
@@ -23,65 +22,35 @@ use crate::{Architecture, Checkpoint, SequenceClassifier};
 /// export's `id2label`, and the labels `predict` prints.
 pub const LABELS: [&str; 2] = ["negative", "positive"];
 
-/// The tokenizer files copied into an export when the model folder has them (tokenizer.json is
-/// required: the pipeline and transformers' fast tokenizers read it).
-const TOKENIZER_FILES: &[&str] = &[
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "special_tokens_map.json",
-    "vocab.txt",
-    "vocab.json",
-    "merges.txt",
-    "added_tokens.json",
+/// The files of an export: transformers' fast tokenizers need only tokenizer.json and
+/// tokenizer_config.json (the slow tokenizers' vocab files are left out).
+pub const EXPORT_FILES: [&str; 4] = [
+    "config.json",
+    shards::SINGLE_FILE,
+    TOKENIZER,
+    TOKENIZER_CONFIG,
 ];
+const TOKENIZER: &str = "tokenizer.json";
+const SPECIAL_TOKENS_MAP: &str = "special_tokens_map.json";
 const TOKENIZER_CONFIG: &str = "tokenizer_config.json";
 
-/// The dtype of an export's weights: f32 (exact), or bf16 / f16 for half the size.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum ExportDtype {
-    #[default]
-    F32,
-    Bf16,
-    F16,
-}
+/// The dtype of an export's weights (one definition, shared with `export.dtype`).
+pub use choices::ExportDtype;
 
-impl ExportDtype {
-    pub fn dtype(self) -> DType {
-        match self {
-            ExportDtype::F32 => DType::F32,
-            ExportDtype::Bf16 => DType::BF16,
-            ExportDtype::F16 => DType::F16,
-        }
-    }
-
-    /// The name config.json's `dtype` gives it (PyTorch's).
-    fn torch_name(self) -> &'static str {
-        match self {
-            ExportDtype::F32 => "float32",
-            ExportDtype::Bf16 => "bfloat16",
-            ExportDtype::F16 => "float16",
-        }
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ExportDtype::F32 => "f32",
-            ExportDtype::Bf16 => "bf16",
-            ExportDtype::F16 => "f16",
-        }
+fn candle_dtype(dtype: ExportDtype) -> DType {
+    match dtype {
+        ExportDtype::F32 => DType::F32,
+        ExportDtype::Bf16 => DType::BF16,
+        ExportDtype::F16 => DType::F16,
     }
 }
 
-impl FromStr for ExportDtype {
-    type Err = anyhow::Error;
-
-    fn from_str(s: &str) -> Result<Self> {
-        match s {
-            "f32" => Ok(ExportDtype::F32),
-            "bf16" => Ok(ExportDtype::Bf16),
-            "f16" => Ok(ExportDtype::F16),
-            other => bail!("export dtype {other:?}: expected f32, bf16 or f16"),
-        }
+/// The name config.json's `dtype` gives it (PyTorch's).
+fn torch_name(dtype: ExportDtype) -> &'static str {
+    match dtype {
+        ExportDtype::F32 => "float32",
+        ExportDtype::Bf16 => "bfloat16",
+        ExportDtype::F16 => "float16",
     }
 }
 
@@ -92,14 +61,6 @@ pub struct ExportOptions {
     /// The tokens per text the model was trained with (`model.max_len`): written as the
     /// tokenizer's `model_max_length`, so that `truncation=True` cuts texts where we do.
     pub max_len: usize,
-}
-
-/// HF's class name for the model type's sequence classifier.
-fn architecture_name(arch: Architecture) -> &'static str {
-    match arch {
-        Architecture::Bert => "BertForSequenceClassification",
-        Architecture::Gpt2 => "GPT2ForSequenceClassification",
-    }
 }
 
 /// Every tensor of the merged model by HF's name, in f32: the body in `named_parameters`
@@ -132,18 +93,15 @@ fn config_json(model: &SequenceClassifier, ckpt: &Checkpoint, dtype: ExportDtype
         .with_context(|| format!("cannot read {}", path.display()))?;
     let mut config: Map<String, Value> = serde_json::from_str(&text)
         .with_context(|| format!("{} is not a JSON object", path.display()))?;
-    config.insert(
-        "architectures".into(),
-        json!([architecture_name(model.arch)]),
-    );
+    config.insert("architectures".into(), json!([model.arch.hf_classifier()]));
     config.insert("id2label".into(), json!({"0": LABELS[0], "1": LABELS[1]}));
     config.insert("label2id".into(), json!({LABELS[0]: 0, LABELS[1]: 1}));
     config.insert("num_labels".into(), json!(LABELS.len()));
     config.insert("problem_type".into(), json!("single_label_classification"));
     // transformers 5 reads `dtype`; older versions wrote `torch_dtype`.
-    config.insert("dtype".into(), json!(dtype.torch_name()));
+    config.insert("dtype".into(), json!(torch_name(dtype)));
     if config.contains_key("torch_dtype") {
-        config.insert("torch_dtype".into(), json!(dtype.torch_name()));
+        config.insert("torch_dtype".into(), json!(torch_name(dtype)));
     }
     if model.arch == Architecture::Gpt2 {
         config.insert("pad_token_id".into(), json!(model.pad_token_id));
@@ -151,17 +109,24 @@ fn config_json(model: &SequenceClassifier, ckpt: &Checkpoint, dtype: ExportDtype
     Ok(Value::Object(config))
 }
 
-/// tokenizer_config.json with `model_max_length` = the trained length and, for GPT-2, the pad
-/// token the pipeline pads with (GPT-2's own has none, and batched inference needs one).
-fn tokenizer_config(model: &SequenceClassifier, src: &Path, max_len: usize) -> Result<Value> {
-    let mut config = if src.exists() {
-        let text = std::fs::read_to_string(src)
-            .with_context(|| format!("cannot read {}", src.display()))?;
-        serde_json::from_str::<Map<String, Value>>(&text)
-            .with_context(|| format!("{} is not a JSON object", src.display()))?
-    } else {
-        Map::new()
+/// The model folder's tokenizer_config.json (and special_tokens_map.json, which transformers 5
+/// folds into it), with `model_max_length` = the trained length and, for GPT-2, the pad token
+/// the pipeline pads with (GPT-2's own has none, and batched inference needs one).
+fn tokenizer_config(model: &SequenceClassifier, dir: &Path, max_len: usize) -> Result<Value> {
+    let read = |name: &str| -> Result<Map<String, Value>> {
+        let path = dir.join(name);
+        if !path.exists() {
+            return Ok(Map::new());
+        }
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        serde_json::from_str(&text)
+            .with_context(|| format!("{} is not a JSON object", path.display()))
     };
+    let mut config = read(TOKENIZER_CONFIG)?;
+    for (key, value) in read(SPECIAL_TOKENS_MAP)? {
+        config.entry(key).or_insert(value);
+    }
     config.insert("model_max_length".into(), json!(max_len));
     if model.arch == Architecture::Gpt2 && !config.contains_key("pad_token") {
         config.insert("pad_token".into(), json!("<|endoftext|>"));
@@ -199,14 +164,14 @@ pub(crate) fn write_files(
             ckpt.dir().display()
         )
     }
-    let tokenizer = ckpt.dir().join("tokenizer.json");
+    let tokenizer = ckpt.dir().join(TOKENIZER);
     if !tokenizer.is_file() {
         bail!(
             "{} is missing: an export needs the model's tokenizer",
             tokenizer.display()
         )
     }
-    let dtype = options.dtype.dtype();
+    let dtype = candle_dtype(options.dtype);
     let mut tensors = Vec::new();
     for (name, t) in merged_tensors(model)? {
         let t = t.to_dtype(dtype)?.to_device(&Device::Cpu)?;
@@ -224,20 +189,12 @@ pub(crate) fn write_files(
     safetensors::serialize_to_file(tensors, Some(metadata), &weights)?;
     readable_by_all(&weights)?;
     write_json(&out.join("config.json"), &config)?;
-    for name in TOKENIZER_FILES {
-        let src = ckpt.dir().join(name);
-        if *name == TOKENIZER_CONFIG {
-            write_json(
-                &out.join(name),
-                &tokenizer_config(model, &src, options.max_len)?,
-            )?;
-        } else if src.is_file() {
-            // Contents only: the HF cache's files are read-only, the export's are not.
-            let bytes =
-                std::fs::read(&src).with_context(|| format!("cannot read {}", src.display()))?;
-            std::fs::write(out.join(name), bytes)?;
-        }
-    }
+    // Contents only: the HF cache's files are read-only, the export's are not.
+    let bytes = std::fs::read(&tokenizer)
+        .with_context(|| format!("cannot read {}", tokenizer.display()))?;
+    std::fs::write(out.join(TOKENIZER), bytes)?;
+    let tokenizer_config = tokenizer_config(model, ckpt.dir(), options.max_len)?;
+    write_json(&out.join(TOKENIZER_CONFIG), &tokenizer_config)?;
     Ok(())
 }
 

@@ -60,7 +60,7 @@ use common::hash::fnv1a;
 
 pub use checkpoint::{all_finite, Checkpoint};
 use checkpoint::{Config, Loader};
-pub use export::{ExportDtype, ExportOptions, LABELS};
+pub use export::{ExportDtype, ExportOptions, EXPORT_FILES, LABELS};
 use lora::{Part, PartMut};
 use ops::{Ctx, KeyMask, MASKED};
 pub use runtime::tune_cpu_runtime;
@@ -98,6 +98,16 @@ pub use choices::LoraBias;
 pub enum Architecture {
     Bert,
     Gpt2,
+}
+
+impl Architecture {
+    /// transformers' class of the sequence classifier (config.json's `architectures`).
+    pub fn hf_classifier(self) -> &'static str {
+        match self {
+            Architecture::Bert => "BertForSequenceClassification",
+            Architecture::Gpt2 => "GPT2ForSequenceClassification",
+        }
+    }
 }
 
 /// How `forward` runs.

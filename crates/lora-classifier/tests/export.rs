@@ -141,6 +141,14 @@ fn config_and_tokenizer_files_are_a_classifiers() {
                 "{name}: files readable by all, owner writes"
             );
         }
+        let mut written: Vec<String> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        written.sort();
+        let mut declared = lora_classifier::EXPORT_FILES.map(String::from).to_vec();
+        declared.sort();
+        assert_eq!(written, declared, "{name}");
         let mut files: Vec<String> = std::fs::read_dir(tmp.path())
             .unwrap()
             .map(|e| e.unwrap().file_name().into_string().unwrap())
@@ -188,7 +196,12 @@ fn half_precision_exports() {
             m.export_merged(&f.ckpt, &dir, ExportOptions { dtype, ..F32 })
                 .unwrap();
             let tensors = layout(&dir.join("model.safetensors"));
-            assert!(tensors.values().all(|(d, _)| *d == dtype.dtype()), "{name}");
+            let want = if dtype == ExportDtype::Bf16 {
+                DType::BF16
+            } else {
+                DType::F16
+            };
+            assert!(tensors.values().all(|(d, _)| *d == want), "{name}");
             let size = std::fs::metadata(dir.join("model.safetensors"))
                 .unwrap()
                 .len();

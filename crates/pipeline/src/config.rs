@@ -8,7 +8,9 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 /// The choice keys' values: one definition, shared with the libraries that act on them.
-pub use choices::{DeviceSetting, DtypeSetting, LoraBias, OptimizerKind, ScheduleKind};
+pub use choices::{
+    DeviceSetting, DtypeSetting, ExportDtype, LoraBias, OptimizerKind, ScheduleKind,
+};
 use serde::{Deserialize, Serialize};
 use serde_norway::Value;
 
@@ -25,6 +27,7 @@ pub struct Config {
     pub training: TrainingConfig,
     pub evaluate: EvaluateConfig,
     pub report: ReportConfig,
+    pub export: ExportConfig,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -147,6 +150,21 @@ pub struct ReportConfig {
     pub formats: Vec<ImageFormat>,
 }
 
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ExportConfig {
+    /// The merged checkpoint's weights: f32 (exact), bf16 or f16 (half the size).
+    pub dtype: ExportDtype,
+}
+
+impl Default for ExportConfig {
+    fn default() -> Self {
+        Self {
+            dtype: ExportDtype::F32,
+        }
+    }
+}
+
 impl Default for Config {
     fn default() -> Self {
         Self {
@@ -158,6 +176,7 @@ impl Default for Config {
             training: TrainingConfig::default(),
             evaluate: EvaluateConfig::default(),
             report: ReportConfig::default(),
+            export: ExportConfig::default(),
         }
     }
 }
@@ -294,7 +313,7 @@ impl Config {
         if !doc.is_mapping() {
             bail!(
                 "{origin}: expected a mapping of sections (seed, artifacts, data, model, lora, \
-                 training, evaluate, report) at the top level, found {}",
+                 training, evaluate, report, export) at the top level, found {}",
                 yaml_kind(&doc)
             );
         }

@@ -17,16 +17,18 @@ pub enum StageId {
     Train,
     Evaluate,
     Report,
+    Export,
 }
 
 impl StageId {
     /// In pipeline order: each stage reads only stages before it.
-    pub const ALL: [StageId; 5] = [
+    pub const ALL: [StageId; 6] = [
         StageId::DataPrep,
         StageId::Tokenize,
         StageId::Train,
         StageId::Evaluate,
         StageId::Report,
+        StageId::Export,
     ];
 
     /// Its declaration.
@@ -223,10 +225,19 @@ const fn out(file: &'static str) -> Write {
 
 const VALIDATION: When = When::Set("evaluate.validation");
 
-use StageId::{DataPrep, Evaluate, Report, Tokenize, Train};
+use StageId::{DataPrep, Evaluate, Export, Report, Tokenize, Train};
+
+/// The files of the export stage's merged checkpoint (lora-classifier's `EXPORT_FILES`; this
+/// crate does not depend on the model's).
+pub const EXPORT_FILES: [&str; 4] = [
+    "config.json",
+    "model.safetensors",
+    "tokenizer.json",
+    "tokenizer_config.json",
+];
 
 /// The pipeline, in order.
-pub const STAGES: [StageSpec; 5] = [
+pub const STAGES: [StageSpec; 6] = [
     StageSpec {
         id: DataPrep,
         recipe: "data-prep",
@@ -384,6 +395,30 @@ pub const STAGES: [StageSpec; 5] = [
             },
             out("report.html"),
             out("report.md"),
+        ],
+    },
+    StageSpec {
+        id: Export,
+        recipe: "export",
+        dir: "export",
+        about: "the merged Hugging Face checkpoint (LoRA folded in) that plain transformers loads",
+        keys: &[
+            "model.source",
+            "model.revision",
+            "model.max_len",
+            "export.dtype",
+        ],
+        runtime: &[],
+        sources: &[Source::Model, Source::Tokenizer],
+        reads: &[
+            always(Train, ADAPTER_CONFIG),
+            always(Train, ADAPTER_WEIGHTS),
+        ],
+        writes: &[
+            out(EXPORT_FILES[0]),
+            out(EXPORT_FILES[1]),
+            out(EXPORT_FILES[2]),
+            out(EXPORT_FILES[3]),
         ],
     },
 ];
