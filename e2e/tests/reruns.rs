@@ -47,6 +47,7 @@ const ARTIFACTS: &[&str] = &[
     "train/adapter/adapter_model.safetensors",
     "train/history.parquet",
     "train/summary.json",
+    "train/log.jsonl",
     "train/stamp.json",
     "evaluate/predictions.parquet",
     "evaluate/metrics.json",

@@ -207,6 +207,8 @@ impl StageSpec {
 pub const ADAPTER_DIR: &str = "adapter";
 pub const ADAPTER_CONFIG: &str = "adapter/adapter_config.json";
 pub const ADAPTER_WEIGHTS: &str = "adapter/adapter_model.safetensors";
+/// The train stage's JSON-lines log (training's `LOG_FILE`; this crate does not depend on it).
+pub const TRAIN_LOG_FILE: &str = "log.jsonl";
 
 const fn always(stage: StageId, file: &'static str) -> Read {
     Read {
@@ -316,6 +318,7 @@ pub const STAGES: [StageSpec; 6] = [
             out(ADAPTER_WEIGHTS),
             out(history::HISTORY_FILE),
             out(train_summary::SUMMARY_FILE),
+            out(TRAIN_LOG_FILE),
         ],
     },
     StageSpec {
