@@ -85,8 +85,17 @@ pub enum KeepAdapter {
 #[serde(deny_unknown_fields, default)]
 pub struct TrainingConfig {
     pub learning_rate: f64,
+    /// Reviews per forward and backward pass.
     pub batch_size: usize,
+    /// Batches whose gradients add up to one optimizer step: a step sees batch_size × this
+    /// many reviews, in the memory of one batch.
+    pub gradient_accumulation_steps: usize,
     pub epochs: usize,
+    /// Stop after this many optimizer steps instead of `epochs`; `null` = every epoch.
+    pub max_steps: Option<usize>,
+    /// Stop when the validation loss has not improved for this many validations in a row;
+    /// `null` = never.
+    pub early_stopping_patience: Option<usize>,
     pub optimizer: OptimizerKind,
     /// SGD and RMSprop momentum.
     pub momentum: f64,
@@ -224,7 +233,10 @@ impl Default for TrainingConfig {
         Self {
             learning_rate: 5e-4,
             batch_size: 16,
+            gradient_accumulation_steps: 1,
             epochs: 3,
+            max_steps: None,
+            early_stopping_patience: None,
             optimizer: OptimizerKind::AdamW,
             momentum: 0.9,
             weight_decay: 0.01,
@@ -284,6 +296,7 @@ pub const MAX_BATCH_SIZE: usize = 4096;
 /// check the model's own count.
 pub const MAX_MAX_LEN: usize = 8192;
 pub const MAX_EPOCHS: usize = 10_000;
+pub const MAX_ACCUMULATION: usize = 10_000;
 
 impl Config {
     /// Reads `path`, applies `overrides` (`section.key=value`, the value in
@@ -450,6 +463,22 @@ impl Config {
         }
         if let Some(n) = t.eval_every_steps {
             positive("training.eval_every_steps", n)?;
+        }
+        positive(
+            "training.gradient_accumulation_steps",
+            t.gradient_accumulation_steps,
+        )?;
+        at_most(
+            "training.gradient_accumulation_steps",
+            t.gradient_accumulation_steps,
+            MAX_ACCUMULATION,
+            "a step of that many batches is a typo",
+        )?;
+        if let Some(n) = t.max_steps {
+            positive("training.max_steps", n)?;
+        }
+        if let Some(n) = t.early_stopping_patience {
+            positive("training.early_stopping_patience", n)?;
         }
         positive("training.checkpoint_every_steps", t.checkpoint_every_steps)?;
         if !(0.0..=1.0).contains(&self.evaluate.threshold) {
