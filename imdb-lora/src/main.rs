@@ -7,7 +7,9 @@ mod bench;
 mod check_fixture;
 mod check_kernels;
 mod convert;
-mod models;
+
+// The library's modules, where the commands' modules look for them (`crate::models`).
+use imdb_lora::{kernel_parity, models};
 
 use std::ffi::OsString;
 
