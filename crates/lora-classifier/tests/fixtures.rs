@@ -336,6 +336,7 @@ fn train_mode_dropout_is_seeded() {
             1e-5,
             &format!("{name}: fused vs composed train logits"),
         );
+        assert_eq!(ga.len(), gd.len(), "{name}: gradients");
         for (x, y) in ga.iter().zip(&gd) {
             assert_close(
                 x,
