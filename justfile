@@ -125,7 +125,7 @@ bench-lines out *ARGS:
 results *ARGS:
     #!/usr/bin/env bash
     set -euo pipefail
-    cargo build --release -p imdb-lora
+    cargo build --release --workspace --bin imdb-lora
     bench=${BENCH_FILE:-bench.jsonl}
     if [ -f "$bench" ]; then set -- --bench "$bench" "$@"; fi
     {{run}} {{bin}}/imdb-lora results --config {{config}} "$@"

@@ -89,7 +89,12 @@ impl Run {
     fn read(root: &Path) -> Result<Run> {
         let layout = Layout::new(root);
         let dir = |s| layout.stage_dir(s);
-        let timings_text = std::fs::read_to_string(root.join(TIMINGS_FILE)).unwrap_or_default();
+        // Absent when the stages ran without `just all`: the table says so. Unreadable is an error.
+        let timings_path = root.join(TIMINGS_FILE);
+        let timings_text = match std::fs::read_to_string(&timings_path) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+            read => read.with_context(|| format!("cannot read {}", timings_path.display()))?,
+        };
         let mut timings = BTreeMap::new();
         for line in json_lines(&timings_text) {
             if let Some(stage) = line["stage"].as_str() {
@@ -176,8 +181,9 @@ fn results_table(runs: &[Run]) -> String {
     });
     row(
         format!(
-            "train, {} epochs + validation after each",
-            first.train.epochs
+            "train, {} epoch{} + validation after each",
+            first.train.epochs,
+            if first.train.epochs == 1 { "" } else { "s" }
         ),
         &|r| format!("{:.0} s", r.train.wall_time_s),
     );
@@ -380,5 +386,18 @@ mod tests {
              (1.14 CPU s/step) | 7.0 samples/s | 2.00× | 10.0 samples/s | 1.40× |"
         );
         assert!(performance_table(Path::new("b"), "no json\n").is_err());
+    }
+
+    #[test]
+    fn a_missing_summary_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = format!("{:#}", Run::read(dir.path()).err().unwrap());
+        let want = Layout::new(dir.path())
+            .stage_dir(StageId::DataPrep)
+            .join(pipeline::data::SUMMARY_FILE);
+        assert!(
+            err.contains(&want.display().to_string()) && err.contains("just all"),
+            "{err}"
+        );
     }
 }
