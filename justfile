@@ -63,6 +63,10 @@ report *ARGS: build
 predict *TEXTS: build
     {{run}} {{bin}}/predict --config {{config}} "$@"
 
+# For every stage: up to date, or what changed (a key old → new, an input, the code, an output); runs nothing.
+status *ARGS: build
+    {{run}} {{bin}}/imdb-lora status --config {{config}} "$@"
+
 # The whole chain on a small slice of the real data, in its own artifacts folder.
 smoke: build
     #!/usr/bin/env bash

@@ -15,7 +15,7 @@ const TOL: f64 = 1e-5;
 
 fn config() -> Config {
     let mut c = Config::default();
-    c.training.device = "cpu".into();
+    c.training.device = pipeline::config::DeviceSetting::Cpu;
     c
 }
 

@@ -118,7 +118,12 @@ fn evaluates_the_trained_adapter_then_is_up_to_date() {
     upstream(&c);
     let choice = ModelChoice::default();
 
-    let Outcome::Evaluated { dir, metrics, .. } = evaluate::run(&c, &choice, false).unwrap() else {
+    let Outcome::Ran {
+        dir,
+        summary: evaluate::Evaluation { metrics, .. },
+        ..
+    } = evaluate::run(&c, &choice, false).unwrap()
+    else {
         panic!("the first run evaluates")
     };
     assert_eq!(dir, stage_dir(&c, StageId::Evaluate));
@@ -159,19 +164,23 @@ fn evaluates_the_trained_adapter_then_is_up_to_date() {
     let before = all_outputs(&dir);
     assert!(matches!(
         evaluate::run(&c, &choice, false).unwrap(),
-        Outcome::UpToDate(d) if d == dir
+        Outcome::UpToDate { dir: d } if d == dir
     ));
     assert_eq!(all_outputs(&dir), before);
     // --force reruns, and the same inputs give the same bytes.
     assert!(matches!(
         evaluate::run(&c, &choice, true).unwrap(),
-        Outcome::Evaluated { .. }
+        Outcome::Ran { .. }
     ));
     assert_eq!(all_outputs(&dir), before, "evaluation is deterministic");
 
     // An evaluate key reruns it: threshold 0 predicts every review positive.
     c.evaluate.threshold = 0.0;
-    let Outcome::Evaluated { metrics, .. } = evaluate::run(&c, &choice, false).unwrap() else {
+    let Outcome::Ran {
+        summary: evaluate::Evaluation { metrics, .. },
+        ..
+    } = evaluate::run(&c, &choice, false).unwrap()
+    else {
         panic!("a changed evaluate.threshold reruns the stage")
     };
     let preds = check_split_outputs(&c, &dir, Split::Test, "");
@@ -203,7 +212,7 @@ fn a_peft_adapter_folder_replaces_the_trained_one() {
         model: None,
         adapter: Some(bert_adapter()),
     };
-    let Outcome::Evaluated { dir, .. } = evaluate::run(&c, &peft, false).unwrap() else {
+    let Outcome::Ran { dir, .. } = evaluate::run(&c, &peft, false).unwrap() else {
         panic!("evaluates")
     };
     let preds = check_split_outputs(&c, &dir, Split::Test, "");
@@ -228,7 +237,7 @@ fn a_peft_adapter_folder_replaces_the_trained_one() {
     assert_same_probabilities(&preds.prob_positive, &want, SAME, "test predictions");
     assert!(matches!(
         evaluate::run(&c, &peft, false).unwrap(),
-        Outcome::UpToDate(_)
+        Outcome::UpToDate { .. }
     ));
 
     // The same adapter from another folder is the same input: still up to date.
@@ -240,7 +249,7 @@ fn a_peft_adapter_folder_replaces_the_trained_one() {
     };
     assert!(matches!(
         evaluate::run(&c, &moved, false).unwrap(),
-        Outcome::UpToDate(_)
+        Outcome::UpToDate { .. }
     ));
     // An edited adapter is not.
     let config = copy.join("adapter_config.json");
@@ -250,7 +259,7 @@ fn a_peft_adapter_folder_replaces_the_trained_one() {
     fs::write(&config, text).unwrap();
     assert!(matches!(
         evaluate::run(&c, &moved, false).unwrap(),
-        Outcome::Evaluated { .. }
+        Outcome::Ran { .. }
     ));
     // `--model DIR` names the checkpoint folder explicitly; same files, same result.
     let explicit = ModelChoice {
@@ -320,7 +329,7 @@ fn missing_or_stale_upstream_artifacts_name_the_stage_to_run() {
     fs::write(&adapter, &saved_adapter).unwrap();
     assert!(matches!(
         evaluate::run(&c, &choice, false).unwrap(),
-        Outcome::UpToDate(_)
+        Outcome::UpToDate { .. }
     ));
 
     // Config changed upstream without rerunning the stages that read it.
@@ -351,7 +360,7 @@ fn missing_or_stale_upstream_artifacts_name_the_stage_to_run() {
     assert_eq!(fs::read(eval_dir.join("stamp.json")).unwrap(), stamp);
     assert!(matches!(
         evaluate::run(&c, &choice, false).unwrap(),
-        Outcome::UpToDate(_)
+        Outcome::UpToDate { .. }
     ));
 }
 
@@ -380,6 +389,26 @@ fn a_mismatched_adapter_fails_without_writing_outputs() {
     // `--model` naming the GPT-2 checkpoint, with the BERT adapter.
     let bert_on_gpt2 = ModelChoice {
         model: Some(gpt2_base()),
+        adapter: Some(bert_adapter()),
+    };
+    // The tokens were made with BERT's tokenizer, not this model's: refused first.
+    let err = eval_err(&c, &bert_on_gpt2);
+    assert!(
+        err.contains("tokenizer/tokenizer.json changed since `tokenize` ran")
+            && err.contains("just tokenize"),
+        "{err}"
+    );
+    assert!(!dir.exists());
+    // With BERT's tokenizer beside GPT-2's weights, the adapter is what does not fit.
+    let gpt2 = tmp.path().join("gpt2-with-bert-tokenizer");
+    copy_dir(&gpt2_base(), &gpt2);
+    fs::copy(
+        bert_base().join("tokenizer.json"),
+        gpt2.join("tokenizer.json"),
+    )
+    .unwrap();
+    let bert_on_gpt2 = ModelChoice {
+        model: Some(gpt2),
         adapter: Some(bert_adapter()),
     };
     let err = eval_err(&c, &bert_on_gpt2);
@@ -435,7 +464,7 @@ fn every_shard_of_a_sharded_model_is_an_input() {
         model: Some(sharded.clone()),
         adapter: Some(bert_adapter()),
     };
-    let Outcome::Evaluated { dir, .. } = evaluate::run(&c, &choice, false).unwrap() else {
+    let Outcome::Ran { dir, .. } = evaluate::run(&c, &choice, false).unwrap() else {
         panic!("evaluates")
     };
     // The same weights as the single-file fixture: the same predictions.
@@ -446,7 +475,7 @@ fn every_shard_of_a_sharded_model_is_an_input() {
     };
     assert!(matches!(
         evaluate::run(&c, &single, false).unwrap(),
-        Outcome::Evaluated { .. }
+        Outcome::Ran { .. }
     ));
     let single_preds = Predictions::read_parquet(&dir.join(PREDICTIONS_FILE)).unwrap();
     assert_same_probabilities(
@@ -457,11 +486,11 @@ fn every_shard_of_a_sharded_model_is_an_input() {
     );
     assert!(matches!(
         evaluate::run(&c, &choice, false).unwrap(),
-        Outcome::Evaluated { .. }
+        Outcome::Ran { .. }
     ));
     assert!(matches!(
         evaluate::run(&c, &choice, false).unwrap(),
-        Outcome::UpToDate(_)
+        Outcome::UpToDate { .. }
     ));
 
     // An edited second shard (the encoder's weights) reruns it.
@@ -474,7 +503,7 @@ fn every_shard_of_a_sharded_model_is_an_input() {
     assert!(
         matches!(
             evaluate::run(&c, &choice, false).unwrap(),
-            Outcome::Evaluated { .. }
+            Outcome::Ran { .. }
         ),
         "a changed shard is a changed input"
     );
@@ -514,7 +543,7 @@ fn a_model_changed_since_training_names_the_train_stage() {
     };
     assert!(matches!(
         evaluate::run(&c, &peft, false).unwrap(),
-        Outcome::Evaluated { .. }
+        Outcome::Ran { .. }
     ));
     // Once train reruns on the new weights, evaluate follows.
     assert!(matches!(
@@ -523,6 +552,6 @@ fn a_model_changed_since_training_names_the_train_stage() {
     ));
     assert!(matches!(
         evaluate::run(&c, &ModelChoice::default(), false).unwrap(),
-        Outcome::Evaluated { .. }
+        Outcome::Ran { .. }
     ));
 }

@@ -11,7 +11,7 @@ use anyhow::{bail, Result};
 use candle_core::{DType, Tensor};
 use clap::Parser;
 use lora_classifier::{Kernels, Mode, SequenceClassifier};
-use training::{Optimizer, OptimizerKind};
+use training::{Optimizer, OptimizerSettings};
 
 use crate::models;
 
@@ -32,10 +32,10 @@ struct Args {
     model: String,
     /// cpu, cuda, cuda:N or auto.
     #[arg(long, default_value = "cpu")]
-    device: String,
+    device: training::device::DeviceSetting,
     /// Frozen weights: auto (f32 on the CPU, bf16 on a GPU), f32, bf16 or f16.
     #[arg(long, default_value = "auto")]
-    dtype: String,
+    dtype: training::device::DtypeSetting,
     #[arg(long, default_value_t = 16)]
     batch: usize,
     #[arg(long, default_value_t = 128)]
@@ -108,8 +108,8 @@ fn run(args: &Args) -> Result<()> {
         "composed" => Kernels::Composed,
         other => bail!("--kernels {other:?}: expected auto or composed"),
     };
-    let (device, device_name) = training::device::select_device(&args.device)?;
-    let dtype = training::device::select_dtype(&args.dtype, &device)?;
+    let (device, device_name) = training::device::select_device(args.device)?;
+    let dtype = training::device::select_dtype(args.dtype, &device);
     let model = models::open(&args.model)?;
     let mut classifier =
         SequenceClassifier::new(&model.ckpt, Some(&models::lora()), 0, &device, dtype)?;
@@ -137,12 +137,7 @@ fn run(args: &Args) -> Result<()> {
 
     if run("train_step") {
         let mut optimizer = Optimizer::new(
-            OptimizerKind::AdamW {
-                beta1: 0.9,
-                beta2: 0.999,
-                eps: 1e-8,
-                weight_decay: 0.01,
-            },
+            OptimizerSettings::adamw(0.9, 0.999, 1e-8, 0.01),
             classifier.trainable(),
         )?;
         // Where a step's time goes: forward + loss, backward, optimizer, each ended by a

@@ -20,10 +20,10 @@ struct Args {
     model: String,
     /// cpu, cuda, cuda:N or auto.
     #[arg(long, default_value = "auto")]
-    device: String,
+    device: training::device::DeviceSetting,
     /// Frozen weights: auto, f32, bf16 or f16.
     #[arg(long, default_value = "auto")]
-    dtype: String,
+    dtype: training::device::DtypeSetting,
     #[arg(long, default_value_t = 16)]
     batch: usize,
     #[arg(long, default_value_t = 128)]
@@ -40,8 +40,8 @@ pub fn main(argv: impl Iterator<Item = OsString>) {
 }
 
 fn run(args: &Args) -> Result<()> {
-    let (device, device_name) = training::device::select_device(&args.device)?;
-    let dtype = training::device::select_dtype(&args.dtype, &device)?;
+    let (device, device_name) = training::device::select_device(args.device)?;
+    let dtype = training::device::select_dtype(args.dtype, &device);
     let tolerance = args
         .tolerance
         .unwrap_or(kernel_parity::default_tolerance(dtype));

@@ -10,7 +10,7 @@ use candle_core::backprop::GradStore;
 use candle_core::{DType, Device, Tensor, Var};
 use lora_classifier::{Checkpoint, Kernels, Mode, SequenceClassifier};
 use rand::{Rng, SeedableRng};
-use training::{Optimizer, OptimizerKind};
+use training::{Optimizer, OptimizerSettings};
 
 use crate::models;
 
@@ -153,15 +153,7 @@ pub fn compare(
             .map(|(n, _)| n)
             .zip(vars.clone())
             .collect();
-        let mut opt = Optimizer::new(
-            OptimizerKind::AdamW {
-                beta1: 0.9,
-                beta2: 0.999,
-                eps: 1e-8,
-                weight_decay: 0.01,
-            },
-            named,
-        )?;
+        let mut opt = Optimizer::new(OptimizerSettings::adamw(0.9, 0.999, 1e-8, 0.01), named)?;
         opt.set_kernels(kernels);
         Ok((vars, opt))
     };

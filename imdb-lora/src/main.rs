@@ -8,6 +8,7 @@ mod check_fixture;
 mod check_kernels;
 mod convert;
 mod results;
+mod status;
 
 // The library's modules, where the commands' modules look for them (`crate::models`).
 use imdb_lora::{kernel_parity, models};
@@ -34,6 +35,10 @@ const COMMANDS: &[(&str, &str)] = &[
         "figures and the HTML/Markdown report → artifacts/report",
     ),
     ("predict", "classify new texts"),
+    (
+        "status",
+        "for every stage: up to date, or what changed (runs nothing)",
+    ),
     ("bench", "training and inference throughput, as JSON lines"),
     (
         "check-kernels",
@@ -84,6 +89,7 @@ fn main() {
         "evaluate" => evaluate::cli::main(argv),
         "report" => report::cli::main(argv),
         "predict" => evaluate::predict_cli::main(argv),
+        "status" => status::main(argv),
         "bench" => bench::main(argv),
         "check-kernels" => check_kernels::main(argv),
         "check-fixture" => check_fixture::main(argv),

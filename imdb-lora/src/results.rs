@@ -18,8 +18,7 @@ use pipeline::train_summary::TrainSummary;
 use pipeline::{Layout, StageId};
 use serde_json::Value;
 
-/// Where `just all` appends one JSON line per stage run (under the artifacts folder).
-pub const TIMINGS_FILE: &str = "timings.jsonl";
+pub use pipeline::layout::TIMINGS_FILE;
 
 #[derive(Parser)]
 #[command(

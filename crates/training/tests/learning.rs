@@ -9,12 +9,14 @@ use std::path::Path;
 use candle_core::{DType, Device};
 use lora_classifier::{Checkpoint, LoraBias, LoraSettings, SequenceClassifier};
 use pipeline::encode::TextEncoder;
-use pipeline::history::{HistoryRow, RowKind};
 use pipeline::tokens::TokenSplit;
 use polars::prelude::*;
 use rand::{Rng, SeedableRng};
 use training::schedule::ScheduleKind;
-use training::{CheckpointStore, OptimizerKind, TrainOutcome, TrainSettings, Validation};
+use training::{
+    CheckpointStore, Examples, OptimizerSettings, Record, RecordKind, Silent, TrainOutcome,
+    TrainSettings, Validation,
+};
 
 const SEED: u64 = 42;
 
@@ -33,14 +35,11 @@ fn lora(r: usize, alpha: f64) -> LoraSettings {
 fn settings(learning_rate: f64, batch_size: usize, epochs: usize) -> TrainSettings {
     TrainSettings {
         seed: SEED,
-        optimizer: OptimizerKind::AdamW {
-            beta1: 0.9,
-            beta2: 0.999,
-            eps: 1e-8,
-            weight_decay: 0.01,
-        },
+        optimizer: OptimizerSettings::adamw(0.9, 0.999, 1e-8, 0.01),
         learning_rate,
         schedule: ScheduleKind::Linear,
+        step_size: 100,
+        step_gamma: 0.5,
         warmup_steps: 0,
         warmup_ratio: 0.0,
         batch_size,
@@ -62,24 +61,34 @@ fn run(
     let store = CheckpointStore::new(&dir.path().join("checkpoints"), "learning test");
     training::train(
         model,
-        train,
-        validation,
+        &examples(train),
+        &examples(validation),
         s,
         &Device::Cpu,
         &store,
-        &mut |_, _| {},
+        &mut Silent,
     )
     .unwrap()
 }
 
 fn evaluate(model: &SequenceClassifier, split: &TokenSplit) -> Validation {
-    training::evaluate(model, split, 16, &Device::Cpu).unwrap()
+    training::evaluate(model, &examples(split), 16, &Device::Cpu).unwrap()
 }
 
-fn epoch_rows(history: &[HistoryRow]) -> Vec<&HistoryRow> {
+/// A token split as the training library takes it.
+fn examples(split: &TokenSplit) -> Examples<'_> {
+    Examples {
+        input_ids: &split.input_ids,
+        attention_mask: &split.attention_mask,
+        labels: &split.labels,
+        max_len: split.max_len,
+    }
+}
+
+fn epoch_rows(history: &[Record]) -> Vec<&Record> {
     history
         .iter()
-        .filter(|r| r.kind == RowKind::Epoch)
+        .filter(|r| r.kind == RecordKind::Epoch)
         .collect()
 }
 

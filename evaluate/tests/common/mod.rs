@@ -5,7 +5,7 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use pipeline::config::ImageFormatSetting;
+use pipeline::config::ImageFormat;
 use pipeline::{Config, Layout, StageId};
 use polars::prelude::*;
 
@@ -120,9 +120,9 @@ pub fn tiny_config(root: &Path) -> Config {
     c.training.batch_size = 4;
     c.training.epochs = 1;
     c.training.checkpoint_every_steps = 1000;
-    c.training.device = "cpu".into();
+    c.training.device = pipeline::config::DeviceSetting::Cpu;
     c.evaluate.batch_size = 5; // not a divisor of 24: a partial last batch
-    c.report.formats = vec![ImageFormatSetting::Svg];
+    c.report.formats = vec![ImageFormat::Svg];
     c
 }
 
