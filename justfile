@@ -25,14 +25,19 @@ default:
 build:
     cargo build --release --bins
 
+# Each stage that runs appends its wall and CPU time and the load average to
+# <artifacts>/timings.jsonl (`just results` reads them).
 # Run every stage in order: data-prep → tokenize → train → evaluate → report → export.
 all *ARGS: build
-    {{run}} {{bin}}/data-prep --config {{config}} "$@"
-    {{run}} {{bin}}/tokenize --config {{config}} "$@"
-    {{run}} {{bin}}/train --config {{config}} "$@"
-    {{run}} {{bin}}/evaluate --config {{config}} "$@"
-    {{run}} {{bin}}/report --config {{config}} "$@"
-    {{run}} {{bin}}/export --config {{config}} "$@"
+    #!/usr/bin/env bash
+    set -euo pipefail
+    root=$({{run}} {{bin}}/data-prep --config {{config}} "$@" --print-config | sed -n "s/^artifacts: //p" | tr -d "'\"")
+    stages=(data-prep:data tokenize:tokens train:train evaluate:evaluate report:report export:export)
+    for stage_dir in "${stages[@]}"; do
+        stage=${stage_dir%%:*} dir=${stage_dir#*:}
+        scripts/timed.sh "$root/timings.jsonl" "$stage" --stamp "$root/$dir/stamp.json" -- \
+            {{run}} {{bin}}/$stage --config {{config}} "$@"
+    done
 
 # Load IMDb, sample train, split test into test/validation → artifacts/data.
 data-prep *ARGS: build
@@ -107,8 +112,28 @@ lint:
     cargo fmt --all -- --check
     cargo clippy --release --workspace --all-targets -- -D warnings
 
-# Throughput benchmarks (JSON lines): tokenizer, then the model's training step and inference (MiniLM, CPU).
+# The tokenizer, then the model's training step and inference (MiniLM, CPU) with the fused
+# kernels and with the composed reference ops, appended to bench.jsonl (or $BENCH_FILE) with a
+# line on the machine and its load; with BENCH_PYTHON (a python with tokenizers and pyarrow, and
+# torch + transformers + peft for the model), Python's references too.
+# Throughput benchmarks as JSON lines.
 bench *ARGS:
-    {{run}} cargo bench -p tokenize --bench tokenize
     cargo build --release -p imdb-lora
-    {{run}} {{bin}}/imdb-lora bench "$@"
+    scripts/timed.sh "${BENCH_FILE:-bench.jsonl}" bench -- {{just_executable()}} bench-lines "${BENCH_FILE:-bench.jsonl}" "$@"
+
+[private]
+bench-lines out *ARGS:
+    {{run}} cargo bench --workspace --bench tokenize | tee -a "$1"
+    {{run}} {{bin}}/imdb-lora bench "${@:2}" | tee -a "$1"
+    {{run}} {{bin}}/imdb-lora bench --kernels composed "${@:2}" | tee -a "$1"
+    if [ -n "${BENCH_PYTHON:-}" ]; then {{run}} "$BENCH_PYTHON" scripts/tokenizer_bench.py | tee -a "$1"; fi
+    if [ -n "${BENCH_PYTHON:-}" ] && "$BENCH_PYTHON" -c "import torch, peft" 2>/dev/null; then {{run}} "$BENCH_PYTHON" scripts/torch_bench.py "${@:2}" | tee -a "$1"; fi
+
+# The README's results and performance tables (Markdown) from the artifacts and bench.jsonl.
+results *ARGS:
+    #!/usr/bin/env bash
+    set -euo pipefail
+    cargo build --release --workspace --bin imdb-lora
+    bench=${BENCH_FILE:-bench.jsonl}
+    if [ -f "$bench" ]; then set -- --bench "$bench" "$@"; fi
+    {{run}} {{bin}}/imdb-lora results --config {{config}} "$@"

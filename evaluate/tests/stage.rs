@@ -19,6 +19,19 @@ use pipeline::{Config, Layout, Split, StageId};
 /// changes the order of the sums (by ~1e-8 here), nothing else.
 const SAME: f64 = 1e-6;
 
+/// The same probabilities, row for row, and as many (a `zip` alone passes on an empty list).
+fn assert_same_probabilities(got: &[f64], want: &[f64], tolerance: f64, what: &str) {
+    assert_eq!(got.len(), want.len(), "{what}: number of probabilities");
+    assert!(!want.is_empty(), "{what}: nothing to compare");
+    for (i, (a, b)) in got.iter().zip(want).enumerate() {
+        assert!(
+            (a - b).abs() < tolerance,
+            "{what}: row {i}: {a} vs {b} (|diff| {:e})",
+            (a - b).abs()
+        );
+    }
+}
+
 fn data_split(c: &Config, split: Split) -> Reviews {
     Reviews::read_parquet(&stage_dir(c, StageId::DataPrep).join(Layout::data_file(split))).unwrap()
 }
@@ -139,16 +152,13 @@ fn evaluates_the_trained_adapter_then_is_up_to_date() {
             None,
         )
         .unwrap();
-    for (a, b) in probs.iter().zip(&preds.prob_positive) {
-        assert!((a - b).abs() < SAME, "{a} vs {b}");
-    }
+    assert_same_probabilities(&preds.prob_positive, &probs, SAME, "test predictions");
     let encoder = evaluate::encoder_for(&c, None).unwrap();
     let example_probs = classifier
         .classify_texts(&encoder, &c.evaluate.examples, 64)
         .unwrap();
-    for (e, p) in examples.iter().zip(example_probs) {
-        assert!((e.prob_positive - p).abs() < SAME, "{e:?} vs {p}");
-    }
+    let got: Vec<f64> = examples.iter().map(|e| e.prob_positive).collect();
+    assert_same_probabilities(&got, &example_probs, SAME, "examples");
 
     // Unchanged: up to date, nothing rewritten.
     let before = all_outputs(&dir);
@@ -192,7 +202,11 @@ fn evaluates_the_trained_adapter_then_is_up_to_date() {
 #[test]
 fn a_peft_adapter_folder_replaces_the_trained_one() {
     let tmp = tempfile::tempdir().unwrap();
-    let c = tiny_config(tmp.path());
+    let mut c = tiny_config(tmp.path());
+    // The fixture's texts as the examples: their probabilities are PEFT's own (transformers +
+    // PEFT computed them with this adapter, fixtures/bert-tiny-lora/expected.*).
+    let (texts, peft_probs) = fixture_probabilities("bert-tiny-lora");
+    c.evaluate.examples = texts;
     prepare(&c);
     let peft = ModelChoice {
         model: None,
@@ -202,8 +216,11 @@ fn a_peft_adapter_folder_replaces_the_trained_one() {
         panic!("evaluates")
     };
     let preds = check_split_outputs(&c, &dir, Split::Test, "");
-    check_examples(&c, &dir);
-    // Its probabilities are the PEFT adapter's.
+    let examples = check_examples(&c, &dir);
+    let got: Vec<f64> = examples.iter().map(|e| e.prob_positive).collect();
+    assert_same_probabilities(&got, &peft_probs, 1e-5, "examples vs PEFT's probabilities");
+    // The test split's probabilities are those of the classifier loaded directly (which
+    // tests/fixtures.rs holds to PEFT's on the fixture's rows).
     let tokens =
         TokenSplit::read(&stage_dir(&c, StageId::Tokenize).join(Layout::tokens_file(Split::Test)))
             .unwrap();
@@ -217,9 +234,7 @@ fn a_peft_adapter_folder_replaces_the_trained_one() {
             None,
         )
         .unwrap();
-    for (a, b) in want.iter().zip(&preds.prob_positive) {
-        assert!((a - b).abs() < SAME, "{a} vs {b}");
-    }
+    assert_same_probabilities(&preds.prob_positive, &want, SAME, "test predictions");
     assert!(matches!(
         evaluate::run(&c, &peft, false).unwrap(),
         Outcome::UpToDate { .. }
@@ -463,13 +478,12 @@ fn every_shard_of_a_sharded_model_is_an_input() {
         Outcome::Ran { .. }
     ));
     let single_preds = Predictions::read_parquet(&dir.join(PREDICTIONS_FILE)).unwrap();
-    for (a, b) in sharded_preds
-        .prob_positive
-        .iter()
-        .zip(&single_preds.prob_positive)
-    {
-        assert!((a - b).abs() < SAME, "{a} vs {b}");
-    }
+    assert_same_probabilities(
+        &sharded_preds.prob_positive,
+        &single_preds.prob_positive,
+        SAME,
+        "sharded vs single-file checkpoint",
+    );
     assert!(matches!(
         evaluate::run(&c, &choice, false).unwrap(),
         Outcome::Ran { .. }

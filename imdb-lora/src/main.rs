@@ -7,8 +7,11 @@ mod bench;
 mod check_fixture;
 mod check_kernels;
 mod convert;
-mod models;
+mod results;
 mod status;
+
+// The library's modules, where the commands' modules look for them (`crate::models`).
+use imdb_lora::{kernel_parity, models};
 
 use std::ffi::OsString;
 
@@ -48,6 +51,10 @@ const COMMANDS: &[(&str, &str)] = &[
     (
         "check-fixture",
         "run a transformers + PEFT reference fixture on this device and compare",
+    ),
+    (
+        "results",
+        "the README's results and performance tables, from the artifacts and bench output",
     ),
     (
         "convert",
@@ -92,6 +99,7 @@ fn main() {
         "check-kernels" => check_kernels::main(argv),
         "check-fixture" => check_fixture::main(argv),
         "convert" => convert::main(argv),
+        "results" => results::main(argv),
         "-h" | "--help" | "help" => print!("{}", usage()),
         "-V" | "--version" => println!("imdb-lora {}", env!("CARGO_PKG_VERSION")),
         other => {

@@ -6,7 +6,7 @@ mod common;
 
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use candle_core::Device;
@@ -49,6 +49,51 @@ fn stopping_run(tmp: &Path, step: u64) -> Command {
     cmd
 }
 
+/// The CPU time (clock ticks) process `pid` has used, from /proc (Linux); None elsewhere.
+fn cpu_ticks(pid: u32) -> Option<u64> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let field = |i: usize| fields.get(i)?.parse::<u64>().ok();
+    Some(field(11)? + field(12)?)
+}
+
+/// Waits until `child` has written the checkpoint of `step` under `checkpoints` (it then stops
+/// in place), and returns its folder. Guarded on the run's progress, not on the wall clock,
+/// which a loaded machine stretches: the run must not end or write a later checkpoint first,
+/// and it must keep using CPU time (a run that uses none for 2 minutes is stuck, however busy
+/// the machine).
+fn wait_for_checkpoint(child: &mut Child, checkpoints: &Path, step: u64) -> PathBuf {
+    let want = checkpoints.join(format!("step-{step:08}"));
+    let (mut ticks, mut progressed) = (cpu_ticks(child.id()), Instant::now());
+    while !want.exists() {
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!("the run ended ({status}) before the checkpoint of step {step}");
+        }
+        let later = fs::read_dir(checkpoints)
+            .into_iter()
+            .flatten()
+            .find_map(|e| {
+                let name = e.ok()?.file_name().into_string().ok()?;
+                let n: u64 = name.strip_prefix("step-")?.parse().ok()?;
+                (n > step).then_some(name)
+            });
+        assert!(
+            later.is_none(),
+            "the run went past step {step} to {later:?}"
+        );
+        let now = cpu_ticks(child.id());
+        if now != ticks {
+            (ticks, progressed) = (now, Instant::now());
+        }
+        assert!(
+            ticks.is_none() || progressed.elapsed() < Duration::from_secs(120),
+            "the run used no CPU time for 2 minutes before step {step}: stuck"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    want
+}
+
 /// Kills a run with SIGKILL right after a mid-epoch checkpoint (the run stops in place after
 /// writing the checkpoint of step 7, so the kill point is known), runs the `train` binary
 /// again, and compares with a run that was never interrupted.
@@ -72,21 +117,11 @@ fn resumes_after_a_kill_as_if_never_stopped() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let ckpt = Layout::new(&ca.artifacts)
-        .train_checkpoints()
-        .join("step-00000007");
-    let started = Instant::now();
-    while !ckpt.exists() {
-        assert!(
-            started.elapsed() < Duration::from_secs(300),
-            "no checkpoint at step 7"
-        );
-        assert!(
-            child.try_wait().unwrap().is_none(),
-            "the run ended before step 7"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let ckpt = wait_for_checkpoint(
+        &mut child,
+        &Layout::new(&ca.artifacts).train_checkpoints(),
+        7,
+    );
     child.kill().unwrap(); // SIGKILL
     child.wait().unwrap();
     // Step 7 is batch 2 of epoch 2 (5 batches an epoch): mid-epoch.
@@ -135,16 +170,7 @@ fn resume_skips_a_checkpoint_with_non_finite_state() {
         .spawn()
         .unwrap();
     let checkpoints = Layout::new(&ca.artifacts).train_checkpoints();
-    let newest = checkpoints.join("step-00000004");
-    let started = Instant::now();
-    while !newest.exists() {
-        assert!(
-            started.elapsed() < Duration::from_secs(300),
-            "no checkpoint at step 4"
-        );
-        assert!(child.try_wait().unwrap().is_none(), "ended before step 4");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let newest = wait_for_checkpoint(&mut child, &checkpoints, 4);
     child.kill().unwrap();
     child.wait().unwrap();
     assert!(checkpoints.join("step-00000002").exists());

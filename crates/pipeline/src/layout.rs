@@ -54,6 +54,10 @@ pub struct Layout {
 /// The folder of the training checkpoints under the root.
 pub const CHECKPOINTS_DIR: &str = "checkpoints";
 
+/// Where `just all` appends one JSON line per stage run (scripts/timed.sh; `just results`
+/// reads it), in the root.
+pub const TIMINGS_FILE: &str = "timings.jsonl";
+
 impl Layout {
     pub fn new(root: &Path) -> Self {
         Self {

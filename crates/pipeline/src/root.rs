@@ -12,7 +12,7 @@ use common::atomic;
 use fs4::{FileExt, TryLockError};
 
 use crate::graph::{StageId, TRAIN_LOG_FILE};
-use crate::layout::{Layout, CHECKPOINTS_DIR};
+use crate::layout::{Layout, CHECKPOINTS_DIR, TIMINGS_FILE};
 use crate::stamp::owner;
 
 /// The lock file in the root, held by the run in progress; it names the holder.
@@ -21,8 +21,7 @@ pub const LOCK_FILE: &str = ".lock";
 /// Names the pipeline writes into the root.
 fn known(name: &str) -> bool {
     StageId::ALL.iter().any(|s| s.dir_name() == name)
-        || name == CHECKPOINTS_DIR
-        || name == LOCK_FILE
+        || [CHECKPOINTS_DIR, LOCK_FILE, TIMINGS_FILE].contains(&name)
 }
 
 /// For a leftover of an interrupted write or commit (`.NAME.tmp-…`, `.NAME.old-…`), the name
@@ -312,6 +311,9 @@ mod tests {
         fs::write(root.join("train/stamp.json"), r#"{"stage": "train"}"#).unwrap();
         check(&root).unwrap();
         assert_eq!(names(&root), ["train"]);
+        // `just all` records the stages' times in the root.
+        fs::write(root.join(TIMINGS_FILE), "{}\n").unwrap();
+        check(&root).unwrap();
     }
 
     #[test]

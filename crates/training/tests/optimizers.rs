@@ -49,6 +49,7 @@ fn run(kind: OptimizerSettings, steps: usize) -> Vec<f32> {
 }
 
 fn assert_close(got: &[f32], want: &[f64], tol: f64, what: &str) {
+    assert_eq!(got.len(), want.len(), "{what}: length");
     for (i, (g, w)) in got.iter().zip(want).enumerate() {
         assert!((*g as f64 - w).abs() <= tol, "{what}[{i}]: {g} vs {w}");
     }
