@@ -77,10 +77,11 @@ smoke: build
     set -euo pipefail
     sets=(--set artifacts=artifacts-smoke --set data.max_train=200 --set data.max_validation=200
           --set data.max_test=400 --set training.epochs=1 --set training.checkpoint_every_steps=5)
-    for stage in data-prep tokenize train evaluate report; do
+    for stage in data-prep tokenize train evaluate report export; do
         {{run}} "{{bin}}/$stage" --config {{config}} "${sets[@]}"
     done
     {{run}} "{{bin}}/predict" --config {{config}} "${sets[@]}" "A wonderful, moving film." "Dull and far too long."
+    {{run}} "{{bin}}/predict" --config {{config}} "${sets[@]}" --model artifacts-smoke/export --json "A wonderful, moving film."
 
 # Build the stages and imdb-lora with CUDA for Hopper GPUs → target/cuda/release (toolkit from PyPI wheels in .cuda/).
 build-cuda:
