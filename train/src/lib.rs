@@ -242,6 +242,8 @@ impl Stage for Train<'_> {
             dtype: dtype_name(self.dtype).into(),
             threads,
             resumed_from_step: outcome.resumed_from_step,
+            model_revision: model.revision.clone(),
+            model_commit: hub::snapshot_commit(&self.model_dir),
         };
         pipeline::atomic::write_json(&out.join(SUMMARY_FILE), &summary)?;
         self.store = Some(store);

@@ -36,6 +36,8 @@ pub struct DataConfig {
     /// A Hugging Face dataset id, a folder of `{train,test}-*.parquet`, an
     /// `aclImdb/` folder or `aclImdb_v1.tar.gz`.
     pub source: String,
+    /// Hub revision (branch, tag or commit) when `source` is a hub dataset id.
+    pub revision: String,
     /// Share of the train split that is sampled for training.
     pub train_fraction: f64,
     /// Share of the (shuffled) test split that becomes validation.
@@ -194,6 +196,7 @@ impl Default for DataConfig {
     fn default() -> Self {
         Self {
             source: "stanfordnlp/imdb".into(),
+            revision: "main".into(),
             train_fraction: 0.1,
             validation_fraction: 0.2,
             stratify: false,
@@ -387,6 +390,16 @@ impl Config {
         if self.data.source.trim().is_empty() {
             bail!("key `data.source`: must not be empty");
         }
+        for (key, revision) in [
+            ("data.revision", &self.data.revision),
+            ("model.revision", &self.model.revision),
+        ] {
+            if revision.trim().is_empty() {
+                bail!(
+                    "key `{key}`: must not be empty (a branch, tag or commit; `main` by default)"
+                );
+            }
+        }
         fraction("data.train_fraction", self.data.train_fraction)?;
         fraction("data.validation_fraction", self.data.validation_fraction)?;
         for (key, cap) in [
@@ -573,6 +586,24 @@ mod tests {
     fn load(text: &str, sets: &[&str]) -> Result<Config> {
         let sets: Vec<String> = sets.iter().map(|s| s.to_string()).collect();
         Config::from_yaml(text, "test.yaml", &sets)
+    }
+
+    #[test]
+    fn revisions_must_not_be_empty() {
+        for key in ["data.revision", "model.revision"] {
+            let err = Config::from_yaml("", "p.yaml", &[format!("{key}=''")])
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains(&format!("key `{key}`: must not be empty")),
+                "{err}"
+            );
+        }
+        let c = Config::from_yaml("data:\n  revision: v1.0\n", "p.yaml", &[]).unwrap();
+        assert_eq!(
+            (c.data.revision.as_str(), c.model.revision.as_str()),
+            ("v1.0", "main")
+        );
     }
 
     #[test]
