@@ -89,6 +89,11 @@ impl Observer for Console<'_, '_> {
                     );
                 }
             }
+            Event::Validating { done, total } => {
+                if let Some(p) = &mut self.progress {
+                    p.message(&format!("validating {done}/{total} reviews"));
+                }
+            }
             Event::Validated(r) => {
                 let (loss, accuracy) = (r.val_loss.unwrap_or(f64::NAN), r.val_accuracy);
                 let accuracy = accuracy.unwrap_or(f64::NAN);

@@ -142,6 +142,24 @@ impl Progress {
         }
     }
 
+    /// Shows `message` without advancing (work within a step, such as a validation); without
+    /// a terminal, a log line at most every few seconds.
+    pub fn message(&mut self, message: &str) {
+        match &self.bar {
+            Some(bar) => bar.set_message(message.to_string()),
+            None => {
+                if self.last_log.elapsed().as_secs_f64() >= 10.0 {
+                    self.last_log = Instant::now();
+                    eprintln!(
+                        "{}: {message} ({:.0}s)",
+                        self.label,
+                        self.started.elapsed().as_secs_f64()
+                    );
+                }
+            }
+        }
+    }
+
     /// Prints a line without breaking the bar.
     pub fn println(&self, line: &str) {
         match &self.bar {

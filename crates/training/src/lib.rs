@@ -32,4 +32,6 @@ pub use log::{JsonLog, LOG_FILE};
 pub use observer::{Event, Observer, Silent, Skipped};
 pub use optim::{Optimizer, OptimizerKind, OptimizerSettings, OptimizerState};
 pub use schedule::{Schedule, ScheduleKind};
-pub use trainer::{evaluate, stops_early, train, TrainOutcome, TrainSettings, Validation};
+pub use trainer::{
+    evaluate, evaluate_with_progress, stops_early, train, TrainOutcome, TrainSettings, Validation,
+};

@@ -113,6 +113,17 @@ pub fn evaluate(
     batch_size: usize,
     device: &Device,
 ) -> Result<Validation> {
+    evaluate_with_progress(model, examples, batch_size, device, |_, _| {})
+}
+
+/// [`evaluate`], calling `progress(done, total)` with the rows classified after each batch.
+pub fn evaluate_with_progress(
+    model: &SequenceClassifier,
+    examples: &Examples,
+    batch_size: usize,
+    device: &Device,
+    mut progress: impl FnMut(u64, u64),
+) -> Result<Validation> {
     if examples.is_empty() {
         bail!("cannot validate on an empty split");
     }
@@ -130,6 +141,10 @@ pub fn evaluate(
                 .fold(0, |best, (j, &v)| if v > row[best] { j } else { best });
             correct += (pred as u32 == examples.labels[i]) as usize;
         }
+        progress(
+            rows.last().map_or(0, |&i| i as u64 + 1),
+            examples.len() as u64,
+        );
         Ok(())
     })?;
     Ok(Validation {
@@ -269,8 +284,12 @@ impl Run<'_> {
         validation: &Examples,
         batch_size: usize,
         device: &Device,
+        observer: &mut dyn Observer,
     ) -> Result<Validation> {
-        let v = evaluate(self.model, validation, batch_size, device)?;
+        let v =
+            evaluate_with_progress(self.model, validation, batch_size, device, |done, total| {
+                observer.on(Event::Validating { done, total })
+            })?;
         self.history.push(Record {
             kind,
             epoch: epoch_no,
@@ -469,7 +488,7 @@ pub fn train(
                 } else {
                     RecordKind::Eval
                 };
-                let v = run.validate(kind, epoch_no, validation, bs, device)?;
+                let v = run.validate(kind, epoch_no, validation, bs, device, observer)?;
                 check_validation(&v, step, epoch_no)?;
                 if finished(&run) && !epoch_end {
                     // Stopped early mid-epoch: this validation closes the run's last epoch.

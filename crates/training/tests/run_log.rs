@@ -1,5 +1,6 @@
 //! The JSON-lines log while a run trains: read from disk by an observer in the middle of the
 //! run, each step's and each validation's line is already there, with HF Trainer's names.
+//! And validation reports its progress as it goes.
 
 use std::path::Path;
 
@@ -22,6 +23,8 @@ struct Reader {
     log: JsonLog,
     checked_steps: u64,
     checked_validations: u64,
+    /// The last `Validating` event's (done, total).
+    validating: Option<(u64, u64)>,
 }
 
 impl Observer for Reader {
@@ -36,7 +39,17 @@ impl Observer for Reader {
                 assert_eq!(last["learning_rate"].as_f64(), r.learning_rate);
                 self.checked_steps += 1;
             }
+            Event::Validating { done, total } => {
+                let before = self.validating.filter(|(d, t)| d < t).map_or(0, |(d, _)| d);
+                assert!(
+                    before < done && done <= total,
+                    "{before} → {done} of {total}"
+                );
+                self.validating = Some((done, total));
+            }
             Event::Validated(r) => {
+                // Progress came batch by batch (2 rows each) up to all 4 rows.
+                assert_eq!(self.validating.take(), Some((4, 4)));
                 let last = on_disk.last().unwrap();
                 assert_eq!(last["eval_loss"].as_f64(), r.val_loss);
                 assert_eq!(last["eval_accuracy"].as_f64(), r.val_accuracy);
@@ -101,6 +114,7 @@ fn log_lines_appear_while_the_run_trains() {
         log: JsonLog::new(&path),
         checked_steps: 0,
         checked_validations: 0,
+        validating: None,
     };
     let outcome = training::train(
         &model,
