@@ -207,9 +207,14 @@ fn trained_adapter(config: &Config, model_dir: &Path, model_chosen: bool) -> Res
         );
     };
     let keys: &[&str] = if model_chosen {
-        &["model.max_len"]
+        &["model.max_len", "model.truncation"]
     } else {
-        &["model.source", "model.revision", "model.max_len"]
+        &[
+            "model.source",
+            "model.revision",
+            "model.max_len",
+            "model.truncation",
+        ]
     };
     let now = config.sections(keys);
     for key in keys {
@@ -266,5 +271,8 @@ pub fn encoder_for(config: &Config, model_dir: Option<&Path>) -> Result<TextEnco
             pipeline::hub::model_dir(&config.model.source, &config.model.revision, false, true)?
         }
     };
-    TextEncoder::for_model(&dir, config.model.max_len)
+    Ok(
+        TextEncoder::for_model(&dir, config.model.max_len)?
+            .with_truncation(config.model.truncation),
+    )
 }

@@ -234,6 +234,7 @@ fn predict_loads_a_merged_export_without_an_adapter() {
     let options = lora_classifier::ExportOptions {
         dtype: lora_classifier::ExportDtype::F32,
         max_len: 24,
+        truncation: lora_classifier::Truncation::Head,
     };
     model.export_merged(&ckpt, &export, options).unwrap();
     let o = Command::new(PREDICT)

@@ -80,6 +80,7 @@ impl Stage for Export {
         let options = ExportOptions {
             dtype: config.export.dtype,
             max_len: config.model.max_len,
+            truncation: config.model.truncation,
         };
         model.write_export(&ckpt, out, options)?;
         let weights = out.join(EXPORT_FILES[1]);

@@ -27,7 +27,15 @@ fn main() -> Result<()> {
     let ckpt = Checkpoint::open(&PathBuf::from(model))?;
     let m =
         SequenceClassifier::load_adapter(&ckpt, &PathBuf::from(adapter), &Device::Cpu, DType::F32)?;
-    m.export_merged(&ckpt, &PathBuf::from(out), ExportOptions { dtype, max_len })?;
+    m.export_merged(
+        &ckpt,
+        &PathBuf::from(out),
+        ExportOptions {
+            dtype,
+            max_len,
+            truncation: lora_classifier::Truncation::Head,
+        },
+    )?;
     println!("exported to {out}");
     Ok(())
 }

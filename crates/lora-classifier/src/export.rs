@@ -35,7 +35,7 @@ const SPECIAL_TOKENS_MAP: &str = "special_tokens_map.json";
 const TOKENIZER_CONFIG: &str = "tokenizer_config.json";
 
 /// The dtype of an export's weights (one definition, shared with `export.dtype`).
-pub use choices::ExportDtype;
+pub use choices::{ExportDtype, Truncation};
 
 fn candle_dtype(dtype: ExportDtype) -> DType {
     match dtype {
@@ -61,6 +61,9 @@ pub struct ExportOptions {
     /// The tokens per text the model was trained with (`model.max_len`): written as the
     /// tokenizer's `model_max_length`, so that `truncation=True` cuts texts where we do.
     pub max_len: usize,
+    /// `model.truncation`: tail is written as `truncation_side: left`; head_tail has no
+    /// tokenizer setting in transformers (its texts must be cut before the pipeline).
+    pub truncation: Truncation,
 }
 
 /// Every tensor of the merged model by HF's name, in f32: the body in `named_parameters`
@@ -112,7 +115,11 @@ fn config_json(model: &SequenceClassifier, ckpt: &Checkpoint, dtype: ExportDtype
 /// The model folder's tokenizer_config.json (and special_tokens_map.json, which transformers 5
 /// folds into it), with `model_max_length` = the trained length and, for GPT-2, the pad token
 /// the pipeline pads with (GPT-2's own has none, and batched inference needs one).
-fn tokenizer_config(model: &SequenceClassifier, dir: &Path, max_len: usize) -> Result<Value> {
+fn tokenizer_config(
+    model: &SequenceClassifier,
+    dir: &Path,
+    options: ExportOptions,
+) -> Result<Value> {
     let read = |name: &str| -> Result<Map<String, Value>> {
         let path = dir.join(name);
         if !path.exists() {
@@ -127,7 +134,12 @@ fn tokenizer_config(model: &SequenceClassifier, dir: &Path, max_len: usize) -> R
     for (key, value) in read(SPECIAL_TOKENS_MAP)? {
         config.entry(key).or_insert(value);
     }
-    config.insert("model_max_length".into(), json!(max_len));
+    config.insert("model_max_length".into(), json!(options.max_len));
+    let side = match options.truncation {
+        Truncation::Tail => "left",
+        Truncation::Head | Truncation::HeadTail => "right",
+    };
+    config.insert("truncation_side".into(), json!(side));
     if model.arch == Architecture::Gpt2 && !config.contains_key("pad_token") {
         config.insert("pad_token".into(), json!("<|endoftext|>"));
     }
@@ -193,7 +205,7 @@ pub(crate) fn write_files(
     let bytes = std::fs::read(&tokenizer)
         .with_context(|| format!("cannot read {}", tokenizer.display()))?;
     std::fs::write(out.join(TOKENIZER), bytes)?;
-    let tokenizer_config = tokenizer_config(model, ckpt.dir(), options.max_len)?;
+    let tokenizer_config = tokenizer_config(model, ckpt.dir(), options)?;
     write_json(&out.join(TOKENIZER_CONFIG), &tokenizer_config)?;
     Ok(())
 }

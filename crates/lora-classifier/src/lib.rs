@@ -60,7 +60,7 @@ use common::hash::fnv1a;
 
 pub use checkpoint::{all_finite, Checkpoint};
 use checkpoint::{Config, Loader};
-pub use export::{ExportDtype, ExportOptions, EXPORT_FILES, LABELS};
+pub use export::{ExportDtype, ExportOptions, Truncation, EXPORT_FILES, LABELS};
 use lora::{Part, PartMut};
 use ops::{Ctx, KeyMask, MASKED};
 pub use runtime::tune_cpu_runtime;

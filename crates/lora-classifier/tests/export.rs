@@ -18,6 +18,7 @@ const ARCHS: [&str; 2] = ["bert-tiny-lora", "gpt2-tiny-lora"];
 const F32: ExportOptions = ExportOptions {
     dtype: ExportDtype::F32,
     max_len: 24,
+    truncation: lora_classifier::Truncation::Head,
 };
 
 fn json_file(path: &Path) -> Value {
@@ -122,6 +123,7 @@ fn config_and_tokenizer_files_are_a_classifiers() {
         }
         let tok = json_file(&dir.join("tokenizer_config.json"));
         assert_eq!(tok["model_max_length"], json!(24), "{name}");
+        assert_eq!(tok["truncation_side"], json!("right"), "{name}");
         if name.starts_with("gpt2") {
             assert_eq!(c["pad_token_id"], json!(50256));
             assert_eq!(tok["pad_token"], json!("<|endoftext|>"));

@@ -197,6 +197,7 @@ fn training_trajectory_and_merge() {
         let options = ExportOptions {
             dtype: ExportDtype::F32,
             max_len: 24,
+            truncation: lora_classifier::Truncation::Head,
         };
         m.export_merged(&f.ckpt, tmp.path(), options).unwrap();
         let exported = Checkpoint::open(tmp.path()).unwrap();

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 /// The choice keys' values: one definition, shared with the libraries that act on them.
 pub use choices::{
-    DeviceSetting, DtypeSetting, ExportDtype, LoraBias, OptimizerKind, ScheduleKind,
+    DeviceSetting, DtypeSetting, ExportDtype, LoraBias, OptimizerKind, ScheduleKind, Truncation,
 };
 use serde::{Deserialize, Serialize};
 use serde_norway::Value;
@@ -59,6 +59,8 @@ pub struct ModelConfig {
     pub revision: String,
     /// Tokens per review after padding/truncation.
     pub max_len: usize,
+    /// Which tokens of a longer review are kept: head, tail or head_tail.
+    pub truncation: Truncation,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -213,6 +215,7 @@ impl Default for ModelConfig {
             source: "sentence-transformers/all-MiniLM-L6-v2".into(),
             revision: "main".into(),
             max_len: 128,
+            truncation: Truncation::Head,
         }
     }
 }
