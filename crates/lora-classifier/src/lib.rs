@@ -450,7 +450,20 @@ impl SequenceClassifier {
     pub fn unmerge(&mut self) -> candle_core::Result<()> {
         for part in self.parts_mut() {
             if let PartMut::Linear(l) = part {
-                l.unmerge();
+                l.unmerge()?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Inference in int8 on the CPU (call it after `merge`): every frozen linear layer's
+    /// weight quantized per output channel, its input per row, the products on AVX512-VNNI
+    /// where the CPU has it (`vpdpbusd`), as ONNX Runtime's dynamic quantization. There is no
+    /// backward pass through the quantized layers; the fused kernels (`Kernels::Auto`) only.
+    pub fn quantize_int8(&mut self) -> candle_core::Result<()> {
+        for part in self.parts_mut() {
+            if let PartMut::Linear(l) = part {
+                l.quantize_int8()?;
             }
         }
         Ok(())

@@ -18,18 +18,24 @@
 //! - `simd`: the elementwise and row loops, compiled per instruction set.
 
 mod attention;
+#[cfg(target_arch = "x86_64")]
+mod avx512;
 mod dropout;
 mod elementwise;
 mod linear;
 mod matrix;
 mod norm;
+mod packed;
+#[cfg(test)]
+mod packed_tests;
 mod simd;
 
 pub(crate) use attention::Attention;
 pub(crate) use dropout::{layer_site, DropKey, Dropout};
 pub(crate) use elementwise::{Act, Gelu};
-pub(crate) use linear::{FrozenLinear, LoraLinear};
+pub(crate) use linear::{FrozenLinear, LoraLinear, Weight};
 pub(crate) use norm::LayerNorm;
+pub(crate) use packed::{Isa, PackedLinear, Precision, ISA_ENV};
 
 /// Elements per rayon task in elementwise kernels.
 const CHUNK: usize = 16384;

@@ -383,3 +383,56 @@ simd_fn!(
         }
     }
 );
+
+simd_fn!(
+    /// f32 → bf16 bits, rounded to nearest even.
+    fn bf16_row_portable(src: &[f32], dst: &mut [u16]) {
+        let dst = &mut dst[..src.len()];
+        for i in 0..src.len() {
+            dst[i] = super::packed::bf16_bits(src[i]);
+        }
+    }
+);
+
+/// One row's int8 quantization: dst[i] = round(src[i] / s) + 128 with s = max|src| / 127
+/// (0 for a zero row); returns s, NaN when the row holds NaN or infinity.
+pub(super) fn quantize_row(src: &[f32], dst: &mut [u8]) -> f32 {
+    let (max_abs, finite) = max_abs_finite(src);
+    if !finite {
+        dst[..src.len()].fill(128);
+        return f32::NAN;
+    }
+    if max_abs == 0.0 {
+        dst[..src.len()].fill(128);
+        return 0.0;
+    }
+    quantize_into(src, dst, 127.0 / max_abs);
+    max_abs / 127.0
+}
+
+/// (max |x|, whether every x is finite): x·0 is 0 for finite x and NaN otherwise.
+fn max_abs_finite(v: &[f32]) -> (f32, bool) {
+    let mut out = (0.0, true);
+    max_abs_finite_into(v, &mut out);
+    out
+}
+
+simd_fn!(
+    fn max_abs_finite_into(v: &[f32], out: &mut (f32, bool)) {
+        let m = lanes!(v.len(), 0f32, |acc, i| fmax(*acc, v[i].abs()), fmax);
+        let z = lanes!(v.len(), 0f32, |acc, i| *acc + v[i] * 0.0, |a, b| a + b);
+        *out = (m, z == 0.0);
+    }
+);
+
+simd_fn!(
+    /// dst[i] = round_ties_even(src[i] · inv) + 128, for |src[i] · inv| ≤ 127.
+    fn quantize_into(src: &[f32], dst: &mut [u8], inv: f32) {
+        let dst = &mut dst[..src.len()];
+        for i in 0..src.len() {
+            // Adding 1.5·2²³ rounds to an integer held in the low mantissa bits (see `exp`).
+            let bits = (src[i] * inv + 12_582_912.0).to_bits();
+            dst[i] = bits.wrapping_sub(0x4b40_0000).wrapping_add(128) as u8;
+        }
+    }
+);
