@@ -190,3 +190,47 @@ pub(super) unsafe fn to_bf16(src: &[f32], dst: &mut [u16]) {
         dst[i] = super::packed::bf16_bits(src[i]);
     }
 }
+
+/// max |x| as bits (above 0x7f7fffff when some x is infinite or NaN), 16 at a time: LLVM
+/// turns the plain loop into gathers.
+///
+/// # Safety
+/// The CPU has avx512f.
+#[target_feature(enable = "avx512f")]
+pub(super) unsafe fn max_abs_bits(v: &[f32]) -> u32 {
+    let (n, p) = (v.len(), v.as_ptr());
+    let full = n / 16 * 16;
+    let (mut m, abs) = (_mm512_setzero_si512(), _mm512_set1_epi32(0x7fff_ffff));
+    for i in (0..full).step_by(16) {
+        // SAFETY: i + 16 ≤ n.
+        let x = unsafe { _mm512_loadu_si512(p.add(i) as *const __m512i) };
+        m = _mm512_max_epu32(m, _mm512_and_si512(x, abs));
+    }
+    let mut bits = _mm512_reduce_max_epu32(m);
+    for x in &v[full..] {
+        bits = bits.max(x.to_bits() & 0x7fff_ffff);
+    }
+    bits
+}
+
+/// dst[i] = round_ties_even(src[i] · inv) + 128 for |src[i] · inv| ≤ 127, as
+/// `simd::quantize_into` computes it (the same operations, so the same bytes).
+///
+/// # Safety
+/// The CPU has avx512f; dst holds at least src.len() bytes.
+#[target_feature(enable = "avx512f")]
+pub(super) unsafe fn quantize(src: &[f32], dst: &mut [u8], inv: f32) {
+    let (n, s, d) = (src.len(), src.as_ptr(), dst.as_mut_ptr());
+    let full = n / 16 * 16;
+    let (vinv, magic) = (_mm512_set1_ps(inv), _mm512_set1_ps(12_582_912.0));
+    let offset = _mm512_set1_epi32(0x4b40_0000 - 128);
+    for i in (0..full).step_by(16) {
+        // SAFETY: i + 16 ≤ n ≤ dst.len().
+        unsafe {
+            let x = _mm512_add_ps(_mm512_mul_ps(_mm512_loadu_ps(s.add(i)), vinv), magic);
+            let q = _mm512_sub_epi32(_mm512_castps_si512(x), offset);
+            _mm_storeu_si128(d.add(i) as *mut __m128i, _mm512_cvtepi32_epi8(q));
+        }
+    }
+    super::simd::quantize_into(&src[full..], &mut dst[full..n], inv);
+}

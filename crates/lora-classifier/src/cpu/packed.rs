@@ -16,7 +16,7 @@ use rayon::prelude::*;
 #[cfg(target_arch = "x86_64")]
 use super::avx512::{self, Epilogue, Tile, MR, NR};
 use super::matrix::{gemm_acc, gemm_into, uninit_buffer, Mat};
-use super::simd::{bf16_row_portable, quantize_row};
+use super::simd::{bf16_row_portable, max_abs_bits, quantize_into, quantize_row};
 
 /// Environment variable that forces the portable path (`portable`): a CPU without the feature.
 pub const ISA_ENV: &str = "IMDB_LORA_CPU_ISA";
@@ -257,13 +257,6 @@ impl PackedLinear {
         })
     }
 
-    pub fn precision(&self) -> Precision {
-        match self.kind {
-            Kind::Bf16 { .. } => Precision::Bf16,
-            Kind::Int8 { .. } => Precision::Int8,
-        }
-    }
-
     /// B for `fwd` (Wᵀ, [in, out]) or the backward pass (W, [out, in]).
     fn bf16_b(src: &[u16], n_out: usize, n_in: usize, conv1d: bool, isa: Isa, fwd: bool) -> Bf16B {
         // Element (o, i) of W is at o·so + i·si in `src`.
@@ -386,7 +379,7 @@ impl PackedLinear {
             .zip(x.par_chunks(k * rows_per_task(k)))
             .for_each(|((dst, rs), src)| {
                 for ((d, s), r) in dst.chunks_mut(groups).zip(src.chunks(k)).zip(rs) {
-                    *r = quantize_row(s, as_u8(d));
+                    *r = self.quantize_row(s, as_u8(d));
                 }
             });
         match q {
@@ -424,6 +417,23 @@ impl PackedLinear {
                     });
             }
         }
+    }
+}
+
+impl PackedLinear {
+    /// One row of A quantized (`simd::quantize_row`), with the AVX-512 loops where the ISA is.
+    fn quantize_row(&self, src: &[f32], dst: &mut [u8]) -> f32 {
+        #[cfg(target_arch = "x86_64")]
+        if self.isa == Isa::Avx512 {
+            // SAFETY: Isa::Avx512 was chosen after detecting avx512f; dst holds a row.
+            return quantize_row(
+                src,
+                dst,
+                |v| unsafe { avx512::max_abs_bits(v) },
+                |s, d, inv| unsafe { avx512::quantize(s, d, inv) },
+            );
+        }
+        quantize_row(src, dst, max_abs_bits, quantize_into)
     }
 }
 

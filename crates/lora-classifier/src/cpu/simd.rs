@@ -395,35 +395,40 @@ simd_fn!(
 );
 
 /// One row's int8 quantization: dst[i] = round(src[i] / s) + 128 with s = max|src| / 127
-/// (0 for a zero row); returns s, NaN when the row holds NaN or infinity.
-pub(super) fn quantize_row(src: &[f32], dst: &mut [u8]) -> f32 {
-    let (max_abs, finite) = max_abs_finite(src);
-    if !finite {
+/// (0 for a zero row); returns s, NaN when the row holds NaN or infinity. `max_abs_bits` and
+/// `quantize` are this module's loops or their AVX-512 versions (the same results).
+pub(super) fn quantize_row(
+    src: &[f32],
+    dst: &mut [u8],
+    max_abs_bits: impl Fn(&[f32]) -> u32,
+    quantize: impl Fn(&[f32], &mut [u8], f32),
+) -> f32 {
+    // |x|'s bits order as |x| does; infinity and NaN lie above every finite value.
+    let bits = max_abs_bits(src);
+    let max_abs = f32::from_bits(bits);
+    if bits >= 0x7f80_0000 || max_abs == 0.0 {
         dst[..src.len()].fill(128);
-        return f32::NAN;
+        return if max_abs == 0.0 { 0.0 } else { f32::NAN };
     }
-    if max_abs == 0.0 {
-        dst[..src.len()].fill(128);
-        return 0.0;
-    }
-    quantize_into(src, dst, 127.0 / max_abs);
+    quantize(src, dst, 127.0 / max_abs);
     max_abs / 127.0
 }
 
-/// (max |x|, whether every x is finite): x·0 is 0 for finite x and NaN otherwise.
-fn max_abs_finite(v: &[f32]) -> (f32, bool) {
-    let mut out = (0.0, true);
-    max_abs_finite_into(v, &mut out);
-    out
-}
-
 simd_fn!(
-    fn max_abs_finite_into(v: &[f32], out: &mut (f32, bool)) {
-        let m = lanes!(v.len(), 0f32, |acc, i| fmax(*acc, v[i].abs()), fmax);
-        let z = lanes!(v.len(), 0f32, |acc, i| *acc + v[i] * 0.0, |a, b| a + b);
-        *out = (m, z == 0.0);
+    fn max_abs_bits_into(v: &[f32], out: &mut u32) {
+        let mut m = 0u32;
+        for x in v {
+            m = m.max(x.to_bits() & 0x7fff_ffff);
+        }
+        *out = m;
     }
 );
+
+pub(super) fn max_abs_bits(v: &[f32]) -> u32 {
+    let mut m = 0;
+    max_abs_bits_into(v, &mut m);
+    m
+}
 
 simd_fn!(
     /// dst[i] = round_ties_even(src[i] · inv) + 128, for |src[i] · inv| ≤ 127.
