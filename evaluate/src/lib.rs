@@ -14,6 +14,7 @@ use candle_core::{DType, Device, Tensor};
 use lora_classifier::{Checkpoint, Mode, SequenceClassifier};
 use pipeline::atomic::{self, StagingDir};
 use pipeline::cli::Progress;
+use pipeline::config::EvaluateDtype;
 use pipeline::encode::TextEncoder;
 use pipeline::predictions::{self, ExamplePrediction, Predictions};
 use pipeline::stamp::{self, Freshness, StageRun};
@@ -57,7 +58,18 @@ impl Classifier {
     /// together).
     fn open(config: &Config, model_dir: PathBuf, adapter_dir: PathBuf) -> Result<Self> {
         let (device, _) = training::device::select_device(&config.training.device)?;
-        let dtype = training::device::select_dtype(&config.training.dtype, &device)?;
+        let int8 = config.evaluate.dtype == EvaluateDtype::Int8;
+        if int8 && !device.is_cpu() {
+            bail!(
+                "evaluate.dtype is int8, which runs on the CPU only, but training.device selects \
+                 {device:?}: set training.device to cpu or evaluate.dtype to auto"
+            )
+        }
+        // int8 quantizes the merged f32 weights.
+        let dtype = match int8 {
+            true => DType::F32,
+            false => training::device::select_dtype(&config.training.dtype, &device)?,
+        };
         let checkpoint = Checkpoint::open(&model_dir)?;
         let mut model = SequenceClassifier::load_adapter(&checkpoint, &adapter_dir, &device, dtype)
             .with_context(|| {
@@ -68,6 +80,9 @@ impl Classifier {
                 )
             })?;
         model.merge()?;
+        if int8 {
+            model.quantize_int8()?;
+        }
         Ok(Self {
             model,
             model_dir,

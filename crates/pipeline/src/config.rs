@@ -143,8 +143,21 @@ pub struct EvaluateConfig {
     /// Also evaluate the validation split.
     pub validation: bool,
     pub batch_size: usize,
+    /// The frozen weights' format in evaluate and predict.
+    pub dtype: EvaluateDtype,
     /// Texts classified for the report (the notebook's examples).
     pub examples: Vec<String>,
+}
+
+/// `evaluate.dtype`: the frozen weights' format for evaluate and predict.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum EvaluateDtype {
+    /// As `training.dtype`.
+    #[default]
+    Auto,
+    /// The merged model's weights in per-channel int8, activations quantized per row (CPU).
+    Int8,
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
@@ -246,6 +259,7 @@ impl Default for EvaluateConfig {
             threshold: 0.5,
             validation: false,
             batch_size: 64,
+            dtype: EvaluateDtype::Auto,
             examples: vec![
                 "This movie was absolutely fantastic! The acting was superb and the plot kept me engaged throughout.".into(),
                 "I really hated this film. It was boring, predictable, and a complete waste of time.".into(),
