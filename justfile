@@ -98,8 +98,29 @@ lint:
     cargo fmt --all -- --check
     cargo clippy --release --workspace --all-targets -- -D warnings
 
-# Throughput benchmarks (JSON lines): tokenizer, then the model's training step and inference (MiniLM, CPU).
-bench *ARGS:
-    {{run}} cargo bench -p tokenize --bench tokenize
-    cargo build --release -p imdb-lora
-    {{run}} {{bin}}/imdb-lora bench "$@"
+# Throughput against the Python anchors, in one run: ours (f32, bf16, int8) and, when a Python with torch/transformers/peft/onnxruntime is found (BENCH_PYTHON, else .venv-bench/bin/python; recipe in README), PyTorch + PEFT (f32, bf16 autocast) and ONNX Runtime (f32, int8), each BENCH_REPEATS times (default 2), then the ratios. Extra arguments go to both sides (--model, --batch, --seq, --steps, --warmup).
+bench *ARGS: build
+    #!/usr/bin/env bash
+    set -euo pipefail
+    # --workspace: the features resolve as in `just build`, so nothing is compiled again.
+    {{run}} cargo bench --workspace --bench tokenize
+    py=${BENCH_PYTHON:-.venv-bench/bin/python}
+    anchors=false
+    if [ -x "$py" ] && "$py" -c 'import torch, transformers, peft, onnxruntime, onnx' 2>/dev/null; then
+        anchors=true
+    else
+        echo "bench: no Python with torch, transformers, peft, onnxruntime and onnx at $py (set BENCH_PYTHON; README, Performance): ours only" >&2
+    fi
+    out=$(mktemp)
+    for _ in $(seq "${BENCH_REPEATS:-2}"); do
+        for dtype in f32 bf16 int8; do
+            {{run}} {{bin}}/imdb-lora bench --dtype "$dtype" "$@" | tee -a "$out"
+        done
+        if $anchors; then
+            threads=$(nproc)
+            {{run}} "$py" scripts/torch_bench.py --threads "$threads" --dtype f32 --onnx "$@" 2>/dev/null | tee -a "$out"
+            {{run}} "$py" scripts/torch_bench.py --threads "$threads" --dtype bf16 "$@" 2>/dev/null | tee -a "$out"
+        fi
+    done
+    python3 scripts/bench_ratios.py < "$out"
+    rm -f "$out"

@@ -33,7 +33,8 @@ struct Args {
     /// cpu, cuda, cuda:N or auto.
     #[arg(long, default_value = "cpu")]
     device: String,
-    /// Frozen weights: auto (f32 on the CPU, bf16 on a GPU), f32, bf16 or f16.
+    /// Frozen weights: auto (f32 on the CPU, bf16 on a GPU), f32, bf16 or f16; int8 (CPU,
+    /// inference only: the merged f32 model quantized, as evaluate's `evaluate.dtype: int8`).
     #[arg(long, default_value = "auto")]
     dtype: String,
     #[arg(long, default_value_t = 16)]
@@ -109,7 +110,14 @@ fn run(args: &Args) -> Result<()> {
         other => bail!("--kernels {other:?}: expected auto or composed"),
     };
     let (device, device_name) = training::device::select_device(&args.device)?;
-    let dtype = training::device::select_dtype(&args.dtype, &device)?;
+    let int8 = args.dtype == "int8";
+    if int8 && args.only.as_deref() == Some("train_step") {
+        bail!("--dtype int8 is for inference only: there is no int8 training step")
+    }
+    let dtype = match int8 {
+        true => DType::F32,
+        false => training::device::select_dtype(&args.dtype, &device)?,
+    };
     let model = models::open(&args.model)?;
     let mut classifier =
         SequenceClassifier::new(&model.ckpt, Some(&models::lora()), 0, &device, dtype)?;
@@ -121,13 +129,22 @@ fn run(args: &Args) -> Result<()> {
     let line = |bench: &str, t: &Timing, extra: serde_json::Value| {
         let mut v = serde_json::json!({
             "bench": bench, "model": model.name, "device": device_name,
-            "dtype": models::dtype_name(dtype), "kernels": args.kernels,
+            "dtype": if int8 { "int8" } else { models::dtype_name(dtype) }, "kernels": args.kernels,
             "batch": args.batch, "seq": args.seq, "steps": args.steps,
             "samples_per_s": round(t.samples_per_s, 2), "ms_per_step": round(t.ms_per_step, 3),
         });
         if device.is_cpu() {
             v["cpu_s_per_step"] = round(t.cpu_s_per_step, 3).into();
             v["threads"] = cpu_threads().into();
+            // Which code ran the low-precision layers: AVX-512 microkernels or the fallback.
+            let precision = if int8 {
+                "int8"
+            } else {
+                models::dtype_name(dtype)
+            };
+            if let Some(k) = lora_classifier::cpu_kernels(precision) {
+                v["cpu_kernels"] = k.into();
+            }
         }
         if let (Some(v), serde_json::Value::Object(extra)) = (v.as_object_mut(), extra) {
             v.extend(extra);
@@ -135,7 +152,7 @@ fn run(args: &Args) -> Result<()> {
         println!("{v}");
     };
 
-    if run("train_step") {
+    if run("train_step") && !int8 {
         let mut optimizer = Optimizer::new(
             OptimizerKind::AdamW {
                 beta1: 0.9,
@@ -184,6 +201,9 @@ fn run(args: &Args) -> Result<()> {
     }
     if run("inference") {
         classifier.merge()?;
+        if int8 {
+            classifier.quantize_int8()?;
+        }
         let t = time(args, |_| {
             let logits = classifier.forward(&ids, &mask, Mode::Inference)?;
             logits.to_vec2::<f32>()?;

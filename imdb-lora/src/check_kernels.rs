@@ -28,7 +28,8 @@ struct Args {
     /// cpu, cuda, cuda:N or auto.
     #[arg(long, default_value = "auto")]
     device: String,
-    /// Frozen weights: auto, f32, bf16 or f16.
+    /// Frozen weights: auto, f32, bf16 or f16; int8 runs the f32 checks, then compares the
+    /// merged model's int8 inference (CPU) with the composed f32 ops.
     #[arg(long, default_value = "auto")]
     dtype: String,
     #[arg(long, default_value_t = 16)]
@@ -39,6 +40,9 @@ struct Args {
     /// f32 weights, 3e-2 for bf16/f16 (the kernels round at other points than composed ops).
     #[arg(long)]
     tolerance: Option<f64>,
+    /// The same for int8 inference against f32 (default 5e-2: quantization error).
+    #[arg(long, default_value_t = 5e-2)]
+    int8_tolerance: f64,
 }
 
 pub fn main(argv: impl Iterator<Item = OsString>) {
@@ -70,7 +74,11 @@ fn relative_error(a: &Tensor, b: &Tensor) -> Result<(f64, f64)> {
 
 fn run(args: &Args) -> Result<()> {
     let (device, device_name) = training::device::select_device(&args.device)?;
-    let dtype = training::device::select_dtype(&args.dtype, &device)?;
+    let int8 = args.dtype == "int8";
+    let dtype = match int8 {
+        true => DType::F32,
+        false => training::device::select_dtype(&args.dtype, &device)?,
+    };
     let tolerance = args
         .tolerance
         .unwrap_or(if dtype == DType::F32 { 1e-4 } else { 3e-2 });
@@ -106,8 +114,18 @@ fn run(args: &Args) -> Result<()> {
     let mask = Tensor::from_vec(mask, (args.batch, args.seq), &device)?;
 
     let mut failed = Vec::new();
+    let cpu_kernels = |d: DType| match (int8, d) {
+        (true, _) => lora_classifier::cpu_kernels("int8"),
+        (false, DType::BF16) if device.is_cpu() => lora_classifier::cpu_kernels("bf16"),
+        _ => None,
+    };
     let mut report = |what: &str, got: &Tensor, want: &Tensor| -> Result<()> {
         let (abs, rel) = relative_error(got, want).with_context(|| what.to_string())?;
+        let tolerance = if what.contains("int8") {
+            args.int8_tolerance
+        } else {
+            tolerance
+        };
         let ok = rel <= tolerance;
         println!(
             "{}",
@@ -115,6 +133,7 @@ fn run(args: &Args) -> Result<()> {
                 "check": what, "model": model.name, "device": device_name,
                 "dtype": models::dtype_name(dtype), "batch": args.batch, "seq": args.seq,
                 "max_abs_err": abs, "rel_err": rel, "tolerance": tolerance, "ok": ok,
+                "cpu_kernels": cpu_kernels(dtype),
             })
         );
         if !ok {
@@ -196,6 +215,11 @@ fn run(args: &Args) -> Result<()> {
     let got = tested.forward(&ids, &mask, Mode::Inference)?;
     let want = reference.forward(&ids, &mask, Mode::Inference)?;
     report("merged inference logits", &got, &want)?;
+    if int8 {
+        tested.quantize_int8()?;
+        let got = tested.forward(&ids, &mask, Mode::Inference)?;
+        report("merged int8 inference logits", &got, &want)?;
+    }
     if !failed.is_empty() {
         bail!(
             "{} comparisons over tolerance: {}",
