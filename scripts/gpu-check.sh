@@ -131,6 +131,8 @@ fi
 if wants real; then
 echo "== the real split: train (3 epochs, bf16), evaluate the test split" >&2
 run_sets=("${sets[@]}" --set "training.device=$device" --set training.dtype=bf16 --set "evaluate.batch_size=$eval_batch")
+# The dry run checks the logic, not the learning: one epoch.
+[ "$quick" = 1 ] && run_sets+=(--set training.epochs=1)
 if step train "$bin" train "${run_sets[@]}" --force; then
     "$py" - "$bundle/artifacts/train/summary.json" "$out/train.log" <<'PY' | tee -a "$results"
 import json, re, sys
