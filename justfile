@@ -25,13 +25,19 @@ default:
 build:
     cargo build --release --bins
 
+# Each stage that runs appends its wall and CPU time and the load average to
+# <artifacts>/timings.jsonl (`just results` reads them).
 # Run every stage in order: data-prep → tokenize → train → evaluate → report.
 all *ARGS: build
-    {{run}} {{bin}}/data-prep --config {{config}} "$@"
-    {{run}} {{bin}}/tokenize --config {{config}} "$@"
-    {{run}} {{bin}}/train --config {{config}} "$@"
-    {{run}} {{bin}}/evaluate --config {{config}} "$@"
-    {{run}} {{bin}}/report --config {{config}} "$@"
+    #!/usr/bin/env bash
+    set -euo pipefail
+    root=$({{run}} {{bin}}/data-prep --config {{config}} "$@" --print-config | sed -n "s/^artifacts: //p" | tr -d "'\"")
+    stages=(data-prep:data tokenize:tokens train:train evaluate:evaluate report:report)
+    for stage_dir in "${stages[@]}"; do
+        stage=${stage_dir%%:*} dir=${stage_dir#*:}
+        scripts/timed.sh "$root/timings.jsonl" "$stage" --stamp "$root/$dir/stamp.json" -- \
+            {{run}} {{bin}}/$stage --config {{config}} "$@"
+    done
 
 # Load IMDb, sample train, split test into test/validation → artifacts/data.
 data-prep *ARGS: build
@@ -56,6 +62,10 @@ report *ARGS: build
 # Classify texts given as arguments (or stdin with no arguments).
 predict *TEXTS: build
     {{run}} {{bin}}/predict --config {{config}} "$@"
+
+# For every stage: up to date, or what changed (a key old → new, an input, the code, an output); runs nothing.
+status *ARGS: build
+    {{run}} {{bin}}/imdb-lora status --config {{config}} "$@"
 
 # The whole chain on a small slice of the real data, in its own artifacts folder.
 smoke: build
@@ -98,29 +108,39 @@ lint:
     cargo fmt --all -- --check
     cargo clippy --release --workspace --all-targets -- -D warnings
 
-# Throughput against the Python anchors, in one run: ours (f32, bf16, int8) and, when a Python with torch/transformers/peft/onnxruntime is found (BENCH_PYTHON, else .venv-bench/bin/python; recipe in README), PyTorch + PEFT (f32, bf16 autocast) and ONNX Runtime (f32, int8), each BENCH_REPEATS times (default 2), then the ratios. Extra arguments go to both sides (--model, --batch, --seq, --steps, --warmup).
-bench *ARGS: build
+# The tokenizer, then the model's training step and inference (MiniLM, CPU): ours in f32 (fused
+# kernels and the composed reference ops), bf16 and int8; with a Python that has torch +
+# transformers + peft (BENCH_PYTHON, else .venv-bench/bin/python; recipe in README, Performance),
+# PyTorch + PEFT in f32 and bf16 autocast, and with onnxruntime + onnx also ONNX Runtime f32 and
+# int8 dynamic quantization of the same merged model. BENCH_REPEATS rounds (default 2), appended
+# to bench.jsonl (or $BENCH_FILE) with a line on the machine and its load; then every ratio of
+# ours to a reference, best of the rounds (scripts/bench_ratios.py). Arguments go to both sides.
+bench *ARGS:
+    cargo build --release --workspace --bin imdb-lora
+    scripts/timed.sh "${BENCH_FILE:-bench.jsonl}" bench -- {{just_executable()}} bench-lines "${BENCH_FILE:-bench.jsonl}" "$@"
+
+[private]
+bench-lines out *ARGS:
     #!/usr/bin/env bash
     set -euo pipefail
-    # --workspace: the features resolve as in `just build`, so nothing is compiled again.
-    {{run}} cargo bench --workspace --bench tokenize
+    out=$1; shift
     py=${BENCH_PYTHON:-.venv-bench/bin/python}
-    anchors=false
-    if [ -x "$py" ] && "$py" -c 'import torch, transformers, peft, onnxruntime, onnx' 2>/dev/null; then
-        anchors=true
-    else
-        echo "bench: no Python with torch, transformers, peft, onnxruntime and onnx at $py (set BENCH_PYTHON; README, Performance): ours only" >&2
-    fi
-    out=$(mktemp)
+    [ -x "$py" ] || py=
+    round=$(mktemp)
+    {{run}} cargo bench --workspace --bench tokenize | tee -a "$round"
+    if [ -n "$py" ]; then {{run}} "$py" scripts/tokenizer_bench.py | tee -a "$round" || true; fi
     for _ in $(seq "${BENCH_REPEATS:-2}"); do
-        for dtype in f32 bf16 int8; do
-            {{run}} {{bin}}/imdb-lora bench --dtype "$dtype" "$@" | tee -a "$out"
-        done
-        if $anchors; then
-            threads=$(nproc)
-            {{run}} "$py" scripts/torch_bench.py --threads "$threads" --dtype f32 --onnx "$@" 2>/dev/null | tee -a "$out"
-            {{run}} "$py" scripts/torch_bench.py --threads "$threads" --dtype bf16 "$@" 2>/dev/null | tee -a "$out"
+        {{run}} {{bin}}/imdb-lora bench "$@" | tee -a "$round"
+        {{run}} {{bin}}/imdb-lora bench --kernels composed "$@" | tee -a "$round"
+        {{run}} {{bin}}/imdb-lora bench --dtype bf16 "$@" | tee -a "$round"
+        {{run}} {{bin}}/imdb-lora bench --int8 "$@" | tee -a "$round"
+        if [ -n "$py" ] && "$py" -c "import torch, transformers, peft" 2>/dev/null; then
+            onnx=$("$py" -c "import onnxruntime, onnx" 2>/dev/null && echo --onnx || true)
+            {{run}} "$py" scripts/torch_bench.py --threads "$(nproc)" $onnx "$@" | tee -a "$round"
+            {{run}} "$py" scripts/torch_bench.py --threads "$(nproc)" --dtype bf16 "$@" | tee -a "$round"
         fi
     done
-    python3 scripts/bench_ratios.py < "$out"
-    rm -f "$out"
+    cat "$round" >> "$out"
+    python3 scripts/bench_ratios.py < "$round"
+    rm -f "$round"
+

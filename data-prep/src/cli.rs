@@ -1,6 +1,5 @@
 //! The `data-prep` command line: the `data-prep` binary and `imdb-lora data-prep` parse and run it here.
 
-use crate::Outcome;
 use clap::Parser;
 
 /// Prepare the IMDb splits: sample train, split test into validation and test.
@@ -34,13 +33,6 @@ where
 {
     let args = Cli::parse_from(args);
     pipeline::cli::run_stage("data-prep", || {
-        let Some(config) = args.common.load()? else {
-            return Ok(());
-        };
-        match crate::run(&config, args.common.force)? {
-            Outcome::UpToDate { dir } => println!("data-prep: up to date ({})", dir.display()),
-            Outcome::Written { dir, summary } => print!("{}", crate::report(&dir, &summary)),
-        }
-        Ok(())
+        pipeline::cli::execute(&args.common, |_| Ok(crate::DataPrep::default()))
     });
 }

@@ -7,105 +7,112 @@ pub mod source;
 pub mod split;
 
 use std::collections::HashSet;
-use std::fmt::Write as _;
-use std::path::PathBuf;
+use std::path::Path;
 
 use anyhow::{ensure, Result};
 use common::format::thousands;
-use pipeline::atomic::{write_json, StagingDir};
+use pipeline::atomic::write_json;
 use pipeline::data::{DataSummary, SplitSummary, SUMMARY_FILE};
-use pipeline::stamp::{hash_bytes, Freshness, StageRun};
+pub use pipeline::runner::Outcome;
+use pipeline::runner::{self, Context, Inputs, Stage, StageInputs};
+use pipeline::stamp::hash_bytes;
 use pipeline::{Config, Layout, Split, StageId};
 
-/// What a run did.
-#[derive(Debug)]
-pub enum Outcome {
-    /// The outputs in `dir` match the config and the source: nothing done.
-    UpToDate {
-        dir: PathBuf,
-    },
-    Written {
-        dir: PathBuf,
-        summary: DataSummary,
-    },
+/// The source identity of this stage's code (its build script computes it).
+pub const CODE: &str = env!("STAGE_IDENTITY");
+
+/// The stage; the source is resolved when its inputs are hashed.
+#[derive(Default)]
+pub struct DataPrep {
+    source: Option<source::Source>,
 }
 
-/// Runs the stage: skips it when up to date (unless `force`), else reads the
-/// source, splits it and swaps the new outputs in all at once.
-pub fn run(config: &Config, force: bool) -> Result<Outcome> {
-    let layout = Layout::new(&config.artifacts);
-    let source = source::resolve(&config.data.source)?;
-    let inputs = source.input_hashes()?;
-    let mut stage = StageRun::new(&layout, StageId::DataPrep, config);
-    for (name, hash) in &inputs {
-        stage.input_hash(name, hash.clone());
-    }
-    match stage.freshness()? {
-        Freshness::UpToDate if !force => return Ok(Outcome::UpToDate { dir: stage.dir }),
-        Freshness::UpToDate => eprintln!("data-prep: --force: rebuilding"),
-        Freshness::Stale(why) => eprintln!("data-prep: {why}: building"),
+impl StageInputs for DataPrep {
+    fn id(&self) -> StageId {
+        StageId::DataPrep
     }
 
-    let loaded = source.load()?;
-    let splits = split::make_splits(&loaded.train, &loaded.test, &config.data, config.seed)?;
-    // Validation and test come from disjoint rows of one split; check it anyway, it is cheap.
-    let mut seen = HashSet::new();
-    for split in Split::ALL {
-        for id in &splits.get(split).ids {
-            ensure!(seen.insert(id), "review {id} would appear in two splits");
+    fn code(&self) -> &'static str {
+        CODE
+    }
+
+    fn inputs(&mut self, ctx: &Context) -> Result<Inputs> {
+        let source = source::resolve(&ctx.config.data.source)?;
+        let sources = source.input_hashes()?;
+        self.source = Some(source);
+        Ok(Inputs {
+            sources,
+            ..Inputs::default()
+        })
+    }
+}
+
+impl Stage for DataPrep {
+    type Summary = DataSummary;
+
+    /// Reads the source, splits it and writes the splits and their summary.
+    fn run(&mut self, ctx: &Context, inputs: &Inputs, out: &Path) -> Result<DataSummary> {
+        let config = ctx.config;
+        let source = self.source.as_ref().expect("inputs() resolved the source");
+        let loaded = source.load()?;
+        let splits = split::make_splits(&loaded.train, &loaded.test, &config.data, config.seed)?;
+        // Validation and test come from disjoint rows of one split; check it anyway, it is cheap.
+        let mut seen = HashSet::new();
+        for split in Split::ALL {
+            for id in &splits.get(split).ids {
+                ensure!(seen.insert(id), "review {id} would appear in two splits");
+            }
         }
+        let summary = DataSummary {
+            source: config.data.source.clone(),
+            source_kind: source.kind().into(),
+            source_hash: hash_bytes(
+                inputs
+                    .sources
+                    .iter()
+                    .map(|(name, hash)| format!("{name} {hash}\n"))
+                    .collect::<String>()
+                    .as_bytes(),
+            ),
+            seed: config.seed,
+            train: SplitSummary::of(&splits.train),
+            validation: SplitSummary::of(&splits.validation),
+            test: SplitSummary::of(&splits.test),
+        };
+        for split in Split::ALL {
+            splits
+                .get(split)
+                .write_parquet(&out.join(Layout::data_file(split)))?;
+        }
+        write_json(&out.join(SUMMARY_FILE), &summary)?;
+        Ok(summary)
     }
-    let summary = DataSummary {
-        source: config.data.source.clone(),
-        source_kind: source.kind().into(),
-        source_hash: hash_bytes(
-            inputs
-                .iter()
-                .map(|(name, hash)| format!("{name} {hash}\n"))
-                .collect::<String>()
-                .as_bytes(),
-        ),
-        seed: config.seed,
-        train: SplitSummary::of(&splits.train),
-        validation: SplitSummary::of(&splits.validation),
-        test: SplitSummary::of(&splits.test),
-    };
 
-    // Written only after everything was read and checked: bad input leaves no folder.
-    let staged = StagingDir::new(&stage.dir)?;
-    for split in Split::ALL {
-        splits
-            .get(split)
-            .write_parquet(&staged.path().join(Layout::data_file(split)))?;
+    /// Counts and label balance per split.
+    fn describe(&self, s: &DataSummary) -> Vec<String> {
+        let mut lines = vec![format!(
+            "from {} ({}), seed {}",
+            s.source, s.source_kind, s.seed
+        )];
+        for (name, split) in [
+            ("train", &s.train),
+            ("validation", &s.validation),
+            ("test", &s.test),
+        ] {
+            lines.push(format!(
+                "  {name:<10} {:>6} reviews  {:>6} negative  {:>6} positive  ({:.1}% positive)",
+                thousands(split.count),
+                thousands(split.negative),
+                thousands(split.positive),
+                100.0 * split.positive_share
+            ));
+        }
+        lines
     }
-    write_json(&staged.path().join(SUMMARY_FILE), &summary)?;
-    stage.write_stamp(staged.path())?;
-    let dir = staged.commit()?;
-    Ok(Outcome::Written { dir, summary })
 }
 
-/// The lines printed after a run: counts and label balance per split.
-pub fn report(dir: &std::path::Path, s: &DataSummary) -> String {
-    let mut out = format!(
-        "data-prep: wrote {} from {} ({}), seed {}\n",
-        dir.display(),
-        s.source,
-        s.source_kind,
-        s.seed
-    );
-    for (name, split) in [
-        ("train", &s.train),
-        ("validation", &s.validation),
-        ("test", &s.test),
-    ] {
-        let _ = writeln!(
-            out,
-            "  {name:<10} {:>6} reviews  {:>6} negative  {:>6} positive  ({:.1}% positive)",
-            thousands(split.count),
-            thousands(split.negative),
-            thousands(split.positive),
-            100.0 * split.positive_share
-        );
-    }
-    out
+/// Runs the stage: skips it when up to date (unless `force`), else reads the source, splits
+/// it and swaps the new outputs in all at once.
+pub fn run(config: &Config, force: bool) -> Result<Outcome<DataSummary>> {
+    runner::execute(&mut DataPrep::default(), config, force)
 }

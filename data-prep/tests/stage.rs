@@ -19,7 +19,7 @@ fn summary(data_dir: &Path) -> DataSummary {
 fn run(root: &Path, source: &Path) -> anyhow::Result<[Reviews; 3]> {
     let config = config(root, source);
     match data_prep::run(&config, false)? {
-        Outcome::Written { dir, .. } => Ok(read_splits(&dir)),
+        Outcome::Ran { dir, .. } => Ok(read_splits(&dir)),
         other => panic!("{other:?}"),
     }
 }
@@ -158,7 +158,7 @@ fn split_sizes_follow_the_fractions_and_validation_and_test_are_disjoint() {
     config.data.stratify = true;
     config.data.train_fraction = 0.3;
     config.data.validation_fraction = 0.4;
-    let Outcome::Written { dir, .. } = data_prep::run(&config, false).unwrap() else {
+    let Outcome::Ran { dir, .. } = data_prep::run(&config, false).unwrap() else {
         panic!()
     };
     let [train, validation, test] = read_splits(&dir);
@@ -173,7 +173,7 @@ fn split_sizes_follow_the_fractions_and_validation_and_test_are_disjoint() {
         config.data.max_validation,
         config.data.max_test,
     ) = (Some(5), Some(3), Some(7));
-    let Outcome::Written { dir, .. } = data_prep::run(&config, false).unwrap() else {
+    let Outcome::Ran { dir, .. } = data_prep::run(&config, false).unwrap() else {
         panic!()
     };
     let capped = read_splits(&dir);

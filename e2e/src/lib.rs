@@ -8,7 +8,8 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
-use pipeline::config::ImageFormatSetting;
+use pipeline::config::{DeviceSetting, ImageFormat};
+use pipeline::runner::Outcome;
 use pipeline::{Config, Layout, StageId};
 use polars::prelude::*;
 
@@ -75,35 +76,31 @@ pub fn tiny_config(artifacts: &Path, data: &Path) -> Config {
     c.training.batch_size = 4;
     c.training.epochs = 2;
     c.training.checkpoint_every_steps = 3;
-    c.training.device = "cpu".into();
+    c.training.device = DeviceSetting::Cpu;
     c.evaluate.batch_size = 16;
-    c.report.formats = vec![ImageFormatSetting::Svg];
+    c.report.formats = vec![ImageFormat::Svg];
     c
 }
 
 /// Runs every stage in order, as `just all` does; returns the stages that did work (the
 /// others reported up to date).
 pub fn run_chain(c: &Config) -> Result<Vec<StageId>> {
-    let mut ran = Vec::new();
-    if let data_prep::Outcome::Written { .. } = data_prep::run(c, false).context("data-prep")? {
-        ran.push(StageId::DataPrep);
-    }
-    if let tokenize::Outcome::Ran { .. } = tokenize::run(c, false).context("tokenize")? {
-        ran.push(StageId::Tokenize);
-    }
-    if let train::Outcome::Ran { .. } = train::run(c, false).context("train")? {
-        ran.push(StageId::Train);
+    fn ran<S>(outcome: Outcome<S>) -> bool {
+        matches!(outcome, Outcome::Ran { .. })
     }
     let choice = evaluate::ModelChoice::default();
-    if let evaluate::Outcome::Evaluated { .. } =
-        evaluate::run(c, &choice, false).context("evaluate")?
-    {
-        ran.push(StageId::Evaluate);
-    }
-    if report::stage::run(c, false).context("report")?.is_some() {
-        ran.push(StageId::Report);
-    }
-    Ok(ran)
+    let did = [
+        ran(data_prep::run(c, false).context("data-prep")?),
+        ran(tokenize::run(c, false).context("tokenize")?),
+        ran(train::run(c, false).context("train")?),
+        ran(evaluate::run(c, &choice, false).context("evaluate")?),
+        ran(report::stage::run(c, false).context("report")?),
+    ];
+    Ok(StageId::ALL
+        .into_iter()
+        .zip(did)
+        .filter_map(|(stage, ran)| ran.then_some(stage))
+        .collect())
 }
 
 /// Every file under the artifacts root by relative path (`/`-separated), with its bytes.
@@ -157,4 +154,21 @@ pub fn changed(
 
 pub fn stage_dir(c: &Config, stage: StageId) -> PathBuf {
     Layout::new(&c.artifacts).stage_dir(stage)
+}
+
+/// `just status` in-process: the state of every stage for `c`, as `imdb-lora status` gives it.
+pub fn stage_states(c: &Config) -> Result<Vec<(StageId, pipeline::status::State)>> {
+    let mut data_prep = data_prep::DataPrep::default();
+    let mut tokenize = tokenize::Tokenize::default();
+    let mut train = train::Train::default();
+    let mut evaluate = evaluate::Evaluate::new(evaluate::ModelChoice::default());
+    let mut report = report::stage::Report;
+    let mut stages: [&mut dyn pipeline::runner::StageInputs; 5] = [
+        &mut data_prep,
+        &mut tokenize,
+        &mut train,
+        &mut evaluate,
+        &mut report,
+    ];
+    pipeline::status::status(c, &mut stages)
 }

@@ -140,7 +140,7 @@ fn a_changed_key_reruns_the_stages_that_read_it_and_those_after() {
     let (ran, _) = rerun_with(&mut c, |c| c.evaluate.threshold = 0.3);
     assert_eq!(ran, [Evaluate, Report], "evaluate.threshold");
     let (ran, changed_files) = rerun_with(&mut c, |c| {
-        c.report.formats = vec![pipeline::config::ImageFormatSetting::Png]
+        c.report.formats = vec![pipeline::config::ImageFormat::Png]
     });
     assert_eq!(ran, [Report], "report.formats");
     assert!(changed_files.contains(&"report/loss.png".to_string()));

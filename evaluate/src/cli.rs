@@ -1,6 +1,6 @@
 //! The `evaluate` command line: the `evaluate` binary and `imdb-lora evaluate` parse and run it here.
 
-use crate::{ModelChoice, Outcome};
+use crate::ModelChoice;
 use clap::Parser;
 
 /// Evaluate the fine-tuned classifier on the test split.
@@ -28,23 +28,8 @@ where
 {
     let args = Cli::parse_from(args);
     pipeline::cli::run_stage("evaluate", || {
-        let Some(config) = args.common.load()? else {
-            return Ok(());
-        };
-        let choice = args.choice.clone();
-        match crate::run(&config, &choice, args.common.force)? {
-            Outcome::UpToDate(dir) => println!("evaluate: up to date ({})", dir.display()),
-            Outcome::Evaluated {
-                dir,
-                metrics,
-                reviews_per_s,
-            } => println!(
-                "evaluate: accuracy {:.4}, ROC-AUC {}, {reviews_per_s:.1} reviews/s → {}",
-                metrics.accuracy,
-                metrics.roc_auc.map_or("n/a".into(), |a| format!("{a:.4}")),
-                dir.display()
-            ),
-        }
-        Ok(())
+        pipeline::cli::execute(&args.common, |_| {
+            Ok(crate::Evaluate::new(args.choice.clone()))
+        })
     });
 }

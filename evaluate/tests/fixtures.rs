@@ -15,7 +15,7 @@ const TOL: f64 = 1e-5;
 
 fn config() -> Config {
     let mut c = Config::default();
-    c.training.device = "cpu".into();
+    c.training.device = pipeline::config::DeviceSetting::Cpu;
     c
 }
 
@@ -57,15 +57,7 @@ fn expected(name: &str) -> (Vec<u32>, Vec<u32>, usize, Vec<f64>) {
     };
     let (ids, max_len) = flat("input_ids");
     let (mask, _) = flat("attention_mask");
-    let logits: Vec<Vec<f32>> = tensors["lora_logits"].to_vec2().unwrap();
-    let probs = logits
-        .iter()
-        .map(|l| {
-            let (a, b) = (l[0] as f64, l[1] as f64);
-            let m = a.max(b);
-            (b - m).exp() / ((a - m).exp() + (b - m).exp())
-        })
-        .collect();
+    let (_, probs) = fixture_probabilities(name);
     (ids, mask, max_len, probs)
 }
 

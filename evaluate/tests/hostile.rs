@@ -148,33 +148,33 @@ fn damaged_token_and_data_files_are_refused_naming_the_file() {
     // A token file whose header says max_len 0 (it used to divide by zero).
     let tokens_dir = stage_dir(&c, StageId::Tokenize);
     let file = Layout::tokens_file(Split::Test);
-    let saved = fs::read(tokens_dir.join(&file)).unwrap();
-    let t = pipeline::tokens::TokenSplit::read(&tokens_dir.join(&file)).unwrap();
+    let saved = fs::read(tokens_dir.join(file)).unwrap();
+    let t = pipeline::tokens::TokenSplit::read(&tokens_dir.join(file)).unwrap();
     pipeline::tokens::TokenSplit {
         max_len: 0,
         input_ids: vec![],
         attention_mask: vec![],
         ..t
     }
-    .write(&tokens_dir.join(&file))
+    .write(&tokens_dir.join(file))
     .unwrap();
-    restamp(&tokens_dir, &file);
+    restamp(&tokens_dir, file);
     assert_eval_refused(
         &c,
         &peft,
         &[&format!(
             "{} is not a valid token file (rerun `just tokenize`): the `tokens` metadata entry: \
              max_len is 0, expected at least 1",
-            tokens_dir.join(&file).display()
+            tokens_dir.join(file).display()
         )],
     );
-    fs::write(tokens_dir.join(&file), saved).unwrap();
-    restamp(&tokens_dir, &file);
+    fs::write(tokens_dir.join(file), saved).unwrap();
+    restamp(&tokens_dir, file);
 
     // A data split with a null id (it used to become "").
     let data_dir = stage_dir(&c, StageId::DataPrep);
     let file = Layout::data_file(Split::Test);
-    let mut reviews = pipeline::data::Reviews::read_parquet(&data_dir.join(&file)).unwrap();
+    let mut reviews = pipeline::data::Reviews::read_parquet(&data_dir.join(file)).unwrap();
     reviews.ids[3] = String::new();
     let mut df = polars::prelude::DataFrame::new(
         reviews.len(),
@@ -196,16 +196,16 @@ fn damaged_token_and_data_files_are_refused_naming_the_file() {
         ],
     )
     .unwrap();
-    polars::prelude::ParquetWriter::new(fs::File::create(data_dir.join(&file)).unwrap())
+    polars::prelude::ParquetWriter::new(fs::File::create(data_dir.join(file)).unwrap())
         .finish(&mut df)
         .unwrap();
-    restamp(&data_dir, &file);
+    restamp(&data_dir, file);
     assert_eval_refused(
         &c,
         &peft,
         &[&format!(
             "{}: column `id` is null at row 3, expected a value in every row",
-            data_dir.join(&file).display()
+            data_dir.join(file).display()
         )],
     );
 }

@@ -21,7 +21,7 @@ fn config_file(root: &Path) -> PathBuf {
     };
     c.model.source = bert_base().display().to_string();
     c.model.max_len = 24;
-    c.training.device = "cpu".into();
+    c.training.device = pipeline::config::DeviceSetting::Cpu;
     let path = root.join("pipeline.yaml");
     std::fs::write(&path, c.to_yaml()).unwrap();
     path

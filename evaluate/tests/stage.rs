@@ -19,6 +19,19 @@ use pipeline::{Config, Layout, Split, StageId};
 /// changes the order of the sums (by ~1e-8 here), nothing else.
 const SAME: f64 = 1e-6;
 
+/// The same probabilities, row for row, and as many (a `zip` alone passes on an empty list).
+fn assert_same_probabilities(got: &[f64], want: &[f64], tolerance: f64, what: &str) {
+    assert_eq!(got.len(), want.len(), "{what}: number of probabilities");
+    assert!(!want.is_empty(), "{what}: nothing to compare");
+    for (i, (a, b)) in got.iter().zip(want).enumerate() {
+        assert!(
+            (a - b).abs() < tolerance,
+            "{what}: row {i}: {a} vs {b} (|diff| {:e})",
+            (a - b).abs()
+        );
+    }
+}
+
 fn data_split(c: &Config, split: Split) -> Reviews {
     Reviews::read_parquet(&stage_dir(c, StageId::DataPrep).join(Layout::data_file(split))).unwrap()
 }
@@ -105,7 +118,12 @@ fn evaluates_the_trained_adapter_then_is_up_to_date() {
     upstream(&c);
     let choice = ModelChoice::default();
 
-    let Outcome::Evaluated { dir, metrics, .. } = evaluate::run(&c, &choice, false).unwrap() else {
+    let Outcome::Ran {
+        dir,
+        summary: evaluate::Evaluation { metrics, .. },
+        ..
+    } = evaluate::run(&c, &choice, false).unwrap()
+    else {
         panic!("the first run evaluates")
     };
     assert_eq!(dir, stage_dir(&c, StageId::Evaluate));
@@ -134,34 +152,35 @@ fn evaluates_the_trained_adapter_then_is_up_to_date() {
             None,
         )
         .unwrap();
-    for (a, b) in probs.iter().zip(&preds.prob_positive) {
-        assert!((a - b).abs() < SAME, "{a} vs {b}");
-    }
+    assert_same_probabilities(&preds.prob_positive, &probs, SAME, "test predictions");
     let encoder = evaluate::encoder_for(&c, None).unwrap();
     let example_probs = classifier
         .classify_texts(&encoder, &c.evaluate.examples, 64)
         .unwrap();
-    for (e, p) in examples.iter().zip(example_probs) {
-        assert!((e.prob_positive - p).abs() < SAME, "{e:?} vs {p}");
-    }
+    let got: Vec<f64> = examples.iter().map(|e| e.prob_positive).collect();
+    assert_same_probabilities(&got, &example_probs, SAME, "examples");
 
     // Unchanged: up to date, nothing rewritten.
     let before = all_outputs(&dir);
     assert!(matches!(
         evaluate::run(&c, &choice, false).unwrap(),
-        Outcome::UpToDate(d) if d == dir
+        Outcome::UpToDate { dir: d } if d == dir
     ));
     assert_eq!(all_outputs(&dir), before);
     // --force reruns, and the same inputs give the same bytes.
     assert!(matches!(
         evaluate::run(&c, &choice, true).unwrap(),
-        Outcome::Evaluated { .. }
+        Outcome::Ran { .. }
     ));
     assert_eq!(all_outputs(&dir), before, "evaluation is deterministic");
 
     // An evaluate key reruns it: threshold 0 predicts every review positive.
     c.evaluate.threshold = 0.0;
-    let Outcome::Evaluated { metrics, .. } = evaluate::run(&c, &choice, false).unwrap() else {
+    let Outcome::Ran {
+        summary: evaluate::Evaluation { metrics, .. },
+        ..
+    } = evaluate::run(&c, &choice, false).unwrap()
+    else {
         panic!("a changed evaluate.threshold reruns the stage")
     };
     let preds = check_split_outputs(&c, &dir, Split::Test, "");
@@ -183,18 +202,25 @@ fn evaluates_the_trained_adapter_then_is_up_to_date() {
 #[test]
 fn a_peft_adapter_folder_replaces_the_trained_one() {
     let tmp = tempfile::tempdir().unwrap();
-    let c = tiny_config(tmp.path());
+    let mut c = tiny_config(tmp.path());
+    // The fixture's texts as the examples: their probabilities are PEFT's own (transformers +
+    // PEFT computed them with this adapter, fixtures/bert-tiny-lora/expected.*).
+    let (texts, peft_probs) = fixture_probabilities("bert-tiny-lora");
+    c.evaluate.examples = texts;
     prepare(&c);
     let peft = ModelChoice {
         model: None,
         adapter: Some(bert_adapter()),
     };
-    let Outcome::Evaluated { dir, .. } = evaluate::run(&c, &peft, false).unwrap() else {
+    let Outcome::Ran { dir, .. } = evaluate::run(&c, &peft, false).unwrap() else {
         panic!("evaluates")
     };
     let preds = check_split_outputs(&c, &dir, Split::Test, "");
-    check_examples(&c, &dir);
-    // Its probabilities are the PEFT adapter's.
+    let examples = check_examples(&c, &dir);
+    let got: Vec<f64> = examples.iter().map(|e| e.prob_positive).collect();
+    assert_same_probabilities(&got, &peft_probs, 1e-5, "examples vs PEFT's probabilities");
+    // The test split's probabilities are those of the classifier loaded directly (which
+    // tests/fixtures.rs holds to PEFT's on the fixture's rows).
     let tokens =
         TokenSplit::read(&stage_dir(&c, StageId::Tokenize).join(Layout::tokens_file(Split::Test)))
             .unwrap();
@@ -208,12 +234,10 @@ fn a_peft_adapter_folder_replaces_the_trained_one() {
             None,
         )
         .unwrap();
-    for (a, b) in want.iter().zip(&preds.prob_positive) {
-        assert!((a - b).abs() < SAME, "{a} vs {b}");
-    }
+    assert_same_probabilities(&preds.prob_positive, &want, SAME, "test predictions");
     assert!(matches!(
         evaluate::run(&c, &peft, false).unwrap(),
-        Outcome::UpToDate(_)
+        Outcome::UpToDate { .. }
     ));
 
     // The same adapter from another folder is the same input: still up to date.
@@ -225,7 +249,7 @@ fn a_peft_adapter_folder_replaces_the_trained_one() {
     };
     assert!(matches!(
         evaluate::run(&c, &moved, false).unwrap(),
-        Outcome::UpToDate(_)
+        Outcome::UpToDate { .. }
     ));
     // An edited adapter is not.
     let config = copy.join("adapter_config.json");
@@ -235,7 +259,7 @@ fn a_peft_adapter_folder_replaces_the_trained_one() {
     fs::write(&config, text).unwrap();
     assert!(matches!(
         evaluate::run(&c, &moved, false).unwrap(),
-        Outcome::Evaluated { .. }
+        Outcome::Ran { .. }
     ));
     // `--model DIR` names the checkpoint folder explicitly; same files, same result.
     let explicit = ModelChoice {
@@ -305,7 +329,7 @@ fn missing_or_stale_upstream_artifacts_name_the_stage_to_run() {
     fs::write(&adapter, &saved_adapter).unwrap();
     assert!(matches!(
         evaluate::run(&c, &choice, false).unwrap(),
-        Outcome::UpToDate(_)
+        Outcome::UpToDate { .. }
     ));
 
     // Config changed upstream without rerunning the stages that read it.
@@ -336,7 +360,7 @@ fn missing_or_stale_upstream_artifacts_name_the_stage_to_run() {
     assert_eq!(fs::read(eval_dir.join("stamp.json")).unwrap(), stamp);
     assert!(matches!(
         evaluate::run(&c, &choice, false).unwrap(),
-        Outcome::UpToDate(_)
+        Outcome::UpToDate { .. }
     ));
 }
 
@@ -365,6 +389,26 @@ fn a_mismatched_adapter_fails_without_writing_outputs() {
     // `--model` naming the GPT-2 checkpoint, with the BERT adapter.
     let bert_on_gpt2 = ModelChoice {
         model: Some(gpt2_base()),
+        adapter: Some(bert_adapter()),
+    };
+    // The tokens were made with BERT's tokenizer, not this model's: refused first.
+    let err = eval_err(&c, &bert_on_gpt2);
+    assert!(
+        err.contains("tokenizer/tokenizer.json changed since `tokenize` ran")
+            && err.contains("just tokenize"),
+        "{err}"
+    );
+    assert!(!dir.exists());
+    // With BERT's tokenizer beside GPT-2's weights, the adapter is what does not fit.
+    let gpt2 = tmp.path().join("gpt2-with-bert-tokenizer");
+    copy_dir(&gpt2_base(), &gpt2);
+    fs::copy(
+        bert_base().join("tokenizer.json"),
+        gpt2.join("tokenizer.json"),
+    )
+    .unwrap();
+    let bert_on_gpt2 = ModelChoice {
+        model: Some(gpt2),
         adapter: Some(bert_adapter()),
     };
     let err = eval_err(&c, &bert_on_gpt2);
@@ -420,7 +464,7 @@ fn every_shard_of_a_sharded_model_is_an_input() {
         model: Some(sharded.clone()),
         adapter: Some(bert_adapter()),
     };
-    let Outcome::Evaluated { dir, .. } = evaluate::run(&c, &choice, false).unwrap() else {
+    let Outcome::Ran { dir, .. } = evaluate::run(&c, &choice, false).unwrap() else {
         panic!("evaluates")
     };
     // The same weights as the single-file fixture: the same predictions.
@@ -431,23 +475,22 @@ fn every_shard_of_a_sharded_model_is_an_input() {
     };
     assert!(matches!(
         evaluate::run(&c, &single, false).unwrap(),
-        Outcome::Evaluated { .. }
+        Outcome::Ran { .. }
     ));
     let single_preds = Predictions::read_parquet(&dir.join(PREDICTIONS_FILE)).unwrap();
-    for (a, b) in sharded_preds
-        .prob_positive
-        .iter()
-        .zip(&single_preds.prob_positive)
-    {
-        assert!((a - b).abs() < SAME, "{a} vs {b}");
-    }
+    assert_same_probabilities(
+        &sharded_preds.prob_positive,
+        &single_preds.prob_positive,
+        SAME,
+        "sharded vs single-file checkpoint",
+    );
     assert!(matches!(
         evaluate::run(&c, &choice, false).unwrap(),
-        Outcome::Evaluated { .. }
+        Outcome::Ran { .. }
     ));
     assert!(matches!(
         evaluate::run(&c, &choice, false).unwrap(),
-        Outcome::UpToDate(_)
+        Outcome::UpToDate { .. }
     ));
 
     // An edited second shard (the encoder's weights) reruns it.
@@ -460,7 +503,7 @@ fn every_shard_of_a_sharded_model_is_an_input() {
     assert!(
         matches!(
             evaluate::run(&c, &choice, false).unwrap(),
-            Outcome::Evaluated { .. }
+            Outcome::Ran { .. }
         ),
         "a changed shard is a changed input"
     );
@@ -500,7 +543,7 @@ fn a_model_changed_since_training_names_the_train_stage() {
     };
     assert!(matches!(
         evaluate::run(&c, &peft, false).unwrap(),
-        Outcome::Evaluated { .. }
+        Outcome::Ran { .. }
     ));
     // Once train reruns on the new weights, evaluate follows.
     assert!(matches!(
@@ -509,6 +552,6 @@ fn a_model_changed_since_training_names_the_train_stage() {
     ));
     assert!(matches!(
         evaluate::run(&c, &ModelChoice::default(), false).unwrap(),
-        Outcome::Evaluated { .. }
+        Outcome::Ran { .. }
     ));
 }

@@ -11,7 +11,7 @@ use anyhow::{bail, Result};
 use candle_core::{DType, Tensor};
 use clap::Parser;
 use lora_classifier::{Kernels, Mode, SequenceClassifier};
-use training::{Optimizer, OptimizerKind};
+use training::{Optimizer, OptimizerSettings};
 
 use crate::models;
 
@@ -32,11 +32,14 @@ struct Args {
     model: String,
     /// cpu, cuda, cuda:N or auto.
     #[arg(long, default_value = "cpu")]
-    device: String,
-    /// Frozen weights: auto (f32 on the CPU, bf16 on a GPU), f32, bf16 or f16; int8 (CPU,
-    /// inference only: the merged f32 model quantized, as evaluate's `evaluate.dtype: int8`).
+    device: training::device::DeviceSetting,
+    /// Frozen weights: auto (f32 on the CPU, bf16 on a GPU), f32, bf16 or f16.
     #[arg(long, default_value = "auto")]
-    dtype: String,
+    dtype: training::device::DtypeSetting,
+    /// Inference with the merged model's frozen weights in int8 (CPU; as evaluate's
+    /// `evaluate.dtype: int8`, the f32 weights quantized): no training step.
+    #[arg(long)]
+    int8: bool,
     #[arg(long, default_value_t = 16)]
     batch: usize,
     #[arg(long, default_value_t = 128)]
@@ -109,15 +112,11 @@ fn run(args: &Args) -> Result<()> {
         "composed" => Kernels::Composed,
         other => bail!("--kernels {other:?}: expected auto or composed"),
     };
-    let (device, device_name) = training::device::select_device(&args.device)?;
-    let int8 = args.dtype == "int8";
-    if int8 && args.only.as_deref() == Some("train_step") {
-        bail!("--dtype int8 is for inference only: there is no int8 training step")
+    let (device, device_name) = training::device::select_device(args.device)?;
+    let dtype = training::device::select_dtype(args.dtype, &device);
+    if args.int8 && (dtype != DType::F32 || !device.is_cpu()) {
+        bail!("--int8 quantizes f32 weights on the CPU: use --device cpu and --dtype f32 or auto")
     }
-    let dtype = match int8 {
-        true => DType::F32,
-        false => training::device::select_dtype(&args.dtype, &device)?,
-    };
     let model = models::open(&args.model)?;
     let mut classifier =
         SequenceClassifier::new(&model.ckpt, Some(&models::lora()), 0, &device, dtype)?;
@@ -129,7 +128,8 @@ fn run(args: &Args) -> Result<()> {
     let line = |bench: &str, t: &Timing, extra: serde_json::Value| {
         let mut v = serde_json::json!({
             "bench": bench, "model": model.name, "device": device_name,
-            "dtype": if int8 { "int8" } else { models::dtype_name(dtype) }, "kernels": args.kernels,
+            "dtype": if args.int8 { "int8" } else { models::dtype_name(dtype) },
+            "kernels": args.kernels,
             "batch": args.batch, "seq": args.seq, "steps": args.steps,
             "samples_per_s": round(t.samples_per_s, 2), "ms_per_step": round(t.ms_per_step, 3),
         });
@@ -137,7 +137,7 @@ fn run(args: &Args) -> Result<()> {
             v["cpu_s_per_step"] = round(t.cpu_s_per_step, 3).into();
             v["threads"] = cpu_threads().into();
             // Which code ran the low-precision layers: AVX-512 microkernels or the fallback.
-            let precision = if int8 {
+            let precision = if args.int8 {
                 "int8"
             } else {
                 models::dtype_name(dtype)
@@ -152,14 +152,9 @@ fn run(args: &Args) -> Result<()> {
         println!("{v}");
     };
 
-    if run("train_step") && !int8 {
+    if run("train_step") && !args.int8 {
         let mut optimizer = Optimizer::new(
-            OptimizerKind::AdamW {
-                beta1: 0.9,
-                beta2: 0.999,
-                eps: 1e-8,
-                weight_decay: 0.01,
-            },
+            OptimizerSettings::adamw(0.9, 0.999, 1e-8, 0.01),
             classifier.trainable(),
         )?;
         // Where a step's time goes: forward + loss, backward, optimizer, each ended by a
@@ -201,7 +196,7 @@ fn run(args: &Args) -> Result<()> {
     }
     if run("inference") {
         classifier.merge()?;
-        if int8 {
+        if args.int8 {
             classifier.quantize_int8()?;
         }
         let t = time(args, |_| {

@@ -21,10 +21,10 @@ struct Args {
     fixture: PathBuf,
     /// cpu, cuda, cuda:N or auto.
     #[arg(long, default_value = "auto")]
-    device: String,
+    device: training::device::DeviceSetting,
     /// Frozen weights: auto, f32, bf16 or f16.
     #[arg(long, default_value = "auto")]
-    dtype: String,
+    dtype: training::device::DtypeSetting,
 }
 
 pub fn main(argv: impl Iterator<Item = OsString>) {
@@ -50,8 +50,8 @@ fn max_abs(a: &Tensor) -> Result<f64> {
 }
 
 fn run(args: &Args) -> Result<()> {
-    let (device, device_name) = training::device::select_device(&args.device)?;
-    let dtype = training::device::select_dtype(&args.dtype, &device)?;
+    let (device, device_name) = training::device::select_device(args.device)?;
+    let dtype = training::device::select_dtype(args.dtype, &device);
     let f32_weights = dtype == DType::F32;
     let expected_path = args.fixture.join("expected.safetensors");
     let expected = candle_core::safetensors::load(&expected_path, &Device::Cpu)

@@ -7,7 +7,11 @@ mod bench;
 mod check_fixture;
 mod check_kernels;
 mod convert;
-mod models;
+mod results;
+mod status;
+
+// The library's modules, where the commands' modules look for them (`crate::models`).
+use imdb_lora::{kernel_parity, models};
 
 use std::ffi::OsString;
 
@@ -31,6 +35,10 @@ const COMMANDS: &[(&str, &str)] = &[
         "figures and the HTML/Markdown report → artifacts/report",
     ),
     ("predict", "classify new texts"),
+    (
+        "status",
+        "for every stage: up to date, or what changed (runs nothing)",
+    ),
     ("bench", "training and inference throughput, as JSON lines"),
     (
         "check-kernels",
@@ -39,6 +47,10 @@ const COMMANDS: &[(&str, &str)] = &[
     (
         "check-fixture",
         "run a transformers + PEFT reference fixture on this device and compare",
+    ),
+    (
+        "results",
+        "the README's results and performance tables, from the artifacts and bench output",
     ),
     (
         "convert",
@@ -77,10 +89,12 @@ fn main() {
         "evaluate" => evaluate::cli::main(argv),
         "report" => report::cli::main(argv),
         "predict" => evaluate::predict_cli::main(argv),
+        "status" => status::main(argv),
         "bench" => bench::main(argv),
         "check-kernels" => check_kernels::main(argv),
         "check-fixture" => check_fixture::main(argv),
         "convert" => convert::main(argv),
+        "results" => results::main(argv),
         "-h" | "--help" | "help" => print!("{}", usage()),
         "-V" | "--version" => println!("imdb-lora {}", env!("CARGO_PKG_VERSION")),
         other => {

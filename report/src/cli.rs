@@ -25,16 +25,6 @@ where
 {
     let args = Cli::parse_from(args);
     pipeline::cli::run_stage("report", || {
-        let Some(config) = args.common.load()? else {
-            return Ok(());
-        };
-        match crate::stage::run(&config, args.common.force)? {
-            None => println!(
-                "report: up to date ({})",
-                config.artifacts.join("report").display()
-            ),
-            Some(dir) => println!("report: wrote {}", dir.join("report.html").display()),
-        }
-        Ok(())
+        pipeline::cli::execute(&args.common, |_| Ok(crate::stage::Report))
     });
 }

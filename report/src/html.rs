@@ -133,7 +133,7 @@ pub(crate) fn page(inputs: &ReportInputs, out_dir: &Path, shown: ImageFormat) ->
             h,
             "<figure id=\"{}\"><img src=\"data:{};base64,{data}\" alt=\"{}\"><figcaption>{}</figcaption></figure>",
             figure.stem(),
-            shown.mime(),
+            crate::mime(shown),
             escape(figure.title()),
             escape(figure.caption()),
         );

@@ -12,7 +12,6 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use serde::{Deserialize, Serialize};
 
 pub mod cli;
 mod crisp_text;
@@ -50,26 +49,14 @@ pub struct ReportInputs {
     pub formats: Vec<ImageFormat>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum ImageFormat {
-    Png,
-    Svg,
-}
+/// A figure format: `report.formats`' own type.
+pub use pipeline::config::ImageFormat;
 
-impl ImageFormat {
-    pub fn extension(self) -> &'static str {
-        match self {
-            ImageFormat::Png => "png",
-            ImageFormat::Svg => "svg",
-        }
-    }
-
-    fn mime(self) -> &'static str {
-        match self {
-            ImageFormat::Png => "image/png",
-            ImageFormat::Svg => "image/svg+xml",
-        }
+/// The media type of a figure in `format`, for the HTML's data URIs.
+fn mime(format: ImageFormat) -> &'static str {
+    match format {
+        ImageFormat::Png => "image/png",
+        ImageFormat::Svg => "image/svg+xml",
     }
 }
 

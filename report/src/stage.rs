@@ -1,27 +1,17 @@
 //! The report stage: gathers the artifacts of the earlier stages into
 //! [`ReportInputs`] and renders them into artifacts/report.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result};
-use pipeline::atomic::StagingDir;
-use pipeline::config::ImageFormatSetting;
+use anyhow::{Context as _, Result};
 use pipeline::data::{DataSummary, SplitSummary};
 use pipeline::history;
 use pipeline::predictions::{self, ExamplePrediction, Predictions};
-use pipeline::stamp::{Freshness, StageRun};
+use pipeline::runner::{self, Context, Inputs, Outcome, Stage, StageInputs};
 use pipeline::train_summary::TrainSummary;
 use pipeline::{Config, Layout, StageId};
 
-use crate::{ImageFormat, ReportInputs};
-
-/// A config enum as pipeline.yaml spells it.
-fn yaml_name<T: serde::Serialize>(value: &T) -> String {
-    serde_json::to_value(value)
-        .ok()
-        .and_then(|v| v.as_str().map(String::from))
-        .unwrap_or_default()
-}
+use crate::ReportInputs;
 
 fn read_json<T: serde::de::DeserializeOwned>(path: &std::path::Path) -> Result<T> {
     let text =
@@ -30,40 +20,44 @@ fn read_json<T: serde::de::DeserializeOwned>(path: &std::path::Path) -> Result<T
         .with_context(|| format!("{} is not what this program wrote", path.display()))
 }
 
-/// Runs the stage; `None` when it was up to date.
-pub fn run(config: &Config, force: bool) -> Result<Option<PathBuf>> {
-    let layout = Layout::new(&config.artifacts);
-    let mut stage = StageRun::new(&layout, StageId::Report, config);
-    stage.upstream(
-        &layout,
-        config,
-        StageId::DataPrep,
-        &[pipeline::data::SUMMARY_FILE],
-    )?;
-    stage.upstream(
-        &layout,
-        config,
-        StageId::Train,
-        &[history::HISTORY_FILE, pipeline::train_summary::SUMMARY_FILE],
-    )?;
-    stage.upstream(
-        &layout,
-        config,
-        StageId::Evaluate,
-        &[
-            predictions::METRICS_FILE,
-            predictions::PREDICTIONS_FILE,
-            predictions::EXAMPLES_FILE,
-        ],
-    )?;
-    if !force && stage.freshness()? == Freshness::UpToDate {
-        return Ok(None);
+/// The source identity of this stage's code (its build script computes it).
+pub const CODE: &str = env!("STAGE_IDENTITY");
+
+/// The stage: everything it reads is an upstream artifact.
+#[derive(Default)]
+pub struct Report;
+
+impl StageInputs for Report {
+    fn id(&self) -> StageId {
+        StageId::Report
     }
-    let inputs = gather(config, &layout)?;
-    let staged = StagingDir::new(&stage.dir)?;
-    crate::render(&inputs, staged.path())?;
-    stage.write_stamp(staged.path())?;
-    Ok(Some(staged.commit()?))
+
+    fn code(&self) -> &'static str {
+        CODE
+    }
+
+    fn inputs(&mut self, _: &Context) -> Result<Inputs> {
+        Ok(Inputs::default())
+    }
+}
+
+impl Stage for Report {
+    /// The files written, figures first.
+    type Summary = Vec<PathBuf>;
+
+    fn run(&mut self, ctx: &Context, _: &Inputs, out: &Path) -> Result<Vec<PathBuf>> {
+        let inputs = gather(ctx.config, &ctx.layout)?;
+        crate::render(&inputs, out)
+    }
+
+    fn describe(&self, written: &Vec<PathBuf>) -> Vec<String> {
+        vec![format!("{} files", written.len())]
+    }
+}
+
+/// Runs the stage.
+pub fn run(config: &Config, force: bool) -> Result<Outcome<Vec<PathBuf>>> {
+    runner::execute(&mut Report, config, force)
 }
 
 fn gather(config: &Config, layout: &Layout) -> Result<ReportInputs> {
@@ -96,7 +90,7 @@ fn gather(config: &Config, layout: &Layout) -> Result<ReportInputs> {
                 l.r,
                 l.alpha,
                 l.dropout,
-                yaml_name(&l.bias),
+                l.bias,
                 l.target_modules
                     .as_ref()
                     .map_or("default".into(), |t| t.join(","))
@@ -106,20 +100,14 @@ fn gather(config: &Config, layout: &Layout) -> Result<ReportInputs> {
             "optimizer",
             format!(
                 "{} lr={} weight_decay={} batch={} epochs={}",
-                yaml_name(&t.optimizer),
-                t.learning_rate,
-                t.weight_decay,
-                t.batch_size,
-                t.epochs
+                t.optimizer, t.learning_rate, t.weight_decay, t.batch_size, t.epochs
             ),
         ),
         (
             "scheduler",
             format!(
                 "{} (warmup {} steps / ratio {})",
-                yaml_name(&t.scheduler),
-                t.warmup_steps,
-                t.warmup_ratio
+                t.scheduler, t.warmup_steps, t.warmup_ratio
             ),
         ),
     ]);
@@ -199,19 +187,13 @@ fn gather(config: &Config, layout: &Layout) -> Result<ReportInputs> {
             ("Training".into(), training),
             ("Test split".into(), test),
         ],
-        config_yaml: config.to_yaml(),
+        // The settings the stages' outputs depend on (not where they went or ran).
+        config_yaml: serde_norway::to_string(&pipeline::graph::keyed_config(config))
+            .context("the config as YAML")?,
         examples: examples
             .into_iter()
             .map(|e| (e.text, e.label, e.prob_positive))
             .collect(),
-        formats: config
-            .report
-            .formats
-            .iter()
-            .map(|f| match f {
-                ImageFormatSetting::Png => ImageFormat::Png,
-                ImageFormatSetting::Svg => ImageFormat::Svg,
-            })
-            .collect(),
+        formats: config.report.formats.clone(),
     })
 }

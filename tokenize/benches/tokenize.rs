@@ -40,8 +40,8 @@ fn main() -> anyhow::Result<()> {
     let model =
         test_support::real_model(test_support::MINILM, false).map_err(anyhow::Error::msg)?;
 
-    let (seconds, fast) = time(&tokenize::encoder(&model, MAX_LEN)?, &texts)?;
-    let whole = tokenize::encoder(&model, MAX_LEN)?.with_prefix_cut(false);
+    let (seconds, fast) = time(&TextEncoder::for_model(&model, MAX_LEN)?, &texts)?;
+    let whole = TextEncoder::for_model(&model, MAX_LEN)?.with_prefix_cut(false);
     let (whole_seconds, exact) = time(&whole, &texts)?;
     assert_eq!(fast, exact, "the prefix shortcut changed some ids");
     let per_s = |s: f64| (texts.len() as f64 / s).round();

@@ -1,8 +1,6 @@
 //! The `tokenize` command line: the `tokenize` binary and `imdb-lora tokenize` parse and run it here.
 
-use crate::Outcome;
 use clap::Parser;
-use pipeline::Split;
 
 #[derive(Parser)]
 #[command(
@@ -32,30 +30,6 @@ where
 {
     let args = Cli::parse_from(args);
     pipeline::cli::run_stage("tokenize", || {
-        let Some(config) = args.common.load()? else {
-            return Ok(());
-        };
-        match crate::run(&config, args.common.force)? {
-            Outcome::UpToDate { dir } => println!("tokenize: up to date ({})", dir.display()),
-            Outcome::Ran {
-                dir,
-                reason,
-                summary,
-            } => {
-                println!("tokenize: ran ({reason})");
-                for split in Split::ALL {
-                    let s = summary.split(split);
-                    println!(
-                        "tokenize: {split}: {} reviews, {} ({:.1}%) truncated to {} tokens",
-                        s.count,
-                        s.truncated,
-                        100.0 * s.truncated_share,
-                        summary.max_len
-                    );
-                }
-                println!("tokenize: wrote {}", dir.display());
-            }
-        }
-        Ok(())
+        pipeline::cli::execute(&args.common, |_| Ok(crate::Tokenize::default()))
     });
 }

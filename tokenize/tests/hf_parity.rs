@@ -10,7 +10,6 @@ use common::fixture;
 
 use pipeline::encode::TextEncoder;
 use safetensors::{Dtype, SafeTensors};
-use tokenize::encoder;
 use tokenizers::Tokenizer;
 
 fn i64_tensor(st: &SafeTensors, name: &str) -> (Vec<usize>, Vec<u32>) {
@@ -44,7 +43,7 @@ fn check_fixture(name: &str, pad_id: u32) {
     let (shape, ids, mask) = expected_tokens(&dir.join("expected.safetensors"));
     assert_eq!(shape, [texts.len(), max_len]);
 
-    let text_encoder = encoder(&dir.join("base"), max_len).unwrap();
+    let text_encoder = TextEncoder::for_model(&dir.join("base"), max_len).unwrap();
     assert_eq!(text_encoder.pad_id(), pad_id);
     let encoded = text_encoder.encode(&texts).unwrap();
     for (row, text) in texts.iter().enumerate() {
@@ -154,7 +153,7 @@ fn minilm_truncates_a_long_review_to_max_len_ending_in_sep() {
 
 #[test]
 fn max_len_beyond_the_model_positions_is_refused() {
-    let err = encoder(&fixture("bert-tiny-lora/base"), 65)
+    let err = TextEncoder::for_model(&fixture("bert-tiny-lora/base"), 65)
         .err()
         .unwrap()
         .to_string();

@@ -9,7 +9,6 @@ use std::path::{Path, PathBuf};
 use common::fixture;
 use pipeline::encode::TextEncoder;
 use polars::prelude::*;
-use tokenize::encoder;
 
 /// The MiniLM and GPT-2 tokenizer files.
 fn tokenizers() -> [PathBuf; 2] {
@@ -137,5 +136,7 @@ fn other_pre_tokenizers_are_tokenized_whole() {
             .unwrap();
     json["pre_tokenizer"] = serde_json::json!({"type": "Metaspace", "replacement": "▁", "prepend_scheme": "always", "split": true});
     std::fs::write(tmp.path().join("tokenizer.json"), json.to_string()).unwrap();
-    assert!(!encoder(tmp.path(), 16).unwrap().cuts_prefixes());
+    assert!(!TextEncoder::for_model(tmp.path(), 16)
+        .unwrap()
+        .cuts_prefixes());
 }

@@ -46,7 +46,7 @@ impl Setup {
 
     /// Writes the data stage's outputs as data-prep does, with a stamp.
     fn write_data(&self, sizes: [usize; 3]) {
-        let run = StageRun::new(&self.layout, StageId::DataPrep, &self.config);
+        let run = StageRun::new(&self.layout, StageId::DataPrep, &self.config, "test");
         let staged = StagingDir::new(&run.dir).unwrap();
         for (split, n) in Split::ALL.into_iter().zip(sizes) {
             let reviews = Reviews {
@@ -80,7 +80,7 @@ impl Setup {
     }
 }
 
-fn ran(outcome: Outcome) -> (String, TokensSummary) {
+fn ran(outcome: Outcome<TokensSummary>) -> (String, TokensSummary) {
     match outcome {
         Outcome::Ran {
             reason, summary, ..

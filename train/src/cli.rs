@@ -1,6 +1,5 @@
 //! The `train` command line: the `train` binary and `imdb-lora train` parse and run it here.
 
-use crate::Outcome;
 use clap::Parser;
 
 /// Fine-tune the model with LoRA → artifacts/train.
@@ -32,25 +31,6 @@ where
 {
     let args = Cli::parse_from(args);
     pipeline::cli::run_stage("train", || {
-        let Some(config) = args.common.load()? else {
-            return Ok(());
-        };
-        match crate::run(&config, args.common.force)? {
-            Outcome::UpToDate { dir } => println!("train: up to date ({})", dir.display()),
-            Outcome::Ran {
-                dir,
-                reason,
-                summary: s,
-            } => {
-                println!("train: ran ({reason})");
-                println!(
-                    "train: {} steps in {:.1}s ({:.1} samples/s); best epoch {} (validation loss {:.4}, accuracy {:.4}); kept the {} epoch's adapter (epoch {})",
-                    s.steps, s.wall_time_s, s.samples_per_s, s.best_epoch, s.best_val_loss,
-                    s.best_val_accuracy, s.kept, s.adapter_epoch
-                );
-                println!("train: wrote {}", dir.display());
-            }
-        }
-        Ok(())
+        pipeline::cli::execute(&args.common, |_| Ok(crate::Train::default()))
     });
 }

@@ -6,56 +6,62 @@
 //! `checkpoints/train/` and are removed once the outputs are committed.
 
 pub mod cli;
+mod console;
+pub mod settings;
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
-use anyhow::{bail, Context, Result};
-use lora_classifier::{Checkpoint, LoraBias, LoraSettings, SequenceClassifier};
-use pipeline::atomic::{self, StagingDir};
-use pipeline::config::LoraBiasSetting;
+use anyhow::{bail, Context as _, Result};
+use candle_core::{DType, Device};
+use lora_classifier::{Checkpoint, SequenceClassifier};
+pub use pipeline::graph::ADAPTER_DIR;
 use pipeline::history::{self, HISTORY_FILE};
-use pipeline::stamp::{self, Freshness, StageRun};
+pub use pipeline::runner::Outcome;
+use pipeline::runner::{self, Context, Inputs, Stage, StageInputs};
+use pipeline::stamp;
 use pipeline::tokens::TokenSplit;
 use pipeline::train_summary::{TrainSummary, SUMMARY_FILE};
-use pipeline::{hub, Config, Layout, Split, StageId};
-use training::{CheckpointStore, TrainSettings};
+use pipeline::{hub, Config, Split, StageId};
+use training::device::{dtype_name, select_device, select_dtype};
+use training::{CheckpointStore, Examples};
 
-/// The folder of the saved adapter inside `train/`.
-pub const ADAPTER_DIR: &str = "adapter";
+pub use console::CheckpointHook;
+use console::Console;
 
-/// Test hook: after writing the checkpoint of this optimizer step, the process stops in
-/// place (sleeps) so that a test can SIGKILL it at a known point of the run.
-pub const HANG_AFTER_CHECKPOINT_ENV: &str = "TRAIN_TEST_HANG_AFTER_CHECKPOINT";
+/// The source identity of this stage's code (its build script computes it).
+pub const CODE: &str = env!("STAGE_IDENTITY");
 
-#[derive(Debug)]
-pub enum Outcome {
-    UpToDate {
-        dir: PathBuf,
-    },
-    Ran {
-        dir: PathBuf,
-        reason: String,
-        summary: Box<TrainSummary>,
-    },
+/// The stage. What it resolves when its inputs are hashed (model folder, device, dtype) is
+/// kept for the run.
+pub struct Train<'a> {
+    after_checkpoint: Option<CheckpointHook<'a>>,
+    model_dir: PathBuf,
+    device: Device,
+    device_name: String,
+    dtype: DType,
+    store: Option<CheckpointStore>,
 }
 
-fn lora_settings(config: &Config) -> LoraSettings {
-    let l = &config.lora;
-    LoraSettings {
-        r: l.r,
-        alpha: l.alpha,
-        dropout: l.dropout,
-        bias: match l.bias {
-            LoraBiasSetting::None => LoraBias::None,
-            LoraBiasSetting::All => LoraBias::All,
-            LoraBiasSetting::LoraOnly => LoraBias::LoraOnly,
-        },
-        // Empty = the architecture's default.
-        target_modules: l.target_modules.clone().unwrap_or_default(),
-        layer_norm: l.layer_norm,
-        use_rslora: l.use_rslora,
+impl Default for Train<'_> {
+    fn default() -> Self {
+        Self {
+            after_checkpoint: None,
+            model_dir: PathBuf::new(),
+            device: Device::Cpu,
+            device_name: String::new(),
+            dtype: DType::F32,
+            store: None,
+        }
+    }
+}
+
+impl<'a> Train<'a> {
+    /// Calls `hook` with each checkpoint's folder and step after it is written.
+    pub fn after_checkpoint(hook: CheckpointHook<'a>) -> Self {
+        Self {
+            after_checkpoint: Some(hook),
+            ..Self::default()
+        }
     }
 }
 
@@ -101,143 +107,165 @@ fn check_split(
     Ok(())
 }
 
-/// Runs the stage.
-pub fn run(config: &Config, force: bool) -> Result<Outcome> {
-    let layout = Layout::new(&config.artifacts);
-    let mut stage = StageRun::new(&layout, StageId::Train, config);
-    let token_files = [Split::Train, Split::Validation].map(Layout::tokens_file);
-    stage.upstream(
-        &layout,
-        config,
-        StageId::Tokenize,
-        &[&token_files[0], &token_files[1]],
-    )?;
-    let model = &config.model;
-    let model_dir = hub::model_dir(&model.source, &model.revision, true, false)?;
-    let mut inputs = BTreeMap::new();
-    for (name, path) in pipeline::hub::model_files(&model_dir)? {
-        let hash =
-            stamp::hash_file(&path).with_context(|| format!("hashing {}", path.display()))?;
-        stage.input_hash(&name, hash.clone());
-        inputs.insert(name, hash);
+impl StageInputs for Train<'_> {
+    fn id(&self) -> StageId {
+        StageId::Train
     }
-    let reason = match stage.freshness()? {
-        Freshness::UpToDate if !force => return Ok(Outcome::UpToDate { dir: stage.dir }),
-        Freshness::UpToDate => "--force".to_string(),
-        Freshness::Stale(reason) => reason,
-    };
 
-    // Every check before any training.
-    let (device, device_name) = training::device::select_device(&config.training.device)?;
-    let dtype = training::device::select_dtype(&config.training.dtype, &device)?;
-    let ckpt = Checkpoint::open(&model_dir)?;
-    if model.max_len > ckpt.max_positions() {
-        bail!(
-            "model.max_len {} is beyond the {} positions of the model {:?}: lower model.max_len and rerun `just tokenize`",
-            model.max_len,
-            ckpt.max_positions(),
-            model.source
-        );
+    fn code(&self) -> &'static str {
+        CODE
     }
-    let tokens_dir = layout.stage_dir(StageId::Tokenize);
-    let read = |file: &str| -> Result<TokenSplit> {
-        let path = tokens_dir.join(file);
-        let split = TokenSplit::read(&path)?;
-        check_split(&split, &path, &ckpt, &model.source)?;
-        Ok(split)
-    };
-    let (train_split, validation_split) = (read(&token_files[0])?, read(&token_files[1])?);
-    let classifier = SequenceClassifier::new(
-        &ckpt,
-        Some(&lora_settings(config)),
-        config.seed,
-        &device,
-        dtype,
-    )
-    .context("adding LoRA to the model (the lora.* keys)")?;
-    let counts = classifier.parameter_counts();
-    let threads = candle_core::utils::get_num_threads();
-    println!("train: {counts}");
-    println!(
-        "train: device {device_name}, frozen weights {}, {threads} CPU threads; {} training and {} validation reviews",
-        training::device::dtype_name(dtype),
-        train_split.len(),
-        validation_split.len()
-    );
 
-    // Checkpoints resume only the same run: same config keys, inputs and program build
-    // (another build may compute differently, breaking the bitwise-resume guarantee).
-    let token_hashes = stamp::read_stamp(&tokens_dir)?
-        .map(|s| s.outputs)
-        .unwrap_or_default();
-    let fingerprint = stamp::hash_bytes(
-        serde_json::json!({
-            "program": stamp::program_version(),
-            "config": config.sections(StageId::Train.config_keys()),
-            "model": inputs,
-            "tokens": token_hashes,
-        })
-        .to_string()
-        .as_bytes(),
-    );
-    let store = CheckpointStore::new(&layout.train_checkpoints(), &fingerprint);
-    let hang_after: Option<u64> = std::env::var(HANG_AFTER_CHECKPOINT_ENV)
-        .ok()
-        .and_then(|v| v.parse().ok());
-    let mut after_checkpoint = |dir: &Path, step: u64| {
-        if hang_after == Some(step) {
-            println!(
-                "train: wrote {}; stopping here ({HANG_AFTER_CHECKPOINT_ENV})",
-                dir.display()
-            );
-            loop {
-                std::thread::sleep(Duration::from_secs(1));
-            }
+    fn inputs(&mut self, ctx: &Context) -> Result<Inputs> {
+        let (model, training) = (&ctx.config.model, &ctx.config.training);
+        self.model_dir = hub::model_dir(&model.source, &model.revision, true, false)?;
+        let mut inputs = Inputs::default();
+        for (name, path) in hub::model_files(&self.model_dir)? {
+            let hash =
+                stamp::hash_file(&path).with_context(|| format!("hashing {}", path.display()))?;
+            inputs.sources.insert(name, hash);
         }
-    };
-    let settings = TrainSettings::from_config(config.seed, &config.training);
-    let outcome = training::train(
-        &classifier,
-        &train_split,
-        &validation_split,
-        &settings,
-        &device,
-        &store,
-        &mut after_checkpoint,
-    )?;
+        (self.device, self.device_name) =
+            select_device(training.device).context("training.device")?;
+        self.dtype = select_dtype(training.dtype, &self.device);
+        // The kind of device decides the numbers, not which one of a kind.
+        let kind = if self.device.is_cpu() { "cpu" } else { "cuda" };
+        inputs.runtime.insert("device".into(), kind.into());
+        inputs
+            .runtime
+            .insert("dtype".into(), dtype_name(self.dtype).into());
+        Ok(inputs)
+    }
+}
 
-    let summary = TrainSummary {
-        trainable_parameters: counts.trainable,
-        total_parameters: counts.all,
-        parameters_line: counts.to_string(),
-        wall_time_s: outcome.wall_time_s,
-        samples_per_s: outcome.samples_per_s,
-        epochs: settings.epochs,
-        steps: outcome.steps,
-        train_samples: train_split.len(),
-        validation_samples: validation_split.len(),
-        best_epoch: outcome.best_epoch,
-        kept: if settings.keep_best { "best" } else { "last" }.into(),
-        adapter_epoch: outcome.adapter_epoch,
-        final_val_loss: outcome.last.loss,
-        final_val_accuracy: outcome.last.accuracy,
-        best_val_loss: outcome.best.loss,
-        best_val_accuracy: outcome.best.accuracy,
-        device: device_name,
-        dtype: training::device::dtype_name(dtype).into(),
-        threads,
-        resumed_from_step: outcome.resumed_from_step,
-    };
-    let staged = StagingDir::new(&stage.dir)?;
-    classifier.save_adapter(&staged.path().join(ADAPTER_DIR))?;
-    history::write_parquet(&outcome.history, &staged.path().join(HISTORY_FILE))?;
-    atomic::write_json(&staged.path().join(SUMMARY_FILE), &summary)?;
-    stage.write_stamp(staged.path())?;
-    let dir = staged.commit()?;
-    store.remove_all()?;
-    Ok(Outcome::Ran {
-        dir,
-        reason,
-        summary: Box::new(summary),
-    })
+impl Stage for Train<'_> {
+    type Summary = TrainSummary;
+
+    fn run(&mut self, ctx: &Context, inputs: &Inputs, out: &Path) -> Result<TrainSummary> {
+        let (config, model) = (ctx.config, &ctx.config.model);
+        // Every check before any training.
+        let ckpt = Checkpoint::open(&self.model_dir)?;
+        if model.max_len > ckpt.max_positions() {
+            bail!(
+                "model.max_len {} is beyond the {} positions of the model {:?}: lower model.max_len and rerun `just tokenize`",
+                model.max_len,
+                ckpt.max_positions(),
+                model.source
+            );
+        }
+        let read = |split: Split| -> Result<TokenSplit> {
+            let path = ctx.artifact(StageId::Tokenize, pipeline::Layout::tokens_file(split));
+            let tokens = TokenSplit::read(&path)?;
+            check_split(&tokens, &path, &ckpt, &model.source)?;
+            Ok(tokens)
+        };
+        let (train_split, validation_split) = (read(Split::Train)?, read(Split::Validation)?);
+        let classifier = SequenceClassifier::new(
+            &ckpt,
+            Some(&settings::lora_settings(config)),
+            config.seed,
+            &self.device,
+            self.dtype,
+        )
+        .context("adding LoRA to the model (the lora.* keys)")?;
+        let counts = classifier.parameter_counts();
+        let threads = candle_core::utils::get_num_threads();
+        println!("train: {counts}");
+        println!(
+            "train: device {}, frozen weights {}, {threads} CPU threads; {} training and {} validation reviews",
+            self.device_name,
+            dtype_name(self.dtype),
+            train_split.len(),
+            validation_split.len()
+        );
+
+        // Checkpoints resume only the same run: same code, config keys, inputs and runtime
+        // (another build or device may compute differently, breaking the bitwise resume).
+        let token_hashes = stamp::read_stamp(&ctx.layout.stage_dir(StageId::Tokenize))?
+            .map(|s| s.outputs)
+            .unwrap_or_default();
+        let fingerprint = stamp::hash_bytes(
+            serde_json::json!({
+                "code": CODE,
+                "config": config.sections(StageId::Train.config_keys()),
+                "model": inputs.sources,
+                "runtime": inputs.runtime,
+                "tokens": token_hashes,
+            })
+            .to_string()
+            .as_bytes(),
+        );
+        let store = CheckpointStore::new(&ctx.layout.train_checkpoints(), &fingerprint);
+        let settings = settings::train_settings(config);
+        let mut console = Console::new(self.after_checkpoint.as_deref_mut());
+        let outcome = training::train(
+            &classifier,
+            &examples(&train_split),
+            &examples(&validation_split),
+            &settings,
+            &self.device,
+            &store,
+            &mut console,
+        )?;
+
+        classifier.save_adapter(&out.join(ADAPTER_DIR))?;
+        let rows: Vec<_> = outcome.history.iter().map(settings::history_row).collect();
+        history::write_parquet(&rows, &out.join(HISTORY_FILE))?;
+        let summary = TrainSummary {
+            trainable_parameters: counts.trainable,
+            total_parameters: counts.all,
+            parameters_line: counts.to_string(),
+            wall_time_s: outcome.wall_time_s,
+            samples_per_s: outcome.samples_per_s,
+            epochs: settings.epochs,
+            steps: outcome.steps,
+            train_samples: train_split.len(),
+            validation_samples: validation_split.len(),
+            best_epoch: outcome.best_epoch,
+            kept: if settings.keep_best { "best" } else { "last" }.into(),
+            adapter_epoch: outcome.adapter_epoch,
+            final_val_loss: outcome.last.loss,
+            final_val_accuracy: outcome.last.accuracy,
+            best_val_loss: outcome.best.loss,
+            best_val_accuracy: outcome.best.accuracy,
+            device: self.device_name.clone(),
+            dtype: dtype_name(self.dtype).into(),
+            threads,
+            resumed_from_step: outcome.resumed_from_step,
+        };
+        pipeline::atomic::write_json(&out.join(SUMMARY_FILE), &summary)?;
+        self.store = Some(store);
+        Ok(summary)
+    }
+
+    fn describe(&self, s: &TrainSummary) -> Vec<String> {
+        vec![format!(
+            "{} steps in {:.1}s ({:.1} samples/s); best epoch {} (validation loss {:.4}, accuracy {:.4}); kept the {} epoch's adapter (epoch {})",
+            s.steps, s.wall_time_s, s.samples_per_s, s.best_epoch, s.best_val_loss,
+            s.best_val_accuracy, s.kept, s.adapter_epoch
+        )]
+    }
+
+    /// The checkpoints served their run: the outputs are in place.
+    fn committed(&mut self, _: &Context) -> Result<()> {
+        match self.store.take() {
+            Some(store) => store.remove_all(),
+            None => Ok(()),
+        }
+    }
+}
+
+/// A token split as the training library takes it.
+pub fn examples(split: &TokenSplit) -> Examples<'_> {
+    Examples {
+        input_ids: &split.input_ids,
+        attention_mask: &split.attention_mask,
+        labels: &split.labels,
+        max_len: split.max_len,
+    }
+}
+
+/// Runs the stage.
+pub fn run(config: &Config, force: bool) -> Result<Outcome<TrainSummary>> {
+    runner::execute(&mut Train::default(), config, force)
 }

@@ -26,6 +26,71 @@ pub fn is_leftover(file_name: &str) -> bool {
     file_name.starts_with('.') && (file_name.contains(".tmp-") || file_name.contains(".old-"))
 }
 
+/// What [`recover`] did beside a folder.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Recovered {
+    /// An interrupted commit had moved the folder aside: it is back in place.
+    pub restored: bool,
+    /// Leftovers of interrupted writes and commits, removed.
+    pub removed: Vec<PathBuf>,
+}
+
+/// Puts back what an interrupted [`StagingDir::commit`] of `target` left, and removes the
+/// leftovers of interrupted writes beside it. A commit moves the old folder aside before
+/// renaming the new one in: killed between the two, the target is missing and the old folder
+/// stands beside it, and it goes back in place. Only for a caller that knows no other process
+/// is writing `target` (the pipeline holds its artifacts root's lock).
+pub fn recover(target: &Path) -> Result<Recovered> {
+    let (Some(parent), Some(name)) = (target.parent(), target.file_name()) else {
+        anyhow::bail!("{}: not a file or folder name", target.display());
+    };
+    let mut recovered = Recovered::default();
+    if !parent.is_dir() {
+        return Ok(recovered);
+    }
+    let prefix = format!(".{}.", name.to_string_lossy());
+    let mut olds = Vec::new();
+    let mut tmps = Vec::new();
+    for entry in
+        fs::read_dir(parent).with_context(|| format!("cannot list {}", parent.display()))?
+    {
+        let entry = entry?;
+        let file_name = entry.file_name().to_string_lossy().into_owned();
+        let Some(rest) = file_name.strip_prefix(&prefix) else {
+            continue;
+        };
+        if rest.starts_with("old-") {
+            olds.push(entry.path());
+        } else if rest.starts_with("tmp-") {
+            tmps.push(entry.path());
+        }
+    }
+    if !target.exists() {
+        // The newest one moved aside is the last complete folder.
+        let newest = olds
+            .iter()
+            .max_by_key(|p| fs::metadata(p).and_then(|m| m.modified()).ok())
+            .cloned();
+        if let Some(old) = newest {
+            fs::rename(&old, target).with_context(|| {
+                format!("cannot move {} back to {}", old.display(), target.display())
+            })?;
+            olds.retain(|p| p != &old);
+            recovered.restored = true;
+        }
+    }
+    for path in olds.into_iter().chain(tmps) {
+        let removed = if path.is_dir() {
+            fs::remove_dir_all(&path)
+        } else {
+            fs::remove_file(&path)
+        };
+        removed.with_context(|| format!("cannot remove the leftover {}", path.display()))?;
+        recovered.removed.push(path);
+    }
+    Ok(recovered)
+}
+
 /// Writes a file through `write`, then renames it over `path`.
 pub fn write_file(path: &Path, write: impl FnOnce(&mut fs::File) -> Result<()>) -> Result<()> {
     if let Some(parent) = path.parent() {
@@ -203,6 +268,52 @@ mod tests {
         // The name an older version gave half-written checkpoints.
         assert!(is_leftover(".tmp-step-00000008-1"));
         assert!(!is_leftover("step-00000004") && !is_leftover("adapter"));
+    }
+
+    /// A commit killed after moving the old folder aside: the old folder comes back, and the
+    /// staged one and other leftovers go.
+    #[test]
+    fn an_interrupted_commit_is_undone() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("stage");
+        fs::create_dir(&target).unwrap();
+        fs::write(target.join("f"), "previous").unwrap();
+        let staged = StagingDir::new(&target).unwrap();
+        fs::write(staged.path().join("f"), "next").unwrap();
+        let old = sibling(&target, "old").unwrap();
+        fs::rename(&target, &old).unwrap();
+        std::mem::forget(staged); // killed: no drop runs
+        fs::write(dir.path().join(".stage.tmp-99999-0"), "half a file").unwrap();
+        fs::write(dir.path().join("other"), "not ours").unwrap();
+
+        let recovered = recover(&target).unwrap();
+        assert!(recovered.restored);
+        assert_eq!(recovered.removed.len(), 2, "{recovered:?}");
+        assert_eq!(fs::read_to_string(target.join("f")).unwrap(), "previous");
+        assert_eq!(names(dir.path()), ["other", "stage"]);
+        // Nothing left to do.
+        assert_eq!(recover(&target).unwrap(), Recovered::default());
+    }
+
+    /// Killed after the new folder went in: the old one is only removed.
+    #[test]
+    fn a_commit_killed_before_cleaning_up_keeps_the_new_folder() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("stage");
+        fs::create_dir(&target).unwrap();
+        fs::write(target.join("f"), "new").unwrap();
+        let old = sibling(&target, "old").unwrap();
+        fs::create_dir(&old).unwrap();
+        fs::write(old.join("f"), "old").unwrap();
+        let recovered = recover(&target).unwrap();
+        assert!(!recovered.restored && recovered.removed == [old]);
+        assert_eq!(fs::read_to_string(target.join("f")).unwrap(), "new");
+        assert_eq!(names(dir.path()), ["stage"]);
+        // A missing parent is nothing to recover.
+        assert_eq!(
+            recover(&dir.path().join("none/stage")).unwrap(),
+            Recovered::default()
+        );
     }
 
     #[test]

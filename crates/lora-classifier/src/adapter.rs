@@ -237,11 +237,11 @@ fn settings(c: &Value, path: &Path) -> Result<AdapterSettings> {
         }
         Some(v) => return Err(err(format!("bad target_modules {v}"))),
     };
-    let bias = match c.bias.as_deref().unwrap_or("none") {
-        "none" => LoraBias::None,
-        "all" => LoraBias::All,
-        "lora_only" => LoraBias::LoraOnly,
-        other => return Err(err(format!("bias '{other}' is not supported"))),
+    let bias = match c.bias.as_deref() {
+        None => LoraBias::None,
+        Some(text) => text
+            .parse::<LoraBias>()
+            .map_err(|_| err(format!("bias '{text}' is not supported")))?,
     };
     Ok(AdapterSettings {
         lora: LoraSettings {

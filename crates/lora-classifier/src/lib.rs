@@ -88,24 +88,8 @@ impl LoraSettings {
     }
 }
 
-/// Which biases train, as PEFT's `bias`: none; all (every parameter named `*bias*`, LayerNorms
-/// included); lora_only (the biases of the layers that have LoRA).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LoraBias {
-    None,
-    All,
-    LoraOnly,
-}
-
-impl LoraBias {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            LoraBias::None => "none",
-            LoraBias::All => "all",
-            LoraBias::LoraOnly => "lora_only",
-        }
-    }
-}
+/// Which biases train, as PEFT's `bias` (the enum `lora.bias` in pipeline.yaml takes too).
+pub use choices::LoraBias;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Architecture {

@@ -336,6 +336,7 @@ fn train_mode_dropout_is_seeded() {
             1e-5,
             &format!("{name}: fused vs composed train logits"),
         );
+        assert_eq!(ga.len(), gd.len(), "{name}: gradients");
         for (x, y) in ga.iter().zip(&gd) {
             assert_close(
                 x,
@@ -345,55 +346,6 @@ fn train_mode_dropout_is_seeded() {
             );
         }
     }
-}
-
-/// Our LayerNorm option on the LoRA branch: identity at B = 0 with a zero-mean output, trains,
-/// refuses to merge.
-#[test]
-fn lora_layer_norm_option() {
-    let f = Fixture::load("bert-tiny-lora");
-    let s = LoraSettings {
-        r: 4,
-        alpha: 8.0,
-        dropout: 0.0,
-        bias: LoraBias::None,
-        target_modules: vec!["query".into(), "value".into()],
-        layer_norm: true,
-        use_rslora: false,
-    };
-    let mut m = SequenceClassifier::new(&f.ckpt, Some(&s), 0, &Device::Cpu, DType::F32).unwrap();
-    let logits = m.forward(&f.ids, &f.mask, Mode::Eval).unwrap();
-    assert_close(
-        &logits,
-        f.get("base_logits"),
-        TOL,
-        "layer_norm LoRA at init = base",
-    );
-    let names: Vec<_> = m.trainable().into_iter().map(|(n, _)| n).collect();
-    assert!(names
-        .iter()
-        .any(|n| n.ends_with("query.lora_ln.default.weight")));
-    assert_eq!(m.parameter_counts().trainable, 1090 + 4 * 64);
-    for k in KERNELS {
-        m.set_kernels(k);
-        let loss =
-            cross_entropy(&m.forward(&f.ids, &f.mask, Mode::Eval).unwrap(), &f.labels).unwrap();
-        let grads = loss.backward().unwrap();
-        for (n, v) in m.trainable() {
-            let g = grads
-                .get(&v)
-                .unwrap_or_else(|| panic!("no gradient for {n}"));
-            assert!(g
-                .abs()
-                .unwrap()
-                .sum_all()
-                .unwrap()
-                .to_vec0::<f32>()
-                .unwrap()
-                .is_finite());
-        }
-    }
-    assert!(m.merge().is_err());
 }
 
 /// GPT-2 reads the rightmost non-pad token as transformers 5 does: rows without padding (the
@@ -422,31 +374,57 @@ fn gpt2_last_token_like_hf() {
 }
 
 /// Frozen weights in half precision (what CUDA runs; on the CPU this takes the composed path):
-/// LoRA matrices, head, loss and logits stay f32 and the results stay close to f32's.
+/// LoRA matrices, head, loss and logits stay f32, and the results stay as close to the f32
+/// reference as the weights' rounding allows. Tolerances are about twice the largest error
+/// measured on these fixtures (CPU):
+///
+/// | | logits, absolute | gradients, relative to the largest |
+/// |---|---|---|
+/// | BERT bf16 | 9.3e-3 | 4.4e-2 |
+/// | BERT f16 | 6.6e-4 | 4.6e-3 |
+/// | GPT-2 bf16 | 1.3e-2 | 2.1e-2 |
+/// | GPT-2 f16 | 2.4e-3 | 3.5e-3 |
 #[test]
 fn half_precision_frozen_weights() {
-    for name in ARCHS {
+    // (fixture, dtype, logits absolute, gradients relative to the reference's largest value)
+    let cases = [
+        ("bert-tiny-lora", DType::BF16, 2e-2, 0.1),
+        ("bert-tiny-lora", DType::F16, 2e-3, 1e-2),
+        ("gpt2-tiny-lora", DType::BF16, 3e-2, 5e-2),
+        ("gpt2-tiny-lora", DType::F16, 5e-3, 1e-2),
+    ];
+    for (name, dtype, logit_tol, grad_tol) in cases {
         let f = Fixture::load(name);
-        for dtype in [DType::BF16, DType::F16] {
-            let m = SequenceClassifier::load_adapter(&f.ckpt, &f.adapter(), &Device::Cpu, dtype)
-                .unwrap();
-            let logits = m.forward(&f.ids, &f.mask, Mode::Eval).unwrap();
-            assert_eq!(logits.dtype(), DType::F32);
+        let (want, base) = (f.get("lora_logits"), f.get("base_logits"));
+        // What the adapter does to the logits (BERT 0.146 at most, GPT-2 0.559): the check is
+        // worth something only if dropping or mis-scaling the adapter moves them far more
+        // than the tolerance.
+        let effect = max_diff(want, base);
+        assert!(
+            effect >= 5.0 * logit_tol,
+            "{name}: the adapter moves the logits by {effect}, too little for a tolerance of {logit_tol}"
+        );
+        let m =
+            SequenceClassifier::load_adapter(&f.ckpt, &f.adapter(), &Device::Cpu, dtype).unwrap();
+        let logits = m.forward(&f.ids, &f.mask, Mode::Eval).unwrap();
+        assert_eq!(logits.dtype(), DType::F32);
+        assert_close(&logits, want, logit_tol, &format!("{name} {dtype:?}"));
+        let loss = cross_entropy(&logits, &f.labels).unwrap();
+        let grads = loss.backward().unwrap();
+        for (pname, var) in m.trainable() {
+            assert_eq!(var.dtype(), DType::F32, "{pname}");
+            let g = grads
+                .get(&var)
+                .unwrap_or_else(|| panic!("{name} {dtype:?}: no gradient for {pname}"));
+            assert_eq!(g.dtype(), DType::F32);
+            let reference = f.get(&format!("grad/{pname}"));
+            let scale = max_diff(reference, &reference.zeros_like().unwrap());
             assert_close(
-                &logits,
-                f.get("lora_logits"),
-                0.1,
-                &format!("{name} {dtype:?}"),
+                g,
+                reference,
+                grad_tol * scale,
+                &format!("{name} {dtype:?} grad {pname}"),
             );
-            let loss = cross_entropy(&logits, &f.labels).unwrap();
-            let grads = loss.backward().unwrap();
-            for (pname, var) in m.trainable() {
-                assert_eq!(var.dtype(), DType::F32, "{pname}");
-                let g = grads
-                    .get(&var)
-                    .unwrap_or_else(|| panic!("{name} {dtype:?}: no gradient for {pname}"));
-                assert_eq!(g.dtype(), DType::F32);
-            }
         }
     }
 }

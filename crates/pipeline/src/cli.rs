@@ -8,6 +8,7 @@ use anyhow::Result;
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::config::Config;
+use crate::runner::{self, Stage};
 
 /// Options common to every stage.
 #[derive(Debug, Clone, clap::Args)]
@@ -36,6 +37,18 @@ impl ConfigArgs {
         }
         Ok(Some(config))
     }
+}
+
+/// Loads the config, runs `stage` with the runner and prints what it did; `make` builds the
+/// stage from the config. For a stage binary's `main`, inside [`run_stage`].
+pub fn execute<S: Stage>(args: &ConfigArgs, make: impl FnOnce(&Config) -> Result<S>) -> Result<()> {
+    let Some(config) = args.load()? else {
+        return Ok(());
+    };
+    let mut stage = make(&config)?;
+    let outcome = runner::execute(&mut stage, &config, args.force)?;
+    print!("{}", runner::report(&stage, &outcome));
+    Ok(())
 }
 
 /// Runs a stage's body and turns an error into a message and exit code 1.

@@ -7,6 +7,10 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
+/// The choice keys' values: one definition, shared with the libraries that act on them.
+pub use choices::{
+    DeviceSetting, DtypeSetting, EvaluateDtype, LoraBias, OptimizerKind, ScheduleKind,
+};
 use serde::{Deserialize, Serialize};
 use serde_norway::Value;
 
@@ -54,44 +58,18 @@ pub struct ModelConfig {
     pub max_len: usize,
 }
 
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "snake_case")]
-pub enum LoraBiasSetting {
-    None,
-    All,
-    LoraOnly,
-}
-
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct LoraConfig {
     pub r: usize,
     pub alpha: f64,
     pub dropout: f64,
-    pub bias: LoraBiasSetting,
+    pub bias: LoraBias,
     /// `null` = the architecture's default (BERT: query, value; GPT-2: c_attn).
     pub target_modules: Option<Vec<String>>,
     /// LayerNorm on the LoRA branch output (the seed notebook's option; not in PEFT).
     pub layer_norm: bool,
     pub use_rslora: bool,
-}
-
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "snake_case")]
-pub enum OptimizerKind {
-    Adamw,
-    Adam,
-    Sgd,
-    Rmsprop,
-}
-
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "snake_case")]
-pub enum SchedulerKind {
-    Constant,
-    Linear,
-    Cosine,
-    Step,
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
@@ -115,7 +93,7 @@ pub struct TrainingConfig {
     pub adam_beta1: f64,
     pub adam_beta2: f64,
     pub adam_epsilon: f64,
-    pub scheduler: SchedulerKind,
+    pub scheduler: ScheduleKind,
     /// Warmup in optimizer steps; `warmup_ratio` (of all steps) is used when this is 0.
     pub warmup_steps: usize,
     pub warmup_ratio: f64,
@@ -129,10 +107,10 @@ pub struct TrainingConfig {
     /// Write a resumable checkpoint every N optimizer steps (and at each epoch end).
     pub checkpoint_every_steps: usize,
     pub keep: KeepAdapter,
-    /// auto | cpu | cuda | cuda:N
-    pub device: String,
-    /// auto | f32 | bf16 | f16 (the frozen base weights; LoRA and optimizer state stay f32)
-    pub dtype: String,
+    /// Where training (and evaluation) runs.
+    pub device: DeviceSetting,
+    /// The frozen base weights' dtype (LoRA and optimizer state stay f32).
+    pub dtype: DtypeSetting,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -149,28 +127,28 @@ pub struct EvaluateConfig {
     pub examples: Vec<String>,
 }
 
-/// `evaluate.dtype`: the frozen weights' format for evaluate and predict.
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+/// A figure file format.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Hash)]
 #[serde(rename_all = "snake_case")]
-pub enum EvaluateDtype {
-    /// As `training.dtype`.
-    #[default]
-    Auto,
-    /// The merged model's weights in per-channel int8, activations quantized per row (CPU).
-    Int8,
-}
-
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "snake_case")]
-pub enum ImageFormatSetting {
+pub enum ImageFormat {
     Png,
     Svg,
+}
+
+impl ImageFormat {
+    /// The file extension, also the spelling in `pipeline.yaml`.
+    pub fn extension(self) -> &'static str {
+        match self {
+            ImageFormat::Png => "png",
+            ImageFormat::Svg => "svg",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct ReportConfig {
-    pub formats: Vec<ImageFormatSetting>,
+    pub formats: Vec<ImageFormat>,
 }
 
 impl Default for Config {
@@ -218,7 +196,7 @@ impl Default for LoraConfig {
             r: 8,
             alpha: 32.0,
             dropout: 0.1,
-            bias: LoraBiasSetting::None,
+            bias: LoraBias::None,
             target_modules: None,
             layer_norm: false,
             use_rslora: false,
@@ -232,13 +210,13 @@ impl Default for TrainingConfig {
             learning_rate: 5e-4,
             batch_size: 16,
             epochs: 3,
-            optimizer: OptimizerKind::Adamw,
+            optimizer: OptimizerKind::AdamW,
             momentum: 0.9,
             weight_decay: 0.01,
             adam_beta1: 0.9,
             adam_beta2: 0.999,
             adam_epsilon: 1e-8,
-            scheduler: SchedulerKind::Linear,
+            scheduler: ScheduleKind::Linear,
             warmup_steps: 0,
             warmup_ratio: 0.0,
             step_size: 100,
@@ -247,8 +225,8 @@ impl Default for TrainingConfig {
             eval_every_steps: None,
             checkpoint_every_steps: 50,
             keep: KeepAdapter::Best,
-            device: "auto".into(),
-            dtype: "auto".into(),
+            device: DeviceSetting::Auto,
+            dtype: DtypeSetting::Auto,
         }
     }
 }
@@ -272,7 +250,7 @@ impl Default for EvaluateConfig {
 impl Default for ReportConfig {
     fn default() -> Self {
         Self {
-            formats: vec![ImageFormatSetting::Png, ImageFormatSetting::Svg],
+            formats: vec![ImageFormat::Png, ImageFormat::Svg],
         }
     }
 }
@@ -369,6 +347,16 @@ impl Config {
             }
             Ok(())
         }
+        // An empty root would put every stage folder into the working directory.
+        if self
+            .artifacts
+            .as_os_str()
+            .to_string_lossy()
+            .trim()
+            .is_empty()
+        {
+            bail!("key `artifacts`: must not be empty: name a folder of its own for the outputs");
+        }
         if self.data.source.trim().is_empty() {
             bail!("key `data.source`: must not be empty");
         }
@@ -450,13 +438,6 @@ impl Config {
             positive("training.eval_every_steps", n)?;
         }
         positive("training.checkpoint_every_steps", t.checkpoint_every_steps)?;
-        parse_device(&t.device).map_err(|e| anyhow::anyhow!("key `training.device`: {e}"))?;
-        if !matches!(t.dtype.as_str(), "auto" | "f32" | "bf16" | "f16") {
-            bail!(
-                "key `training.dtype`: unknown dtype {:?}, expected auto | f32 | bf16 | f16",
-                t.dtype
-            );
-        }
         if !(0.0..=1.0).contains(&self.evaluate.threshold) {
             bail!(
                 "key `evaluate.threshold`: {} is out of range, expected a probability in [0, 1]",
@@ -509,26 +490,6 @@ fn yaml_kind(value: &Value) -> &'static str {
         Value::Mapping(_) => "a mapping",
         Value::Tagged(_) => "a tagged value",
     }
-}
-
-/// A parsed `training.device`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DeviceSetting {
-    Auto,
-    Cpu,
-    Cuda(usize),
-}
-
-pub fn parse_device(text: &str) -> Result<DeviceSetting> {
-    Ok(match text {
-        "auto" => DeviceSetting::Auto,
-        "cpu" => DeviceSetting::Cpu,
-        "cuda" => DeviceSetting::Cuda(0),
-        other => match other.strip_prefix("cuda:").map(str::parse::<usize>) {
-            Some(Ok(n)) => DeviceSetting::Cuda(n),
-            _ => bail!("unknown device {other:?}, expected auto | cpu | cuda | cuda:N"),
-        },
-    })
 }
 
 /// Sets `a.b.c=value` in the YAML tree, the value parsed as YAML (so `0.1`
@@ -640,6 +601,8 @@ mod tests {
             ("evaluate.batch_size=1099511627776", "evaluate.batch_size"),
             ("model.max_len=1099511627776", "model.max_len"),
             ("training.epochs=1000000000", "training.epochs"),
+            ("artifacts=''", "artifacts"),
+            ("artifacts=' '", "artifacts"),
         ] {
             let err = load("", &[set]).unwrap_err().to_string();
             assert!(
@@ -709,9 +672,17 @@ mod tests {
     }
 
     #[test]
-    fn devices_parse() {
-        assert_eq!(parse_device("cuda:1").unwrap(), DeviceSetting::Cuda(1));
-        assert!(parse_device("cuda:x").is_err());
+    fn devices_and_dtypes_are_typed_once_parsed() {
+        let c = load("training:\n  device: cuda:1\n  dtype: bf16\n", &[]).unwrap();
+        assert_eq!(c.training.device, DeviceSetting::Cuda(1));
+        assert_eq!(c.training.dtype, DtypeSetting::Bf16);
+        let err = load("", &["training.device=cuda:x"])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("key `training.device`") && err.contains("cuda:N"),
+            "{err}"
+        );
     }
 
     mod properties {

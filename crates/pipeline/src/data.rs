@@ -142,6 +142,9 @@ pub struct DataSummary {
 
 pub const SUMMARY_FILE: &str = "summary.json";
 
+/// `data/{split}.parquet`, in [`crate::Split::ALL`]'s order.
+pub const FILES: [&str; 3] = ["train.parquet", "validation.parquet", "test.parquet"];
+
 #[cfg(test)]
 mod tests {
     use super::*;

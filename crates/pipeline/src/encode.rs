@@ -6,7 +6,7 @@
 
 use std::path::Path;
 
-use anyhow::{anyhow, ensure, Context, Result};
+use anyhow::{anyhow, bail, ensure, Context, Result};
 use rayon::prelude::*;
 use tokenizers::{
     Encoding, NormalizerWrapper, PaddingDirection, PaddingParams, PaddingStrategy,
@@ -40,6 +40,34 @@ pub struct Encoded {
 }
 
 impl TextEncoder {
+    /// The tokenizer of the model folder `model_dir`, set up for `max_len` after checking
+    /// that the model has that many positions (else training or inference would fail only
+    /// later): what tokenize encodes the splits with, and evaluate and predict new texts.
+    pub fn for_model(model_dir: &Path, max_len: usize) -> Result<Self> {
+        let config_path = model_dir.join("config.json");
+        let text = std::fs::read_to_string(&config_path)
+            .with_context(|| format!("cannot read {}", config_path.display()))?;
+        let config: serde_json::Value = serde_json::from_str(&text)
+            .with_context(|| format!("{} is not valid JSON", config_path.display()))?;
+        let positions = ["max_position_embeddings", "n_positions"]
+            .iter()
+            .find_map(|key| config.get(*key)?.as_u64());
+        if let Some(positions) = positions.filter(|&p| max_len as u64 > p) {
+            bail!(
+                "model.max_len {max_len} exceeds the {positions} positions of the model ({})",
+                config_path.display()
+            );
+        }
+        let path = model_dir.join("tokenizer.json");
+        if !path.exists() {
+            bail!(
+                "{} is missing: the model folder needs its tokenizer",
+                path.display()
+            );
+        }
+        Self::from_file(&path, max_len)
+    }
+
     /// Loads `tokenizer.json` and sets padding and truncation to `max_len`
     /// (the file's own settings, e.g. MiniLM's 128, are replaced).
     pub fn from_file(path: &Path, max_len: usize) -> Result<Self> {

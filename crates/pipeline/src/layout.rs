@@ -8,77 +8,16 @@
 //!   evaluate/  predictions.parquet, metrics.json, examples.json … ← evaluate
 //!   report/    figures, report.html, report.md                    ← report
 //!   checkpoints/train/  resumable training state (kept across crashes)
+//!   .lock      held by the run in progress
 //! ```
-//! Each stage folder also holds the stage's `stamp.json`.
+//! Each stage folder also holds the stage's `stamp.json`. What each stage writes and reads is
+//! declared in [`crate::graph`].
 
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-/// A pipeline stage, named as its `just` recipe.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum StageId {
-    DataPrep,
-    Tokenize,
-    Train,
-    Evaluate,
-    Report,
-}
-
-impl StageId {
-    pub const ALL: [StageId; 5] = [
-        StageId::DataPrep,
-        StageId::Tokenize,
-        StageId::Train,
-        StageId::Evaluate,
-        StageId::Report,
-    ];
-
-    /// The `just` recipe (and binary) that runs the stage.
-    pub fn recipe(self) -> &'static str {
-        match self {
-            StageId::DataPrep => "data-prep",
-            StageId::Tokenize => "tokenize",
-            StageId::Train => "train",
-            StageId::Evaluate => "evaluate",
-            StageId::Report => "report",
-        }
-    }
-
-    pub fn from_recipe(name: &str) -> Option<StageId> {
-        Self::ALL.into_iter().find(|s| s.recipe() == name)
-    }
-
-    /// Its folder under the artifacts root.
-    pub fn dir_name(self) -> &'static str {
-        match self {
-            StageId::DataPrep => "data",
-            StageId::Tokenize => "tokens",
-            StageId::Train => "train",
-            StageId::Evaluate => "evaluate",
-            StageId::Report => "report",
-        }
-    }
-
-    /// The config keys whose values the stage's outputs depend on.
-    pub fn config_keys(self) -> &'static [&'static str] {
-        match self {
-            StageId::DataPrep => &["seed", "data"],
-            StageId::Tokenize => &["model.source", "model.revision", "model.max_len"],
-            // model.max_len reaches train through the tokens too; recorded here so that the
-            // train stamp alone says what the adapter was trained for (predict checks it).
-            StageId::Train => &[
-                "seed",
-                "model.source",
-                "model.revision",
-                "model.max_len",
-                "lora",
-                "training",
-            ],
-            StageId::Evaluate => &["model.source", "model.revision", "evaluate"],
-            StageId::Report => &["report"],
-        }
-    }
-}
+pub use crate::graph::StageId;
+use crate::{data, tokens};
 
 /// One of the three data splits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -112,6 +51,13 @@ pub struct Layout {
     root: PathBuf,
 }
 
+/// The folder of the training checkpoints under the root.
+pub const CHECKPOINTS_DIR: &str = "checkpoints";
+
+/// Where `just all` appends one JSON line per stage run (scripts/timed.sh; `just results`
+/// reads it), in the root.
+pub const TIMINGS_FILE: &str = "timings.jsonl";
+
 impl Layout {
     pub fn new(root: &Path) -> Self {
         Self {
@@ -128,18 +74,31 @@ impl Layout {
     }
 
     /// `data/{split}.parquet`, relative to the data folder.
-    pub fn data_file(split: Split) -> String {
-        format!("{split}.parquet")
+    pub fn data_file(split: Split) -> &'static str {
+        data::FILES[split as usize]
     }
 
     /// `tokens/{split}.safetensors`, relative to the tokens folder.
-    pub fn tokens_file(split: Split) -> String {
-        format!("{split}.safetensors")
+    pub fn tokens_file(split: Split) -> &'static str {
+        tokens::FILES[split as usize]
     }
 
     /// Resumable training state; outside `train/` so that it survives a crash
     /// (the stage folder is only replaced when training completes).
     pub fn train_checkpoints(&self) -> PathBuf {
-        self.root.join("checkpoints").join("train")
+        self.root.join(CHECKPOINTS_DIR).join("train")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn split_files_follow_split_order() {
+        for split in Split::ALL {
+            assert_eq!(Layout::data_file(split), format!("{split}.parquet"));
+            assert_eq!(Layout::tokens_file(split), format!("{split}.safetensors"));
+        }
     }
 }

@@ -1,19 +1,24 @@
-//! What the pipeline's stages share: the config (`pipeline.yaml`), where
-//! artifacts live and what they hold, stamps that let an unchanged stage be
-//! skipped, atomic writes, and model/dataset resolution through the HF cache.
+//! What the pipeline's stages share: the config (`pipeline.yaml`), the graph of stages and
+//! what each reads and writes, the one stage runner, stamps that let an unchanged stage be
+//! skipped, the artifacts root's safety, and model/dataset resolution through the HF cache.
 
 pub mod cli;
 pub mod config;
 pub mod data;
 pub mod encode;
+pub mod graph;
 pub mod history;
 pub mod hub;
 pub mod layout;
 mod parquet;
 pub mod predictions;
+pub mod root;
+pub mod runner;
 pub mod stamp;
+pub mod status;
 pub mod tokens;
 pub mod train_summary;
+pub mod upstream;
 
 /// Atomic files and folders: one implementation for the workspace, in `common`.
 pub use common::atomic;

@@ -12,6 +12,22 @@ pub const PREDICTIONS_FILE: &str = "predictions.parquet";
 pub const METRICS_FILE: &str = "metrics.json";
 pub const REPORT_TEXT_FILE: &str = "classification_report.txt";
 pub const EXAMPLES_FILE: &str = "examples.json";
+/// The validation split's, with `evaluate.validation`.
+pub const VALIDATION_PREDICTIONS_FILE: &str = "validation_predictions.parquet";
+pub const VALIDATION_METRICS_FILE: &str = "validation_metrics.json";
+pub const VALIDATION_REPORT_TEXT_FILE: &str = "validation_classification_report.txt";
+
+/// The predictions, metrics and report files of a split.
+pub fn split_files(split: crate::Split) -> [&'static str; 3] {
+    match split {
+        crate::Split::Validation => [
+            VALIDATION_PREDICTIONS_FILE,
+            VALIDATION_METRICS_FILE,
+            VALIDATION_REPORT_TEXT_FILE,
+        ],
+        _ => [PREDICTIONS_FILE, METRICS_FILE, REPORT_TEXT_FILE],
+    }
+}
 
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Predictions {

@@ -1,19 +1,19 @@
 //! Stage stamps: what a stage's outputs were made from.
 //!
-//! Each stage writes `stamp.json` into its output folder, recording the
-//! content hashes of its inputs, the config keys it reads, the program
-//! version, its upstream stages and the hashes of its outputs. A stage whose
-//! stamp still matches does no work; a stage reading from an upstream whose
-//! stamp no longer matches the current config (or whose files changed) stops
-//! and names the stage to run, instead of silently using stale artifacts.
+//! Each stage writes `stamp.json` into its output folder, recording the source identity of
+//! the stage's code, the config keys it reads, what it resolved at run time (device, dtype),
+//! the content hashes of its inputs, its upstream stages and the hashes of its outputs. A
+//! stage whose stamp still matches does no work; what differs is listed as [`Change`]s.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
 use std::fs;
 use std::io::Read;
 use std::path::{Component, Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
+use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use crate::config::Config;
@@ -21,16 +21,21 @@ use crate::layout::{Layout, StageId};
 
 pub const STAMP_FILE: &str = "stamp.json";
 
-/// Bumped when an artifact's format changes, so old artifacts are rebuilt.
-pub const ARTIFACT_FORMAT: u32 = 1;
+/// Bumped when the stamp's or an artifact's format changes, so that old artifacts are
+/// rebuilt (their stages' code identity changes too; this also tells the stages after them).
+pub const ARTIFACT_FORMAT: u32 = 2;
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
 pub struct Stamp {
     pub stage: String,
-    pub program_version: String,
+    /// The source identity of the stage's code (see the `source-identity` crate).
+    pub code: String,
     pub artifact_format: u32,
     /// The config keys this stage reads, with their values.
-    pub config: serde_json::Value,
+    pub config: Value,
+    /// What the stage resolved at run time that decides its outputs (device, dtype).
+    pub runtime: BTreeMap<String, String>,
     /// Input name → sha256 of its content.
     pub inputs: BTreeMap<String, String>,
     /// Output path (relative to the stage folder) → sha256.
@@ -73,12 +78,88 @@ impl Stamp {
         }
         Ok(())
     }
-}
 
-impl Stamp {
     /// The first output that is missing from `dir` or changed since the stamp was written.
     pub fn damage(&self, dir: &Path) -> Result<Option<String>> {
-        outputs_damaged(dir, self)
+        for (rel, hash) in &self.outputs {
+            let path = dir.join(rel);
+            if !path.exists() {
+                return Ok(Some(format!("{} is missing", path.display())));
+            }
+            if &hash_file(&path)? != hash {
+                return Ok(Some(format!("{} was modified", path.display())));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Its inputs under `prefix` (one source's files).
+    pub fn inputs_under<'a>(&'a self, prefix: &'a str) -> impl Iterator<Item = (&'a str, &'a str)> {
+        self.inputs
+            .iter()
+            .filter(move |(k, _)| k.starts_with(prefix))
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+    }
+}
+
+/// Which stage wrote the folder `dir`, from its stamp read leniently (any JSON object with a
+/// `stage`): the one test of whether a folder may be replaced. `None` when there is no stamp
+/// or it names no stage.
+pub fn owner(dir: &Path) -> Option<String> {
+    let text = fs::read_to_string(dir.join(STAMP_FILE)).ok()?;
+    let value: Value = serde_json::from_str(&text).ok()?;
+    value.get("stage")?.as_str().map(String::from)
+}
+
+/// One difference between a stage's stamp and what a run would record now.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Change {
+    /// No stamp: the stage never ran here (or its folder is gone).
+    NeverRan,
+    /// The stamp cannot be read or trusted.
+    BadStamp(String),
+    /// The stage's code (or a library or dependency version it links) changed.
+    Code,
+    /// Written in another artifact format.
+    Format,
+    /// A config key: its old and new value (`None`: not recorded).
+    Key {
+        key: String,
+        old: Option<Value>,
+        new: Option<Value>,
+    },
+    /// A runtime fact (device, dtype).
+    Runtime {
+        what: String,
+        old: Option<String>,
+        new: Option<String>,
+    },
+    /// An input file: added, removed or changed content.
+    Input { name: String, how: &'static str },
+    /// An output is missing or was modified.
+    Output(String),
+}
+
+impl fmt::Display for Change {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let shown = |v: &Option<Value>| v.as_ref().map_or("(none)".into(), |v| v.to_string());
+        match self {
+            Change::NeverRan => f.write_str("no previous run"),
+            Change::BadStamp(why) => f.write_str(why),
+            Change::Code => f.write_str("the stage's code changed"),
+            Change::Format => f.write_str("written in another artifact format"),
+            Change::Key { key, old, new } => {
+                write!(f, "config changed: {key}: {} → {}", shown(old), shown(new))
+            }
+            Change::Runtime { what, old, new } => write!(
+                f,
+                "{what} changed: {} → {}",
+                old.as_deref().unwrap_or("(none)"),
+                new.as_deref().unwrap_or("(none)")
+            ),
+            Change::Input { name, how } => write!(f, "input {name} {how}"),
+            Change::Output(damage) => f.write_str(damage),
+        }
     }
 }
 
@@ -110,28 +191,8 @@ pub fn hash_bytes(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
 }
 
-/// The running program: its version and a hash of its executable, so that a
-/// rebuilt stage with changed code reruns even when the version number did
-/// not change (e.g. artifacts restored from a CI cache).
-pub fn program_version() -> String {
-    static VERSION: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    VERSION
-        .get_or_init(|| {
-            let exe = std::env::current_exe()
-                .ok()
-                .and_then(|p| hash_file(&p).ok())
-                .unwrap_or_else(|| "unknown".into());
-            format!(
-                "{} ({})",
-                env!("CARGO_PKG_VERSION"),
-                &exe[..exe.len().min(16)]
-            )
-        })
-        .clone()
-}
-
-/// Hashes every file under `dir` (except the stamp), keyed by relative path.
-fn hash_outputs(dir: &Path) -> Result<BTreeMap<String, String>> {
+/// Every file under `dir` but the stamp, by relative path (`/`-separated), hashed.
+pub fn hash_outputs(dir: &Path) -> Result<BTreeMap<String, String>> {
     fn walk(base: &Path, dir: &Path, out: &mut BTreeMap<String, String>) -> Result<()> {
         let mut entries: Vec<_> = fs::read_dir(dir)?.collect::<Result<_, _>>()?;
         entries.sort_by_key(|e| e.file_name());
@@ -140,11 +201,9 @@ fn hash_outputs(dir: &Path) -> Result<BTreeMap<String, String>> {
             if entry.file_type()?.is_dir() {
                 walk(base, &path, out)?;
             } else {
-                let rel = path
-                    .strip_prefix(base)
-                    .unwrap()
-                    .to_string_lossy()
-                    .into_owned();
+                let rel = path.strip_prefix(base).expect("below the base");
+                let rel: Vec<_> = rel.iter().map(|p| p.to_string_lossy()).collect();
+                let rel = rel.join("/");
                 if rel != STAMP_FILE {
                     out.insert(rel, hash_file(&path)?);
                 }
@@ -157,28 +216,33 @@ fn hash_outputs(dir: &Path) -> Result<BTreeMap<String, String>> {
     Ok(out)
 }
 
-/// What a stage is about to do: its identity, config and hashed inputs.
+/// What a stage records about a run: its identity, config and hashed inputs.
 pub struct StageRun {
     pub id: StageId,
     pub dir: PathBuf,
-    config: serde_json::Value,
+    code: String,
+    config: Value,
+    runtime: BTreeMap<String, String>,
     inputs: BTreeMap<String, String>,
     upstream: Vec<StageId>,
 }
 
 impl StageRun {
-    pub fn new(layout: &Layout, id: StageId, config: &Config) -> Self {
+    /// A run of stage `id` whose code has the source identity `code`.
+    pub fn new(layout: &Layout, id: StageId, config: &Config, code: &str) -> Self {
         Self {
             id,
             dir: layout.stage_dir(id),
+            code: code.to_string(),
             config: config.sections(id.config_keys()),
+            runtime: BTreeMap::new(),
             inputs: BTreeMap::new(),
             upstream: Vec::new(),
         }
     }
 
-    /// Records an input file by a stable name (not its path, which differs
-    /// between machines and caches).
+    /// Records an input file by a stable name (not its path, which differs between machines
+    /// and caches).
     pub fn input_file(&mut self, name: &str, path: &Path) -> Result<()> {
         let hash = hash_file(path).with_context(|| format!("hashing input {name}"))?;
         self.inputs.insert(name.to_string(), hash);
@@ -190,8 +254,20 @@ impl StageRun {
         self.inputs.insert(name.to_string(), hash);
     }
 
-    /// Checks that `upstream` is complete and current, then records each of
-    /// `files` (paths relative to the upstream folder) as an input.
+    /// Records a runtime fact.
+    pub fn runtime(&mut self, what: &str, value: &str) {
+        self.runtime.insert(what.to_string(), value.to_string());
+    }
+
+    /// Records that the run reads `stage`'s outputs.
+    pub fn reads_from(&mut self, stage: StageId) {
+        if !self.upstream.contains(&stage) {
+            self.upstream.push(stage);
+        }
+    }
+
+    /// Checks that `upstream` is complete and current, then records each of `files` (paths
+    /// relative to the upstream folder) as an input named `<folder>/<file>`.
     pub fn upstream(
         &mut self,
         layout: &Layout,
@@ -199,7 +275,7 @@ impl StageRun {
         upstream: StageId,
         files: &[&str],
     ) -> Result<()> {
-        verify_current(layout, config, upstream)?;
+        crate::upstream::verify_current(layout, config, upstream)?;
         let dir = layout.stage_dir(upstream);
         for file in files {
             let path = dir.join(file);
@@ -212,18 +288,18 @@ impl StageRun {
             }
             self.input_file(&format!("{}/{file}", upstream.dir_name()), &path)?;
         }
-        if !self.upstream.contains(&upstream) {
-            self.upstream.push(upstream);
-        }
+        self.reads_from(upstream);
         Ok(())
     }
 
-    fn stamp_with(&self, outputs: BTreeMap<String, String>) -> Stamp {
+    /// The stamp this run writes, with these outputs.
+    pub fn stamp_with(&self, outputs: BTreeMap<String, String>) -> Stamp {
         Stamp {
             stage: self.id.recipe().to_string(),
-            program_version: program_version(),
+            code: self.code.clone(),
             artifact_format: ARTIFACT_FORMAT,
             config: self.config.clone(),
+            runtime: self.runtime.clone(),
             inputs: self.inputs.clone(),
             outputs,
             upstream: self
@@ -234,49 +310,66 @@ impl StageRun {
         }
     }
 
-    /// Compares the stamp on disk with what this run would record.
-    pub fn freshness(&self) -> Result<Freshness> {
+    /// Everything that differs between the stamp on disk and what this run would record;
+    /// empty when the stage is up to date.
+    pub fn changes(&self) -> Result<Vec<Change>> {
         // A stamp that cannot be trusted is no stamp: the stage reruns and writes a good one.
         let stamp = match read_stamp(&self.dir) {
             Ok(Some(stamp)) => stamp,
-            Ok(None) => return Ok(Freshness::Stale("no previous run".into())),
-            Err(err) => return Ok(Freshness::Stale(format!("{err:#}"))),
+            Ok(None) => return Ok(vec![Change::NeverRan]),
+            Err(err) => return Ok(vec![Change::BadStamp(format!("{err:#}"))]),
         };
         let expected = self.stamp_with(BTreeMap::new());
-        if stamp.program_version != expected.program_version
-            || stamp.artifact_format != expected.artifact_format
-        {
-            return Ok(Freshness::Stale("the program changed".into()));
+        let mut changes = Vec::new();
+        if stamp.artifact_format != expected.artifact_format {
+            changes.push(Change::Format);
         }
-        if stamp.config != expected.config {
-            return Ok(Freshness::Stale(format!(
-                "config changed: {}",
-                changed_keys(&stamp.config, &expected.config)
-            )));
+        if stamp.code != expected.code {
+            changes.push(Change::Code);
         }
-        if stamp.inputs != expected.inputs {
-            let changed: Vec<_> = expected
-                .inputs
-                .iter()
-                .filter(|(k, v)| stamp.inputs.get(*k) != Some(v))
-                .map(|(k, _)| k.as_str())
-                .chain(
-                    stamp
-                        .inputs
-                        .keys()
-                        .filter(|k| !expected.inputs.contains_key(*k))
-                        .map(String::as_str),
-                )
-                .collect();
-            return Ok(Freshness::Stale(format!(
-                "inputs changed: {}",
-                changed.join(", ")
-            )));
+        changes.extend(key_changes(&stamp.config, &expected.config));
+        let whats: BTreeSet<&String> = stamp
+            .runtime
+            .keys()
+            .chain(expected.runtime.keys())
+            .collect();
+        for what in whats {
+            let (old, new) = (stamp.runtime.get(what), expected.runtime.get(what));
+            if old != new {
+                changes.push(Change::Runtime {
+                    what: what.clone(),
+                    old: old.cloned(),
+                    new: new.cloned(),
+                });
+            }
         }
-        if let Some(reason) = outputs_damaged(&self.dir, &stamp)? {
-            return Ok(Freshness::Stale(reason));
+        let names: BTreeSet<&String> = stamp.inputs.keys().chain(expected.inputs.keys()).collect();
+        for name in names {
+            let how = match (stamp.inputs.get(name), expected.inputs.get(name)) {
+                (Some(a), Some(b)) if a == b => continue,
+                (Some(_), Some(_)) => "changed",
+                (None, _) => "is new",
+                (_, None) => "is no longer read",
+            };
+            changes.push(Change::Input {
+                name: name.clone(),
+                how,
+            });
         }
-        Ok(Freshness::UpToDate)
+        if let Some(damage) = stamp.damage(&self.dir)? {
+            changes.push(Change::Output(damage));
+        }
+        Ok(changes)
+    }
+
+    /// Compares the stamp on disk with what this run would record.
+    pub fn freshness(&self) -> Result<Freshness> {
+        let changes = self.changes()?;
+        if changes.is_empty() {
+            return Ok(Freshness::UpToDate);
+        }
+        let why: Vec<String> = changes.iter().map(ToString::to_string).collect();
+        Ok(Freshness::Stale(why.join("; ")))
     }
 
     /// Writes the stamp into the staged output folder, hashing what is there.
@@ -286,30 +379,42 @@ impl StageRun {
     }
 }
 
-fn changed_keys(old: &serde_json::Value, new: &serde_json::Value) -> String {
-    fn walk(prefix: &str, old: &serde_json::Value, new: &serde_json::Value, out: &mut Vec<String>) {
-        match (old, new) {
-            (serde_json::Value::Object(a), serde_json::Value::Object(b)) => {
-                let keys: std::collections::BTreeSet<_> = a.keys().chain(b.keys()).collect();
-                for k in keys {
-                    let p = if prefix.is_empty() {
-                        k.clone()
-                    } else {
-                        format!("{prefix}.{k}")
-                    };
-                    match (a.get(k), b.get(k)) {
-                        (Some(x), Some(y)) => walk(&p, x, y, out),
-                        _ => out.push(p),
-                    }
-                }
+/// The config keys whose values differ between two recorded configs, with both values.
+pub fn key_changes(old: &Value, new: &Value) -> Vec<Change> {
+    fn walk(prefix: &str, old: Option<&Value>, new: Option<&Value>, out: &mut Vec<Change>) {
+        if let (Some(Value::Object(a)), Some(Value::Object(b))) = (old, new) {
+            let keys: BTreeSet<_> = a.keys().chain(b.keys()).collect();
+            for k in keys {
+                let p = if prefix.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{prefix}.{k}")
+                };
+                walk(&p, a.get(k), b.get(k), out);
             }
-            _ if old != new => out.push(prefix.to_string()),
-            _ => {}
+        } else if old != new {
+            out.push(Change::Key {
+                key: prefix.to_string(),
+                old: old.cloned(),
+                new: new.cloned(),
+            });
         }
     }
     let mut out = Vec::new();
-    walk("", old, new, &mut out);
-    out.join(", ")
+    walk("", Some(old), Some(new), &mut out);
+    out
+}
+
+/// The changed keys' names, comma-separated.
+pub fn changed_keys(old: &Value, new: &Value) -> String {
+    let names: Vec<String> = key_changes(old, new)
+        .into_iter()
+        .map(|c| match c {
+            Change::Key { key, .. } => key,
+            other => other.to_string(),
+        })
+        .collect();
+    names.join(", ")
 }
 
 /// The stamp of the stage folder `dir`: `None` when there is none, an error naming the file
@@ -322,400 +427,4 @@ pub fn read_stamp(dir: &Path) -> Result<Option<Stamp>> {
     let text =
         fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
     Stamp::parse(&text, &path).map(Some)
-}
-
-/// The first output of `stamp` that is missing or changed (`stamp` was checked by
-/// [`Stamp::parse`]: its outputs lie inside `dir`).
-fn outputs_damaged(dir: &Path, stamp: &Stamp) -> Result<Option<String>> {
-    for (rel, hash) in &stamp.outputs {
-        let path = dir.join(rel);
-        if !path.exists() {
-            return Ok(Some(format!("{} is missing", path.display())));
-        }
-        if &hash_file(&path)? != hash {
-            return Ok(Some(format!("{} was modified", path.display())));
-        }
-    }
-    Ok(None)
-}
-
-/// Errors unless `stage`'s outputs exist, are intact and were made with the
-/// current config, and the same holds for its own upstream stages.
-pub fn verify_current(layout: &Layout, config: &Config, stage: StageId) -> Result<()> {
-    verify_tree(layout, config, stage, &mut Vec::new(), &mut HashSet::new())
-}
-
-/// `verify_current` along the upstream links: `path` holds the stages being checked (a stage
-/// met again on it is a cycle), `done` those already found current.
-fn verify_tree(
-    layout: &Layout,
-    config: &Config,
-    stage: StageId,
-    path: &mut Vec<StageId>,
-    done: &mut HashSet<StageId>,
-) -> Result<()> {
-    if done.contains(&stage) {
-        return Ok(());
-    }
-    let dir = layout.stage_dir(stage);
-    let run = format!("run `just {}` (or `just all`) first", stage.recipe());
-    let stamp =
-        read_stamp(&dir).with_context(|| format!("{} cannot be trusted; {run}", dir.display()))?;
-    let Some(stamp) = stamp else {
-        bail!("{} has no complete output: {run}", dir.display());
-    };
-    let stamp_file = dir.join(STAMP_FILE);
-    if stamp.stage != stage.recipe() {
-        bail!(
-            "{}: written by stage {:?}, not `{}`; {run}",
-            stamp_file.display(),
-            stamp.stage,
-            stage.recipe()
-        );
-    }
-    let current = config.sections(stage.config_keys());
-    if stamp.config != current {
-        bail!(
-            "{} is stale: {} changed since `{}` ran; {run}",
-            dir.display(),
-            changed_keys(&stamp.config, &current),
-            stage.recipe()
-        );
-    }
-    // Only the format is checked here: the producer is another binary, and it
-    // reruns itself when its own code changed.
-    if stamp.artifact_format != ARTIFACT_FORMAT {
-        bail!(
-            "{} was written in an older artifact format; {run}",
-            dir.display()
-        );
-    }
-    if let Some(reason) = outputs_damaged(&dir, &stamp)? {
-        bail!("{} is incomplete ({reason}); {run}", dir.display());
-    }
-    path.push(stage);
-    for up in &stamp.upstream {
-        let id = StageId::from_recipe(up).expect("Stamp::parse checked the upstream names");
-        if path.contains(&id) {
-            bail!(
-                "{}: upstream stage `{up}` leads back to `{}` (a cycle): the stamp is corrupt; {run}",
-                stamp_file.display(),
-                stage.recipe()
-            );
-        }
-        verify_tree(layout, config, id, path, done)
-            .with_context(|| format!("{} depends on it", dir.display()))?;
-    }
-    path.pop();
-    done.insert(stage);
-    Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn setup() -> (tempfile::TempDir, Layout, Config) {
-        let dir = tempfile::tempdir().unwrap();
-        let config = Config {
-            artifacts: dir.path().join("artifacts"),
-            ..Config::default()
-        };
-        let layout = Layout::new(&config.artifacts);
-        (dir, layout, config)
-    }
-
-    fn produce(run: &StageRun, files: &[(&str, &str)]) {
-        let staged = crate::atomic::StagingDir::new(&run.dir).unwrap();
-        for (name, content) in files {
-            fs::write(staged.path().join(name), content).unwrap();
-        }
-        run.write_stamp(staged.path()).unwrap();
-        staged.commit().unwrap();
-    }
-
-    #[test]
-    fn a_stage_is_fresh_until_its_config_or_inputs_change() {
-        let (tmp, layout, mut config) = setup();
-        let source = tmp.path().join("source.txt");
-        fs::write(&source, "reviews").unwrap();
-        let make = |config: &Config| {
-            let mut run = StageRun::new(&layout, StageId::DataPrep, config);
-            run.input_file("source", &source).unwrap();
-            run
-        };
-        let run = make(&config);
-        assert!(matches!(run.freshness().unwrap(), Freshness::Stale(_)));
-        produce(&run, &[("train.parquet", "rows")]);
-        assert_eq!(make(&config).freshness().unwrap(), Freshness::UpToDate);
-
-        // A key this stage does not read changes nothing.
-        config.training.epochs = 7;
-        assert_eq!(make(&config).freshness().unwrap(), Freshness::UpToDate);
-
-        config.data.train_fraction = 0.5;
-        match make(&config).freshness().unwrap() {
-            Freshness::Stale(why) => assert!(why.contains("data.train_fraction"), "{why}"),
-            f => panic!("{f:?}"),
-        }
-        config.data.train_fraction = 0.1;
-        fs::write(&source, "other reviews").unwrap();
-        assert!(matches!(
-            make(&config).freshness().unwrap(),
-            Freshness::Stale(_)
-        ));
-    }
-
-    #[test]
-    fn damaged_outputs_make_a_stage_stale() {
-        let (_tmp, layout, config) = setup();
-        let run = StageRun::new(&layout, StageId::DataPrep, &config);
-        produce(&run, &[("train.parquet", "rows")]);
-        fs::write(run.dir.join("train.parquet"), "edited").unwrap();
-        assert!(matches!(run.freshness().unwrap(), Freshness::Stale(_)));
-        fs::remove_file(run.dir.join("train.parquet")).unwrap();
-        assert!(matches!(run.freshness().unwrap(), Freshness::Stale(_)));
-    }
-
-    /// Rewrites the stamp in `dir` through `edit` on its JSON.
-    fn edit_stamp(dir: &Path, edit: impl FnOnce(&mut serde_json::Value)) {
-        let path = dir.join(STAMP_FILE);
-        let mut json: serde_json::Value =
-            serde_json::from_str(&fs::read_to_string(&path).unwrap()).unwrap();
-        edit(&mut json);
-        fs::write(&path, json.to_string()).unwrap();
-    }
-
-    /// data-prep and tokenize, both current.
-    fn two_stages() -> (tempfile::TempDir, Layout, Config) {
-        let (tmp, layout, config) = setup();
-        let data = StageRun::new(&layout, StageId::DataPrep, &config);
-        produce(&data, &[("train.parquet", "rows")]);
-        let mut tok = StageRun::new(&layout, StageId::Tokenize, &config);
-        tok.upstream(&layout, &config, StageId::DataPrep, &["train.parquet"])
-            .unwrap();
-        produce(&tok, &[("train.safetensors", "ids")]);
-        verify_current(&layout, &config, StageId::Tokenize).unwrap();
-        (tmp, layout, config)
-    }
-
-    /// What a train stage reading the tokens gets: an error, and no train folder.
-    fn train_on_tokens_err(layout: &Layout, config: &Config) -> String {
-        let mut train = StageRun::new(layout, StageId::Train, config);
-        let err = train
-            .upstream(layout, config, StageId::Tokenize, &["train.safetensors"])
-            .unwrap_err();
-        assert!(!layout.stage_dir(StageId::Train).exists());
-        format!("{err:#}")
-    }
-
-    #[test]
-    fn an_upstream_cycle_is_an_error_naming_the_stamp() {
-        let (_tmp, layout, config) = two_stages();
-        let tokens = layout.stage_dir(StageId::Tokenize);
-        // A stage naming itself.
-        edit_stamp(&tokens, |j| j["upstream"] = serde_json::json!(["tokenize"]));
-        let err = train_on_tokens_err(&layout, &config);
-        let stamp = tokens.join(STAMP_FILE).display().to_string();
-        assert!(
-            err.contains(&format!(
-                "{stamp}: upstream stage `tokenize` leads back to `tokenize` (a cycle)"
-            )) && err.contains("just tokenize"),
-            "{err}"
-        );
-        // Two stages naming each other.
-        edit_stamp(&tokens, |j| {
-            j["upstream"] = serde_json::json!(["data-prep"])
-        });
-        let data = layout.stage_dir(StageId::DataPrep);
-        edit_stamp(&data, |j| j["upstream"] = serde_json::json!(["tokenize"]));
-        let err = train_on_tokens_err(&layout, &config);
-        assert!(
-            err.contains(&format!(
-                "{}: upstream stage `tokenize` leads back to `data-prep` (a cycle)",
-                data.join(STAMP_FILE).display()
-            )),
-            "{err}"
-        );
-    }
-
-    #[test]
-    fn outputs_outside_the_stage_folder_or_none_are_refused() {
-        let (tmp, layout, config) = two_stages();
-        let tokens = layout.stage_dir(StageId::Tokenize);
-        let stamp = tokens.join(STAMP_FILE).display().to_string();
-        let outside = tmp.path().join("outside.txt");
-        fs::write(&outside, "x").unwrap();
-        let hash = hash_file(&outside).unwrap();
-        for (key, message) in [
-            (
-                "../../outside.txt",
-                "is not a relative path inside the stage folder",
-            ),
-            (
-                outside.to_str().unwrap(),
-                "is not a relative path inside the stage folder",
-            ),
-            ("", "is not a relative path inside the stage folder"),
-            (
-                "./train.safetensors",
-                "is not a relative path inside the stage folder",
-            ),
-        ] {
-            edit_stamp(&tokens, |j| {
-                j["outputs"] = serde_json::json!({ key: hash });
-            });
-            let err = train_on_tokens_err(&layout, &config);
-            assert!(
-                err.contains(&stamp) && err.contains(message) && err.contains("just tokenize"),
-                "{key}: {err}"
-            );
-            // The stage itself is not up to date: it reruns.
-            let run = StageRun::new(&layout, StageId::Tokenize, &config);
-            match run.freshness().unwrap() {
-                Freshness::Stale(why) => assert!(why.contains(message), "{why}"),
-                f => panic!("{key}: {f:?}"),
-            }
-        }
-        edit_stamp(&tokens, |j| j["outputs"] = serde_json::json!({}));
-        let err = train_on_tokens_err(&layout, &config);
-        assert!(err.contains(&format!("{stamp}: lists no outputs")), "{err}");
-        let mut run = StageRun::new(&layout, StageId::Tokenize, &config);
-        run.upstream(&layout, &config, StageId::DataPrep, &["train.parquet"])
-            .unwrap();
-        assert!(matches!(run.freshness().unwrap(), Freshness::Stale(_)));
-    }
-
-    #[test]
-    fn a_stamp_of_another_stage_or_unknown_upstream_is_refused() {
-        let (_tmp, layout, config) = two_stages();
-        let tokens = layout.stage_dir(StageId::Tokenize);
-        edit_stamp(&tokens, |j| j["upstream"] = serde_json::json!(["fetch"]));
-        let err = train_on_tokens_err(&layout, &config);
-        assert!(err.contains("unknown upstream stage \"fetch\""), "{err}");
-        edit_stamp(&tokens, |j| {
-            j["upstream"] = serde_json::json!(["data-prep"]);
-            j["stage"] = serde_json::json!("train");
-        });
-        let err = train_on_tokens_err(&layout, &config);
-        assert!(
-            err.contains("written by stage \"train\", not `tokenize`"),
-            "{err}"
-        );
-    }
-
-    mod properties {
-        use super::*;
-        use proptest::prelude::*;
-
-        fn json_value() -> impl Strategy<Value = serde_json::Value> {
-            let leaf = prop_oneof![
-                Just(serde_json::Value::Null),
-                any::<bool>().prop_map(serde_json::Value::from),
-                any::<i64>().prop_map(serde_json::Value::from),
-                any::<f64>().prop_map(serde_json::Value::from),
-                "\\PC{0,12}".prop_map(serde_json::Value::from),
-            ];
-            leaf.prop_recursive(3, 24, 4, |inner| {
-                prop_oneof![
-                    prop::collection::vec(inner.clone(), 0..4).prop_map(serde_json::Value::from),
-                    prop::collection::btree_map("[a-z./]{0,8}", inner, 0..4)
-                        .prop_map(|m| serde_json::Value::Object(m.into_iter().collect())),
-                ]
-            })
-        }
-
-        /// A stamp-shaped object whose fields may be anything.
-        fn stamp_like() -> impl Strategy<Value = serde_json::Value> {
-            let path = prop_oneof![
-                "[a-z]{1,6}(/[a-z]{1,6}){0,2}",
-                "(\\.\\./|/|\\./)?[a-z./]{0,10}"
-            ];
-            (
-                prop::collection::btree_map(path, "[0-9a-f]{4}", 0..4),
-                prop::collection::vec(
-                    prop::sample::select(vec!["data-prep", "tokenize", "train", "x", ""]),
-                    0..3,
-                ),
-                json_value(),
-                any::<bool>(),
-            )
-                .prop_map(|(outputs, upstream, config, typed)| {
-                    serde_json::json!({
-                        "stage": "tokenize",
-                        "program_version": "1",
-                        "artifact_format": if typed { serde_json::json!(1) } else { config.clone() },
-                        "config": config,
-                        "inputs": {},
-                        "outputs": outputs,
-                        "upstream": upstream,
-                    })
-                })
-        }
-
-        proptest! {
-            #![proptest_config(ProptestConfig::with_cases(512))]
-
-            #[test]
-            fn garbled_stamps_never_panic(text in "\\PC{0,300}") {
-                if let Err(e) = Stamp::parse(&text, Path::new("s/stamp.json")) {
-                    let e = format!("{e:#}");
-                    prop_assert!(e.contains("s/stamp.json"), "{}", e);
-                }
-            }
-
-            #[test]
-            fn a_parsed_stamp_keeps_its_promises(value in stamp_like()) {
-                match Stamp::parse(&value.to_string(), Path::new("s/stamp.json")) {
-                    Ok(stamp) => {
-                        prop_assert!(!stamp.outputs.is_empty());
-                        for rel in stamp.outputs.keys() {
-                            let p = Path::new(rel);
-                            // Joined to the stage folder, it cannot climb out of it.
-                            prop_assert!(!rel.is_empty() && p.is_relative(), "{rel}");
-                            prop_assert!(p.iter().all(|part| part != ".."), "{rel}");
-                        }
-                        for up in &stamp.upstream {
-                            prop_assert!(StageId::from_recipe(up).is_some());
-                        }
-                    }
-                    Err(e) => {
-                        let e = format!("{e:#}");
-                        prop_assert!(e.starts_with("s/stamp.json"), "{}", e)
-                    }
-                }
-            }
-        }
-    }
-
-    #[test]
-    fn downstream_refuses_a_stale_upstream_and_names_the_stage() {
-        let (_tmp, layout, mut config) = setup();
-        let data = StageRun::new(&layout, StageId::DataPrep, &config);
-        produce(&data, &[("train.parquet", "rows")]);
-        let mut tok = StageRun::new(&layout, StageId::Tokenize, &config);
-        tok.upstream(&layout, &config, StageId::DataPrep, &["train.parquet"])
-            .unwrap();
-        produce(&tok, &[("train.safetensors", "ids")]);
-
-        // Changing what data-prep reads makes data stale for tokenize and for train.
-        config.data.train_fraction = 0.2;
-        let mut tok = StageRun::new(&layout, StageId::Tokenize, &config);
-        let err = tok
-            .upstream(&layout, &config, StageId::DataPrep, &["train.parquet"])
-            .unwrap_err()
-            .to_string();
-        assert!(
-            err.contains("just data-prep") && err.contains("data.train_fraction"),
-            "{err}"
-        );
-        let err = verify_current(&layout, &config, StageId::Tokenize).unwrap_err();
-        assert!(format!("{err:#}").contains("just data-prep"), "{err:#}");
-
-        // A missing upstream names its stage too.
-        let err = verify_current(&layout, &config, StageId::Train)
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("just train"), "{err}");
-    }
 }

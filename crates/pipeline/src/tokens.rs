@@ -15,6 +15,15 @@ use serde::{Deserialize, Serialize};
 
 const METADATA_KEY: &str = "tokens";
 
+/// `tokens/{split}.safetensors`, in [`crate::Split::ALL`]'s order.
+pub const FILES: [&str; 3] = [
+    "train.safetensors",
+    "validation.safetensors",
+    "test.safetensors",
+];
+/// `tokens/summary.json`: counts and truncation per split.
+pub const SUMMARY_FILE: &str = "summary.json";
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct TokenSplit {
     pub max_len: usize,

@@ -3,8 +3,8 @@
 //! Each checkpoint is a folder `step-NNNNNNNN/` (the optimizer steps done) holding
 //! - `tensors.safetensors`: `param/<name>` (the trainable tensors), `optim/<key>` (the
 //!   optimizer state) and, when the best adapter is kept, `best/<name>`;
-//! - `history.parquet`: the history so far (parquet keeps every f64 bit, which resuming
-//!   bit-for-bit needs; the best epoch and the epoch's running loss are derived from it);
+//! - `history.json`: the history so far, each number as its f64 bit pattern (resuming bit for
+//!   bit needs every bit; the best epoch and the epoch's running loss are derived from it);
 //! - `state.json`: the fingerprint, the position (epoch, next batch) and the optimizer's count.
 //!
 //! A checkpoint is staged under a temporary name and renamed into place (`common::atomic`), so a
@@ -18,12 +18,14 @@ use candle_core::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 
 use common::atomic::{self, StagingDir};
-use pipeline::history::{self, HistoryRow};
+
+use crate::history::{Record, RecordKind};
+use crate::observer::Skipped;
 
 const STATE_FILE: &str = "state.json";
 const TENSORS_FILE: &str = "tensors.safetensors";
-const HISTORY_FILE: &str = "history.parquet";
-const FORMAT: u32 = 1;
+const HISTORY_FILE: &str = "history.json";
+const FORMAT: u32 = 2;
 /// How many complete checkpoints to keep.
 const KEEP: usize = 2;
 
@@ -52,7 +54,52 @@ pub struct Snapshot {
     pub params: Vec<(String, Tensor)>,
     pub optimizer: Vec<(String, Tensor)>,
     pub best: Vec<(String, Tensor)>,
-    pub history: Vec<HistoryRow>,
+    pub history: Vec<Record>,
+}
+
+/// A [`Record`] with every number as its f64 bit pattern: JSON text round-trips them exactly.
+#[derive(Debug, Serialize, Deserialize)]
+struct StoredRecord {
+    kind: RecordKind,
+    epoch: u32,
+    step: u64,
+    train_loss: u64,
+    learning_rate: Option<u64>,
+    samples_per_s: Option<u64>,
+    val_loss: Option<u64>,
+    val_accuracy: Option<u64>,
+}
+
+impl From<&Record> for StoredRecord {
+    fn from(r: &Record) -> Self {
+        let bits = |v: Option<f64>| v.map(f64::to_bits);
+        Self {
+            kind: r.kind,
+            epoch: r.epoch,
+            step: r.step,
+            train_loss: r.train_loss.to_bits(),
+            learning_rate: bits(r.learning_rate),
+            samples_per_s: bits(r.samples_per_s),
+            val_loss: bits(r.val_loss),
+            val_accuracy: bits(r.val_accuracy),
+        }
+    }
+}
+
+impl From<StoredRecord> for Record {
+    fn from(r: StoredRecord) -> Self {
+        let value = |v: Option<u64>| v.map(f64::from_bits);
+        Self {
+            kind: r.kind,
+            epoch: r.epoch,
+            step: r.step,
+            train_loss: f64::from_bits(r.train_loss),
+            learning_rate: value(r.learning_rate),
+            samples_per_s: value(r.samples_per_s),
+            val_loss: value(r.val_loss),
+            val_accuracy: value(r.val_accuracy),
+        }
+    }
 }
 
 /// The checkpoint folder of one training run.
@@ -91,28 +138,19 @@ impl CheckpointStore {
         Ok(found)
     }
 
-    /// The newest complete checkpoint with this run's fingerprint, if any; older or
-    /// foreign ones are skipped (and said so).
-    pub fn latest(&self, device: &Device) -> Result<Option<(PathBuf, Snapshot)>> {
-        let mut skipped = false;
+    /// The newest complete checkpoint with this run's fingerprint, if any. Foreign ones are
+    /// skipped, and so are unusable ones for an older one; each is handed to `skipped`.
+    pub fn latest(
+        &self,
+        device: &Device,
+        mut skipped: impl FnMut(&Path, Skipped),
+    ) -> Result<Option<(PathBuf, Snapshot)>> {
         for (_, path) in self.complete()? {
             match self.read(&path, device) {
                 Ok(Some(snapshot)) => return Ok(Some((path, snapshot))),
-                Ok(None) => println!(
-                    "train: ignoring checkpoint {} (made with another config or other inputs)",
-                    path.display()
-                ),
-                Err(err) => {
-                    skipped = true;
-                    println!(
-                        "train: skipping checkpoint {}: {err:#}; trying an older one",
-                        path.display()
-                    )
-                }
+                Ok(None) => skipped(&path, Skipped::Foreign),
+                Err(err) => skipped(&path, Skipped::Unusable(err)),
             }
-        }
-        if skipped {
-            println!("train: no usable checkpoint of this run: starting from the beginning");
         }
         Ok(None)
     }
@@ -141,10 +179,11 @@ impl CheckpointStore {
                 bail!("unexpected tensor {name}");
             }
         }
-        let history = history::read_parquet(&path.join(HISTORY_FILE))?;
-        let finite =
-            |r: &HistoryRow| r.train_loss.is_finite() && r.val_loss.is_none_or(f64::is_finite);
-        if let Some(row) = history.iter().position(|r| !finite(r)) {
+        let text = fs::read_to_string(path.join(HISTORY_FILE))?;
+        let stored: Vec<StoredRecord> = serde_json::from_str(&text)
+            .with_context(|| format!("{HISTORY_FILE} is not a run's history"))?;
+        let history: Vec<Record> = stored.into_iter().map(Record::from).collect();
+        if let Some(row) = history.iter().position(|r| !r.is_finite()) {
             bail!("{HISTORY_FILE}: row {row} holds a non-finite loss");
         }
         Ok(Some(Snapshot {
@@ -203,7 +242,8 @@ impl CheckpointStore {
             })
             .collect();
             candle_core::safetensors::save(&tensors, staged.path().join(TENSORS_FILE))?;
-            history::write_parquet(&snapshot.history, &staged.path().join(HISTORY_FILE))?;
+            let stored: Vec<StoredRecord> = snapshot.history.iter().map(Into::into).collect();
+            atomic::write_json(&staged.path().join(HISTORY_FILE), &stored)?;
             let state = StateFile {
                 format: FORMAT,
                 fingerprint: self.fingerprint.clone(),
@@ -250,7 +290,17 @@ mod tests {
             params: vec![("w".into(), t.clone())],
             optimizer: vec![("exp_avg/w".into(), t)],
             best: vec![],
-            history: vec![],
+            // Numbers whose shortest decimal forms are long: they must come back bit for bit.
+            history: vec![Record {
+                kind: RecordKind::Epoch,
+                epoch: 1,
+                step,
+                train_loss: 0.1 + 0.2,
+                learning_rate: Some(1.0 / 3.0),
+                samples_per_s: None,
+                val_loss: Some(f64::MIN_POSITIVE),
+                val_accuracy: Some(2f64.powi(-1000)),
+            }],
         }
     }
 
@@ -269,9 +319,10 @@ mod tests {
             .map(|(s, _)| s)
             .collect();
         assert_eq!(names, vec![6, 4]);
-        let (path, snap) = store.latest(&Device::Cpu).unwrap().unwrap();
+        let (path, snap) = store.latest(&Device::Cpu, |_, _| {}).unwrap().unwrap();
         assert!(path.ends_with("step-00000006"));
         assert_eq!(snap.position, snapshot(6).position);
+        assert_eq!(snap.history, snapshot(6).history);
         assert_eq!(snap.params[0].1.to_vec1::<f32>().unwrap(), vec![6.0, 1.5]);
 
         // A half-written folder is not a checkpoint, and is cleaned up.
@@ -285,7 +336,17 @@ mod tests {
         assert!(!dir.join(".tmp-step-00000008-1").exists());
 
         let other = CheckpointStore::new(&dir, "run b");
-        assert!(other.latest(&Device::Cpu).unwrap().is_none());
+        let mut foreign = Vec::new();
+        let found = other.latest(&Device::Cpu, |p, why| {
+            assert!(matches!(why, Skipped::Foreign), "{why:?}");
+            foreign.push(p.to_path_buf());
+        });
+        assert!(found.unwrap().is_none());
+        assert_eq!(
+            foreign.len(),
+            2,
+            "both checkpoints of run a are skipped as foreign"
+        );
         assert!(other.latest_path().unwrap().is_none());
         store.remove_all().unwrap();
         assert!(!dir.exists());
@@ -300,8 +361,15 @@ mod tests {
         let mut bad = snapshot(4);
         bad.optimizer[0].1 = Tensor::new(&[f32::NAN, 1.0], &Device::Cpu).unwrap();
         store.write(&bad).unwrap();
-        let (path, snap) = store.latest(&Device::Cpu).unwrap().unwrap();
+        let mut unusable = Vec::new();
+        let (path, snap) = store
+            .latest(&Device::Cpu, |p, why| unusable.push((p.to_path_buf(), why)))
+            .unwrap()
+            .unwrap();
         assert!(path.ends_with("step-00000002"), "{}", path.display());
+        assert!(
+            matches!(&unusable[..], [(p, Skipped::Unusable(_))] if p.ends_with("step-00000004"))
+        );
         assert_eq!(snap.position.global_step, 2);
         assert!(store
             .read(&store.dir.join("step-00000004"), &Device::Cpu)
@@ -312,8 +380,9 @@ mod tests {
 
         // A non-finite loss in the history counts too; with no good one left, none is used.
         let mut bad = snapshot(2);
-        bad.history.push(HistoryRow {
-            kind: history::RowKind::Step,
+        bad.history.clear();
+        bad.history.push(Record {
+            kind: RecordKind::Step,
             epoch: 1,
             step: 2,
             train_loss: f64::INFINITY,
@@ -328,7 +397,7 @@ mod tests {
             .err()
             .unwrap()
             .to_string();
-        assert_eq!(err, "history.parquet: row 0 holds a non-finite loss");
-        assert!(store.latest(&Device::Cpu).unwrap().is_none());
+        assert_eq!(err, "history.json: row 0 holds a non-finite loss");
+        assert!(store.latest(&Device::Cpu, |_, _| {}).unwrap().is_none());
     }
 }

@@ -1,24 +1,25 @@
-//! Where training and inference run: `training.device` and `training.dtype`
-//! resolved to a candle device and the dtype of the frozen weights.
+//! Where training and inference run: a device setting and a dtype setting resolved to a
+//! candle device and the dtype of the frozen weights.
 
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device};
-use pipeline::config::{parse_device, DeviceSetting};
+pub use choices::{DeviceSetting, DtypeSetting};
 
-/// `training.device` → the device and its name; a GPU must be asked of a CUDA build.
-pub fn select_device(setting: &str) -> Result<(Device, String)> {
+/// The device `setting` names, and its name; a GPU must be asked of a CUDA build. `auto` is
+/// the first GPU when the build has CUDA and one can be opened, else the CPU.
+pub fn select_device(setting: DeviceSetting) -> Result<(Device, String)> {
     let cuda = |n: usize| -> Result<(Device, String)> {
         if !cfg!(feature = "cuda") {
             bail!(
-                "training.device is {setting:?}, but this build has no CUDA support: \
-                 build with `just build-cuda` (cargo build --release --features cuda), or set training.device to auto or cpu"
+                "device {setting} needs a build with CUDA support: build with `just build-cuda` \
+                 (cargo build --release --features cuda), or choose auto or cpu"
             );
         }
         let device = Device::new_cuda(n)
-            .with_context(|| format!("training.device {setting:?}: cannot open CUDA device {n}"))?;
+            .with_context(|| format!("device {setting}: cannot open CUDA device {n}"))?;
         Ok((device, format!("cuda:{n}")))
     };
-    match parse_device(setting).context("training.device")? {
+    match setting {
         DeviceSetting::Cpu => Ok((Device::Cpu, "cpu".into())),
         DeviceSetting::Cuda(n) => cuda(n),
         // A CUDA build without a usable GPU falls back to the CPU.
@@ -29,23 +30,45 @@ pub fn select_device(setting: &str) -> Result<(Device, String)> {
     }
 }
 
-/// `training.dtype` for the frozen weights: auto = f32 on the CPU, bf16 on a GPU.
-pub fn select_dtype(setting: &str, device: &Device) -> Result<DType> {
-    Ok(match setting {
-        "auto" if device.is_cpu() => DType::F32,
-        "auto" => DType::BF16,
-        "f32" => DType::F32,
-        "bf16" => DType::BF16,
-        "f16" => DType::F16,
-        other => bail!("training.dtype: unknown dtype {other:?}"),
-    })
+/// The frozen weights' dtype: auto = f32 on the CPU, bf16 on a GPU.
+pub fn select_dtype(setting: DtypeSetting, device: &Device) -> DType {
+    match setting {
+        DtypeSetting::Auto if device.is_cpu() => DType::F32,
+        DtypeSetting::Auto => DType::BF16,
+        DtypeSetting::F32 => DType::F32,
+        DtypeSetting::Bf16 => DType::BF16,
+        DtypeSetting::F16 => DType::F16,
+    }
 }
 
+/// The dtype as the settings spell it.
 pub fn dtype_name(dtype: DType) -> &'static str {
     match dtype {
         DType::F32 => "f32",
         DType::BF16 => "bf16",
         DType::F16 => "f16",
         _ => "other",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn auto_is_f32_on_the_cpu_and_the_cpu_without_cuda() {
+        assert_eq!(select_dtype(DtypeSetting::Auto, &Device::Cpu), DType::F32);
+        assert_eq!(select_dtype(DtypeSetting::Bf16, &Device::Cpu), DType::BF16);
+        if !cfg!(feature = "cuda") {
+            let (device, name) = select_device(DeviceSetting::Auto).unwrap();
+            assert!(device.is_cpu() && name == "cpu");
+            let err = select_device(DeviceSetting::Cuda(1))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains("cuda:1") && err.contains("--features cuda"),
+                "{err}"
+            );
+        }
     }
 }

@@ -12,45 +12,88 @@ use anyhow::{bail, Context, Result};
 use candle_core::{backprop::GradStore, DType, Tensor, Var};
 use lora_classifier::Kernels;
 
-/// Which algorithm, with its hyper-parameters (the learning rate is given per step).
+/// The algorithm, as `torch.optim` defines it (the enum `training.optimizer` takes too).
+pub use choices::OptimizerKind;
+
+/// An algorithm with its hyper-parameters (the learning rate is given per step). Each
+/// algorithm reads the fields PyTorch's does; the constructors set the others to PyTorch's
+/// defaults.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub enum OptimizerKind {
-    /// Adam with decoupled weight decay (`torch.optim.AdamW`).
-    AdamW {
-        beta1: f64,
-        beta2: f64,
-        eps: f64,
-        weight_decay: f64,
-    },
-    /// `torch.optim.Adam`: weight decay as L2, added to the gradient.
-    Adam {
-        beta1: f64,
-        beta2: f64,
-        eps: f64,
-        weight_decay: f64,
-    },
-    /// `torch.optim.SGD` (dampening 0, not Nesterov); weight decay as L2.
-    Sgd { momentum: f64, weight_decay: f64 },
-    /// `torch.optim.RMSprop` (not centered); weight decay as L2.
-    RmsProp {
-        alpha: f64,
-        eps: f64,
-        momentum: f64,
-        weight_decay: f64,
-    },
+pub struct OptimizerSettings {
+    pub kind: OptimizerKind,
+    /// Adam(W): the decay rates of the first and second moment estimates.
+    pub beta1: f64,
+    pub beta2: f64,
+    /// Adam(W) and RMSprop: added to the denominator.
+    pub eps: f64,
+    /// AdamW: decoupled decay; the others: L2, added to the gradient.
+    pub weight_decay: f64,
+    /// SGD and RMSprop.
+    pub momentum: f64,
+    /// RMSprop: the decay rate of the squared-gradient average.
+    pub alpha: f64,
 }
 
-impl OptimizerKind {
+impl OptimizerSettings {
+    const DEFAULTS: OptimizerSettings = OptimizerSettings {
+        kind: OptimizerKind::AdamW,
+        beta1: 0.9,
+        beta2: 0.999,
+        eps: 1e-8,
+        weight_decay: 0.0,
+        momentum: 0.0,
+        alpha: 0.99,
+    };
+
+    /// `torch.optim.AdamW`.
+    pub fn adamw(beta1: f64, beta2: f64, eps: f64, weight_decay: f64) -> Self {
+        Self {
+            beta1,
+            beta2,
+            eps,
+            weight_decay,
+            ..Self::DEFAULTS
+        }
+    }
+
+    /// `torch.optim.Adam`.
+    pub fn adam(beta1: f64, beta2: f64, eps: f64, weight_decay: f64) -> Self {
+        Self {
+            kind: OptimizerKind::Adam,
+            ..Self::adamw(beta1, beta2, eps, weight_decay)
+        }
+    }
+
+    /// `torch.optim.SGD`.
+    pub fn sgd(momentum: f64, weight_decay: f64) -> Self {
+        Self {
+            kind: OptimizerKind::Sgd,
+            momentum,
+            weight_decay,
+            ..Self::DEFAULTS
+        }
+    }
+
+    /// `torch.optim.RMSprop`.
+    pub fn rmsprop(alpha: f64, eps: f64, momentum: f64, weight_decay: f64) -> Self {
+        Self {
+            kind: OptimizerKind::RmsProp,
+            alpha,
+            eps,
+            momentum,
+            weight_decay,
+            ..Self::DEFAULTS
+        }
+    }
+
     /// The state tensors kept per parameter, by the names PyTorch's state dict uses.
     fn slots(&self) -> &'static [&'static str] {
-        match self {
-            OptimizerKind::AdamW { .. } | OptimizerKind::Adam { .. } => &["exp_avg", "exp_avg_sq"],
-            OptimizerKind::Sgd { momentum, .. } if *momentum != 0.0 => &["momentum_buffer"],
-            OptimizerKind::Sgd { .. } => &[],
-            OptimizerKind::RmsProp { momentum, .. } if *momentum > 0.0 => {
-                &["square_avg", "momentum_buffer"]
-            }
-            OptimizerKind::RmsProp { .. } => &["square_avg"],
+        match self.kind {
+            OptimizerKind::AdamW | OptimizerKind::Adam => &["exp_avg", "exp_avg_sq"],
+            OptimizerKind::Sgd if self.momentum != 0.0 => &["momentum_buffer"],
+            OptimizerKind::Sgd => &[],
+            OptimizerKind::RmsProp if self.momentum > 0.0 => &["square_avg", "momentum_buffer"],
+            OptimizerKind::RmsProp => &["square_avg"],
         }
     }
 }
@@ -66,7 +109,7 @@ struct ParamState {
 
 /// An optimizer over named parameters.
 pub struct Optimizer {
-    kind: OptimizerKind,
+    settings: OptimizerSettings,
     params: Vec<(String, Var)>,
     state: Vec<ParamState>,
     steps: u64,
@@ -81,7 +124,7 @@ pub struct OptimizerState {
 }
 
 impl Optimizer {
-    pub fn new(kind: OptimizerKind, params: Vec<(String, Var)>) -> Result<Self> {
+    pub fn new(settings: OptimizerSettings, params: Vec<(String, Var)>) -> Result<Self> {
         for (name, var) in &params {
             if var.dtype() != DType::F32 {
                 bail!(
@@ -98,7 +141,7 @@ impl Optimizer {
             params.len()
         ];
         Ok(Self {
-            kind,
+            settings,
             params,
             state,
             steps: 0,
@@ -106,8 +149,8 @@ impl Optimizer {
         })
     }
 
-    pub fn kind(&self) -> OptimizerKind {
-        self.kind
+    pub fn settings(&self) -> OptimizerSettings {
+        self.settings
     }
 
     pub fn params(&self) -> &[(String, Var)] {
@@ -129,24 +172,16 @@ impl Optimizer {
             let p = var.as_tensor();
             if state.buffers.is_empty() {
                 state.buffers = self
-                    .kind
+                    .settings
                     .slots()
                     .iter()
                     .map(|_| p.zeros_like())
                     .collect::<candle_core::Result<_>>()?;
             }
             state.step += 1;
-            if let (
-                true,
-                OptimizerKind::AdamW {
-                    beta1,
-                    beta2,
-                    eps,
-                    weight_decay,
-                },
-            ) = (Self::fused_on(self.kernels, p), self.kind)
-            {
-                let s = AdamScalars::new(beta1, beta2, eps, weight_decay, state.step, lr);
+            let k = self.settings;
+            if Self::fused_on(self.kernels, p) && k.kind == OptimizerKind::AdamW {
+                let s = AdamScalars::new(k.beta1, k.beta2, k.eps, k.weight_decay, state.step, lr);
                 let (m, v) = (&state.buffers[0], &state.buffers[1]);
                 let op = crate::cuda::AdamWStep {
                     g: &grad.contiguous()?,
@@ -158,7 +193,7 @@ impl Optimizer {
                     .with_context(|| format!("updating {name}"))?;
                 continue;
             }
-            let new = update(self.kind, p, &grad, &mut state.buffers, state.step, lr)
+            let new = update(self.settings, p, &grad, &mut state.buffers, state.step, lr)
                 .with_context(|| format!("updating {name}"))?;
             var.set(&new)?;
         }
@@ -182,7 +217,7 @@ impl Optimizer {
         for ((name, var), state) in self.params.iter().zip(&self.state) {
             let step = Tensor::new(&[state.step as f64], var.device())?;
             tensors.push((format!("step/{name}"), step));
-            for (slot, buf) in self.kind.slots().iter().zip(&state.buffers) {
+            for (slot, buf) in self.settings.slots().iter().zip(&state.buffers) {
                 // A copy: the live buffers are replaced, not mutated, but be safe.
                 tensors.push((format!("{slot}/{name}"), buf.copy()?));
             }
@@ -206,7 +241,7 @@ impl Optimizer {
             if ps.step == 0 {
                 continue;
             }
-            for slot in self.kind.slots() {
+            for slot in self.settings.slots() {
                 let key = format!("{slot}/{name}");
                 let t = by_name
                     .remove(&key)
@@ -259,7 +294,7 @@ impl AdamScalars {
 
 /// The new parameter value; updates `buf` in place. Each line mirrors PyTorch's code.
 fn update(
-    kind: OptimizerKind,
+    settings: OptimizerSettings,
     p: &Tensor,
     grad: &Tensor,
     buf: &mut [Tensor],
@@ -274,21 +309,19 @@ fn update(
             Ok(grad.clone())
         }
     };
+    let OptimizerSettings {
+        kind,
+        beta1,
+        beta2,
+        eps,
+        weight_decay,
+        momentum,
+        alpha,
+    } = settings;
     match kind {
-        OptimizerKind::AdamW {
-            beta1,
-            beta2,
-            eps,
-            weight_decay,
-        }
-        | OptimizerKind::Adam {
-            beta1,
-            beta2,
-            eps,
-            weight_decay,
-        } => {
+        OptimizerKind::AdamW | OptimizerKind::Adam => {
             let s = AdamScalars::new(beta1, beta2, eps, weight_decay, step, lr);
-            let decoupled = matches!(kind, OptimizerKind::AdamW { .. });
+            let decoupled = kind == OptimizerKind::AdamW;
             let (p, grad) = if decoupled {
                 // param.mul_(1 - lr * weight_decay)
                 (p.affine(s.decay, 0.0)?, grad.clone())
@@ -309,10 +342,7 @@ fn update(
             // param.addcdiv_(exp_avg, denom, value=-step_size)
             &p + (&buf[0] / &denom)?.affine(-s.step_size, 0.0)?
         }
-        OptimizerKind::Sgd {
-            momentum,
-            weight_decay,
-        } => {
+        OptimizerKind::Sgd => {
             let mut d_p = l2(grad, weight_decay)?;
             if momentum != 0.0 {
                 // First step: buf = clone(grad); then buf.mul_(momentum).add_(grad) (dampening 0).
@@ -326,12 +356,7 @@ fn update(
             // param.add_(grad, alpha=-lr)
             p + d_p.affine(-lr, 0.0)?
         }
-        OptimizerKind::RmsProp {
-            alpha,
-            eps,
-            momentum,
-            weight_decay,
-        } => {
+        OptimizerKind::RmsProp => {
             let grad = l2(grad, weight_decay)?;
             // square_avg.mul_(alpha).addcmul_(grad, grad, value=1 - alpha)
             buf[0] = (buf[0].affine(alpha, 0.0)? + (grad.affine(1.0 - alpha, 0.0)? * &grad)?)?;

@@ -3,20 +3,8 @@
 //! `lr(t)` is the rate optimizer step `t` (0-based) runs with: HF calls `scheduler.step()`
 //! after `optimizer.step()`, so step 0 runs with the schedule's value at 0.
 
-/// The schedule's shape after warmup.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub enum ScheduleKind {
-    Constant,
-    /// `get_linear_schedule_with_warmup`: down to 0 at `total_steps`.
-    Linear,
-    /// `get_cosine_schedule_with_warmup` with `num_cycles` 0.5: half a cosine down to 0.
-    Cosine,
-    /// StepLR after warmup: `gamma^floor((t - warmup) / step_size)`.
-    Step {
-        step_size: u64,
-        gamma: f64,
-    },
-}
+/// The schedule's shape after warmup (the enum `training.scheduler` takes too).
+pub use choices::ScheduleKind;
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Schedule {
@@ -24,6 +12,9 @@ pub struct Schedule {
     pub base_lr: f64,
     pub warmup_steps: u64,
     pub total_steps: u64,
+    /// [`ScheduleKind::Step`]: multiply the rate by `gamma` every `step_size` steps.
+    pub step_size: u64,
+    pub gamma: f64,
 }
 
 /// HF's `get_warmup_steps`: the explicit count, else `ceil(total * ratio)`.
@@ -54,9 +45,9 @@ impl Schedule {
                 (0.0f64)
                     .max(0.5 * (1.0 + (std::f64::consts::PI * num_cycles * 2.0 * progress).cos()))
             }
-            ScheduleKind::Step { step_size, gamma } => {
-                let k = (t - self.warmup_steps) / step_size.max(1);
-                gamma.powi(k as i32)
+            ScheduleKind::Step => {
+                let k = (t - self.warmup_steps) / self.step_size.max(1);
+                self.gamma.powi(k as i32)
             }
         }
     }

@@ -1,33 +1,33 @@
 //! The training loop: shuffled mini-batches, mean cross-entropy, backward, clipping, an
-//! optimizer step on the scheduled learning rate; validation, history and checkpoints.
+//! optimizer step on the scheduled learning rate; validation, history and checkpoints. What
+//! happens is reported to an [`Observer`].
 
 use std::collections::HashMap;
-use std::path::Path;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use candle_core::{Device, Tensor, Var};
 use lora_classifier::{Mode, SequenceClassifier};
-use pipeline::cli::Progress;
-use pipeline::config::{
-    KeepAdapter, OptimizerKind as OptimizerSetting, SchedulerKind, TrainingConfig,
-};
-use pipeline::history::{HistoryRow, RowKind};
-use pipeline::tokens::TokenSplit;
 
+use crate::batches::{infer, Examples};
 use crate::checkpoint::{CheckpointStore, Position, Snapshot};
 use crate::clip::clip_grad_norm;
-use crate::optim::{Optimizer, OptimizerKind, OptimizerState};
+use crate::history::{best_and_last, epoch_mean_loss, Record, RecordKind};
+use crate::observer::{Event, Observer, Skipped};
+use crate::optim::{Optimizer, OptimizerSettings, OptimizerState};
 use crate::schedule::{warmup_steps, Schedule, ScheduleKind};
 use crate::seeds::{dropout_seed, epoch_permutation};
 
-/// Everything the loop needs to know, from `pipeline.yaml`'s `seed` and `training`.
+/// Everything the loop needs to know.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TrainSettings {
     pub seed: u64,
-    pub optimizer: OptimizerKind,
+    pub optimizer: OptimizerSettings,
     pub learning_rate: f64,
     pub schedule: ScheduleKind,
+    /// [`ScheduleKind::Step`]: multiply the rate by `step_gamma` every `step_size` steps.
+    pub step_size: u64,
+    pub step_gamma: f64,
     pub warmup_steps: u64,
     /// Used when `warmup_steps` is 0.
     pub warmup_ratio: f64,
@@ -41,57 +41,6 @@ pub struct TrainSettings {
 }
 
 impl TrainSettings {
-    pub fn from_config(seed: u64, t: &TrainingConfig) -> Self {
-        let optimizer = match t.optimizer {
-            OptimizerSetting::Adamw => OptimizerKind::AdamW {
-                beta1: t.adam_beta1,
-                beta2: t.adam_beta2,
-                eps: t.adam_epsilon,
-                weight_decay: t.weight_decay,
-            },
-            OptimizerSetting::Adam => OptimizerKind::Adam {
-                beta1: t.adam_beta1,
-                beta2: t.adam_beta2,
-                eps: t.adam_epsilon,
-                weight_decay: t.weight_decay,
-            },
-            OptimizerSetting::Sgd => OptimizerKind::Sgd {
-                momentum: t.momentum,
-                weight_decay: t.weight_decay,
-            },
-            // PyTorch's defaults for what the config does not set.
-            OptimizerSetting::Rmsprop => OptimizerKind::RmsProp {
-                alpha: 0.99,
-                eps: 1e-8,
-                momentum: t.momentum,
-                weight_decay: t.weight_decay,
-            },
-        };
-        let schedule = match t.scheduler {
-            SchedulerKind::Constant => ScheduleKind::Constant,
-            SchedulerKind::Linear => ScheduleKind::Linear,
-            SchedulerKind::Cosine => ScheduleKind::Cosine,
-            SchedulerKind::Step => ScheduleKind::Step {
-                step_size: t.step_size as u64,
-                gamma: t.step_gamma,
-            },
-        };
-        Self {
-            seed,
-            optimizer,
-            learning_rate: t.learning_rate,
-            schedule,
-            warmup_steps: t.warmup_steps as u64,
-            warmup_ratio: t.warmup_ratio,
-            batch_size: t.batch_size,
-            epochs: t.epochs,
-            max_grad_norm: t.max_grad_norm,
-            eval_every_steps: t.eval_every_steps.map(|n| n as u64),
-            checkpoint_every_steps: t.checkpoint_every_steps as u64,
-            keep_best: t.keep == KeepAdapter::Best,
-        }
-    }
-
     /// Optimizer steps per epoch (the last batch may be partial).
     pub fn steps_per_epoch(&self, train_len: usize) -> u64 {
         train_len.div_ceil(self.batch_size) as u64
@@ -104,6 +53,8 @@ impl TrainSettings {
             base_lr: self.learning_rate,
             warmup_steps: warmup_steps(self.warmup_steps, self.warmup_ratio, total),
             total_steps: total,
+            step_size: self.step_size,
+            gamma: self.step_gamma,
         }
     }
 }
@@ -118,7 +69,7 @@ pub struct Validation {
 /// What a finished run gives; the model's trainable tensors then hold the kept adapter.
 #[derive(Debug, Clone)]
 pub struct TrainOutcome {
-    pub history: Vec<HistoryRow>,
+    pub history: Vec<Record>,
     pub steps: u64,
     /// 1-based epoch with the lowest validation loss.
     pub best_epoch: u32,
@@ -132,101 +83,43 @@ pub struct TrainOutcome {
     pub resumed_from_step: Option<u64>,
 }
 
-/// The rows `indices` of a split as [B, S] ids and mask (S trimmed to the longest row's last
-/// attended token: padding beyond it changes nothing but costs time) and [B] labels.
-pub fn batch(
-    split: &TokenSplit,
-    indices: &[usize],
-    device: &Device,
-) -> Result<(Tensor, Tensor, Tensor)> {
-    let len = split.max_len;
-    let width = indices
-        .iter()
-        .map(|&i| {
-            let mask = &split.attention_mask[i * len..(i + 1) * len];
-            mask.iter().rposition(|&m| m != 0).map_or(1, |p| p + 1)
-        })
-        .max()
-        .unwrap_or(1);
-    let mut ids = Vec::with_capacity(indices.len() * width);
-    let mut mask = Vec::with_capacity(indices.len() * width);
-    for &i in indices {
-        ids.extend_from_slice(&split.input_ids[i * len..i * len + width]);
-        mask.extend_from_slice(&split.attention_mask[i * len..i * len + width]);
-    }
-    let labels: Vec<u32> = indices.iter().map(|&i| split.labels[i]).collect();
-    let b = indices.len();
-    Ok((
-        Tensor::from_vec(ids, (b, width), device)?,
-        Tensor::from_vec(mask, (b, width), device)?,
-        Tensor::from_vec(labels, b, device)?,
-    ))
-}
-
-/// Mean cross-entropy and accuracy over `split`, in batches, without dropout or autograd.
+/// Mean cross-entropy and accuracy over `examples`, in batches, without dropout or autograd.
 pub fn evaluate(
     model: &SequenceClassifier,
-    split: &TokenSplit,
+    examples: &Examples,
     batch_size: usize,
     device: &Device,
 ) -> Result<Validation> {
-    if split.is_empty() {
+    if examples.is_empty() {
         bail!("cannot validate on an empty split");
     }
     let (mut loss_sum, mut correct) = (0f64, 0usize);
-    let all: Vec<usize> = (0..split.len()).collect();
-    for chunk in all.chunks(batch_size.max(1)) {
-        let (ids, mask, labels) = batch(split, chunk, device)?;
-        let logits = model.forward(&ids, &mask, Mode::Inference)?;
-        let loss = candle_nn::loss::cross_entropy(&logits, &labels)?.to_scalar::<f32>()?;
-        loss_sum += loss as f64 * chunk.len() as f64;
-        for (row, &i) in logits.to_vec2::<f32>()?.iter().zip(chunk) {
+    infer(model, examples, batch_size, device, |rows, logits| {
+        let rows: Vec<usize> = rows.collect();
+        let labels = examples.labels(&rows, device)?;
+        let loss = candle_nn::loss::cross_entropy(logits, &labels)?.to_scalar::<f32>()?;
+        loss_sum += loss as f64 * rows.len() as f64;
+        for (row, &i) in logits.to_vec2::<f32>()?.iter().zip(&rows) {
             // The first maximum, as torch.argmax.
             let pred = row
                 .iter()
                 .enumerate()
                 .fold(0, |best, (j, &v)| if v > row[best] { j } else { best });
-            correct += (pred as u32 == split.labels[i]) as usize;
+            correct += (pred as u32 == examples.labels[i]) as usize;
         }
-    }
+        Ok(())
+    })?;
     Ok(Validation {
-        loss: loss_sum / split.len() as f64,
-        accuracy: correct as f64 / split.len() as f64,
+        loss: loss_sum / examples.len() as f64,
+        accuracy: correct as f64 / examples.len() as f64,
     })
 }
 
-/// The epoch rows' best (lowest validation loss, the earliest on ties) and last.
-fn best_and_last(history: &[HistoryRow]) -> Option<(&HistoryRow, &HistoryRow)> {
-    let epochs: Vec<&HistoryRow> = history
-        .iter()
-        .filter(|r| r.kind == RowKind::Epoch)
-        .collect();
-    let last = *epochs.last()?;
-    let best = epochs
-        .iter()
-        .filter(|r| r.val_loss.is_some_and(f64::is_finite))
-        .fold(None::<&HistoryRow>, |best, r| match best {
-            Some(b) if b.val_loss <= r.val_loss => Some(b),
-            _ => Some(r),
-        })
-        .unwrap_or(last);
-    Some((best, last))
-}
-
-fn validation_of(row: &HistoryRow) -> Validation {
+fn validation_of(record: &Record) -> Validation {
     Validation {
-        loss: row.val_loss.unwrap_or(f64::NAN),
-        accuracy: row.val_accuracy.unwrap_or(f64::NAN),
+        loss: record.val_loss.unwrap_or(f64::NAN),
+        accuracy: record.val_accuracy.unwrap_or(f64::NAN),
     }
-}
-
-/// Mean step loss of `epoch` (1-based) so far.
-fn epoch_mean_loss(history: &[HistoryRow], epoch: u32) -> f64 {
-    let (sum, n) = history
-        .iter()
-        .filter(|r| r.kind == RowKind::Step && r.epoch == epoch)
-        .fold((0f64, 0usize), |(s, n), r| (s + r.train_loss, n + 1));
-    sum / n.max(1) as f64
 }
 
 /// The name of the first tensor that holds NaN or inf (`None` entries, e.g. a parameter with
@@ -271,7 +164,7 @@ struct Run<'a> {
     optimizer: Optimizer,
     /// Optimizer steps done (the schedule's position).
     step: u64,
-    history: Vec<HistoryRow>,
+    history: Vec<Record>,
     /// The trainable tensors of the best epoch so far (kept only for `keep_best`).
     best: Vec<Tensor>,
 }
@@ -314,17 +207,17 @@ impl Run<'_> {
         })
     }
 
-    /// Validates and records it as a `kind` row of epoch `epoch_no`.
+    /// Validates and records it as a `kind` record of epoch `epoch_no`.
     fn validate(
         &mut self,
-        kind: RowKind,
+        kind: RecordKind,
         epoch_no: u32,
-        validation: &TokenSplit,
+        validation: &Examples,
         batch_size: usize,
         device: &Device,
     ) -> Result<Validation> {
         let v = evaluate(self.model, validation, batch_size, device)?;
-        self.history.push(HistoryRow {
+        self.history.push(Record {
             kind,
             epoch: epoch_no,
             step: self.step,
@@ -341,15 +234,15 @@ impl Run<'_> {
 /// Trains `model`'s trainable tensors on `train`, validating on `validation`.
 ///
 /// Resumes from the newest complete checkpoint in `store` made with the same fingerprint;
-/// `after_checkpoint(dir, step)` is called after each checkpoint is written.
+/// reports what happens to `observer`.
 pub fn train(
     model: &SequenceClassifier,
-    train: &TokenSplit,
-    validation: &TokenSplit,
+    train: &Examples,
+    validation: &Examples,
     settings: &TrainSettings,
     device: &Device,
     store: &CheckpointStore,
-    after_checkpoint: &mut dyn FnMut(&Path, u64),
+    observer: &mut dyn Observer,
 ) -> Result<TrainOutcome> {
     let started = Instant::now();
     if train.is_empty() || validation.is_empty() {
@@ -371,17 +264,25 @@ pub fn train(
 
     let (mut epoch0, mut batch0, mut resumed_from_step) = (0, 0, None);
     store.clean_partial()?;
-    if let Some((path, snap)) = store.latest(device)? {
-        (epoch0, batch0) = (snap.position.epoch, snap.position.batch);
-        run.restore(snap)
-            .with_context(|| format!("resuming from {}", path.display()))?;
-        resumed_from_step = Some(run.step);
-        println!(
-            "train: resuming from checkpoint {} (step {}, epoch {}, batch {batch0}/{per_epoch})",
-            path.display(),
-            run.step,
-            epoch0 + 1
-        );
+    let mut unusable_skipped = 0;
+    let latest = store.latest(device, |path, why| {
+        unusable_skipped += matches!(why, Skipped::Unusable(_)) as usize;
+        observer.on(Event::CheckpointSkipped { path, why });
+    })?;
+    match latest {
+        Some((path, snap)) => {
+            let position = snap.position.clone();
+            (epoch0, batch0) = (position.epoch, position.batch);
+            run.restore(snap)
+                .with_context(|| format!("resuming from {}", path.display()))?;
+            resumed_from_step = Some(run.step);
+            observer.on(Event::Resumed {
+                path: &path,
+                position: &position,
+                batches: per_epoch,
+            });
+        }
+        None => observer.on(Event::Started { unusable_skipped }),
     }
 
     // A non-finite loss, gradient, parameter or validation loss stops the run: training on
@@ -393,8 +294,8 @@ pub fn train(
             _ => "no checkpoint was written yet".to_string(),
         };
         anyhow::anyhow!(
-            "{what}: stopping without saving an adapter; {kept}. Lower training.learning_rate \
-             or set training.max_grad_norm"
+            "{what}: stopping without saving an adapter; {kept}. Lower the learning rate, or \
+             clip the gradient norm"
         )
     };
     let check_validation = |v: &Validation, step: u64, epoch_no: u32| -> Result<()> {
@@ -412,15 +313,17 @@ pub fn train(
         let epoch_no = epoch as u32 + 1;
         let order = epoch_permutation(settings.seed, epoch, n);
         let start = if epoch == epoch0 { batch0 } else { 0 };
-        let mut progress =
-            Progress::new(&format!("epoch {epoch_no}/{}", settings.epochs), per_epoch);
-        if start > 0 {
-            progress.advance(start, "resumed");
-        }
+        observer.on(Event::EpochStarted {
+            epoch: epoch_no,
+            epochs: settings.epochs,
+            batches: per_epoch,
+            first_batch: start,
+        });
         for b in start..per_epoch {
             let rows = &order[b as usize * bs..((b as usize + 1) * bs).min(n)];
             let t0 = Instant::now();
-            let (ids, mask, labels) = batch(train, rows, device)?;
+            let (ids, mask) = train.inputs(rows, device)?;
+            let labels = train.labels(rows, device)?;
             let lr = schedule.lr(run.step);
             let mode = Mode::Train {
                 dropout_seed: dropout_seed(settings.seed, run.step),
@@ -454,8 +357,8 @@ pub fn train(
             let samples_per_s = rows.len() as f64 / seconds.max(1e-9);
             trained_samples += rows.len();
             step_seconds += seconds;
-            run.history.push(HistoryRow {
-                kind: RowKind::Step,
+            run.history.push(Record {
+                kind: RecordKind::Step,
                 epoch: epoch_no,
                 step: run.step,
                 train_loss: loss_value,
@@ -464,10 +367,7 @@ pub fn train(
                 val_loss: None,
                 val_accuracy: None,
             });
-            progress.advance(
-                1,
-                &format!("loss {loss_value:.4} lr {lr:.2e} {samples_per_s:.1} samples/s"),
-            );
+            observer.on(Event::Step(run.history.last().expect("just pushed")));
 
             let step = run.step;
             let position = |epoch, batch, run: &Run| Position {
@@ -477,14 +377,9 @@ pub fn train(
                 optimizer_steps: run.optimizer.steps(),
             };
             let checkpoint = if b + 1 == per_epoch {
-                let v = run.validate(RowKind::Epoch, epoch_no, validation, bs, device)?;
+                let v = run.validate(RecordKind::Epoch, epoch_no, validation, bs, device)?;
                 check_validation(&v, step, epoch_no)?;
-                progress.println(&format!(
-                    "epoch {epoch_no}: train loss {:.4}, validation loss {:.4}, accuracy {:.4}",
-                    epoch_mean_loss(&run.history, epoch_no),
-                    v.loss,
-                    v.accuracy
-                ));
+                observer.on(Event::Validated(run.history.last().expect("just pushed")));
                 if settings.keep_best
                     && best_and_last(&run.history).is_some_and(|(b, _)| b.epoch == epoch_no)
                 {
@@ -496,22 +391,19 @@ pub fn train(
                     .eval_every_steps
                     .is_some_and(|k| step.is_multiple_of(k))
                 {
-                    let v = run.validate(RowKind::Eval, epoch_no, validation, bs, device)?;
+                    let v = run.validate(RecordKind::Eval, epoch_no, validation, bs, device)?;
                     check_validation(&v, step, epoch_no)?;
-                    progress.println(&format!(
-                        "step {step}: validation loss {:.4}, accuracy {:.4}",
-                        v.loss, v.accuracy
-                    ));
+                    observer.on(Event::Validated(run.history.last().expect("just pushed")));
                 }
                 step.is_multiple_of(settings.checkpoint_every_steps)
                     .then(|| position(epoch, b + 1, &run))
             };
             if let Some(position) = checkpoint {
                 let dir = store.write(&run.snapshot(position)?)?;
-                after_checkpoint(&dir, step);
+                observer.on(Event::CheckpointWritten { dir: &dir, step });
             }
         }
-        progress.finish();
+        observer.on(Event::EpochFinished { epoch: epoch_no });
     }
 
     let (best_row, last_row) = best_and_last(&run.history).context("training ran no epoch")?;

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use candle_core::{DType, Device, Tensor};
 use candle_nn::loss::cross_entropy;
 use lora_classifier::{Checkpoint, Mode, SequenceClassifier};
-use training::optim::{Optimizer, OptimizerKind};
+use training::optim::{Optimizer, OptimizerSettings};
 use training::schedule::{Schedule, ScheduleKind};
 
 const TOL: f64 = 1e-5;
@@ -45,12 +45,7 @@ fn trajectory(name: &str) {
 
     let params = model.trainable();
     let mut opt = Optimizer::new(
-        OptimizerKind::AdamW {
-            beta1: 0.9,
-            beta2: 0.999,
-            eps: 1e-8,
-            weight_decay: 0.01,
-        },
+        OptimizerSettings::adamw(0.9, 0.999, 1e-8, 0.01),
         params.clone(),
     )
     .unwrap();
@@ -59,6 +54,8 @@ fn trajectory(name: &str) {
         base_lr: 5e-3,
         warmup_steps: 1,
         total_steps: 5,
+        step_size: 1,
+        gamma: 1.0,
     };
     let (want_losses, want_lrs) = (flat(get("train_losses")), flat(get("train_lrs")));
     for t in 0..5u64 {

@@ -5,7 +5,7 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use pipeline::config::ImageFormatSetting;
+use pipeline::config::ImageFormat;
 use pipeline::{Config, Layout, StageId};
 use polars::prelude::*;
 
@@ -26,6 +26,31 @@ pub fn gpt2_base() -> PathBuf {
 
 pub fn gpt2_adapter() -> PathBuf {
     fixture("gpt2-tiny-lora/adapter")
+}
+
+/// A fixture's texts (expected.json) and P(positive) = softmax(lora_logits)[:, 1], as
+/// transformers + PEFT computed them (expected.safetensors).
+pub fn fixture_probabilities(name: &str) -> (Vec<String>, Vec<f64>) {
+    let json: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(fixture(name).join("expected.json")).unwrap())
+            .unwrap();
+    let texts: Vec<String> = serde_json::from_value(json["texts"].clone()).unwrap();
+    let tensors = candle_core::safetensors::load(
+        fixture(name).join("expected.safetensors"),
+        &candle_core::Device::Cpu,
+    )
+    .unwrap();
+    let logits: Vec<Vec<f32>> = tensors["lora_logits"].to_vec2().unwrap();
+    let probs: Vec<f64> = logits
+        .iter()
+        .map(|l| {
+            let (a, b) = (l[0] as f64, l[1] as f64);
+            let m = a.max(b);
+            (b - m).exp() / ((a - m).exp() + (b - m).exp())
+        })
+        .collect();
+    assert_eq!(texts.len(), probs.len(), "{name}: texts and logits");
+    (texts, probs)
 }
 
 pub fn copy_dir(from: &Path, to: &Path) {
@@ -95,9 +120,9 @@ pub fn tiny_config(root: &Path) -> Config {
     c.training.batch_size = 4;
     c.training.epochs = 1;
     c.training.checkpoint_every_steps = 1000;
-    c.training.device = "cpu".into();
+    c.training.device = pipeline::config::DeviceSetting::Cpu;
     c.evaluate.batch_size = 5; // not a divisor of 24: a partial last batch
-    c.report.formats = vec![ImageFormatSetting::Svg];
+    c.report.formats = vec![ImageFormat::Svg];
     c
 }
 
