@@ -115,6 +115,8 @@ lint:
 # int8 dynamic quantization of the same merged model. BENCH_REPEATS rounds (default 2), appended
 # to bench.jsonl (or $BENCH_FILE) with a line on the machine and its load; then every ratio of
 # ours to a reference, best of the rounds (scripts/bench_ratios.py). Arguments go to both sides.
+
+# Throughput of ours (f32, bf16, int8) and of every reference found, in one run → bench.jsonl, ratios.
 bench *ARGS:
     cargo build --release --workspace --bin imdb-lora
     scripts/timed.sh "${BENCH_FILE:-bench.jsonl}" bench -- {{just_executable()}} bench-lines "${BENCH_FILE:-bench.jsonl}" "$@"
