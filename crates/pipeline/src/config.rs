@@ -8,7 +8,9 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 /// The choice keys' values: one definition, shared with the libraries that act on them.
-pub use choices::{DeviceSetting, DtypeSetting, LoraBias, OptimizerKind, ScheduleKind};
+pub use choices::{
+    DeviceSetting, DtypeSetting, EvaluateDtype, LoraBias, OptimizerKind, ScheduleKind,
+};
 use serde::{Deserialize, Serialize};
 use serde_norway::Value;
 
@@ -119,6 +121,8 @@ pub struct EvaluateConfig {
     /// Also evaluate the validation split.
     pub validation: bool,
     pub batch_size: usize,
+    /// The frozen weights' format in evaluate and predict.
+    pub dtype: EvaluateDtype,
     /// Texts classified for the report (the notebook's examples).
     pub examples: Vec<String>,
 }
@@ -233,6 +237,7 @@ impl Default for EvaluateConfig {
             threshold: 0.5,
             validation: false,
             batch_size: 64,
+            dtype: EvaluateDtype::Auto,
             examples: vec![
                 "This movie was absolutely fantastic! The acting was superb and the plot kept me engaged throughout.".into(),
                 "I really hated this film. It was boring, predictable, and a complete waste of time.".into(),

@@ -387,12 +387,16 @@ pub fn train(
                 }
                 Some(position(epoch + 1, 0, &run))
             } else {
-                if settings.eval_every_steps.is_some_and(|k| step % k == 0) {
+                if settings
+                    .eval_every_steps
+                    .is_some_and(|k| step.is_multiple_of(k))
+                {
                     let v = run.validate(RecordKind::Eval, epoch_no, validation, bs, device)?;
                     check_validation(&v, step, epoch_no)?;
                     observer.on(Event::Validated(run.history.last().expect("just pushed")));
                 }
-                (step % settings.checkpoint_every_steps == 0).then(|| position(epoch, b + 1, &run))
+                step.is_multiple_of(settings.checkpoint_every_steps)
+                    .then(|| position(epoch, b + 1, &run))
             };
             if let Some(position) = checkpoint {
                 let dir = store.write(&run.snapshot(position)?)?;
