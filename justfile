@@ -113,28 +113,41 @@ lint:
     cargo fmt --all -- --check
     cargo clippy --release --workspace --all-targets -- -D warnings
 
-# The tokenizer, then the model's training step and inference (MiniLM, CPU) with the fused
-# kernels and with the composed reference ops, appended to bench.jsonl (or $BENCH_FILE) with a
-# line on the machine and its load; with BENCH_PYTHON (a python with tokenizers and pyarrow, and
-# torch + transformers + peft for the model), Python's references too.
-# Throughput benchmarks as JSON lines.
+# The tokenizer, then the model's training step and inference (MiniLM, CPU): ours in f32 (fused
+# kernels and the composed reference ops), bf16 and int8; with a Python that has torch +
+# transformers + peft (BENCH_PYTHON, else .venv-bench/bin/python; recipe in README, Performance),
+# PyTorch + PEFT in f32 and bf16 autocast, and with onnxruntime + onnx also ONNX Runtime f32 and
+# int8 dynamic quantization of the same merged model. BENCH_REPEATS rounds (default 2), appended
+# to bench.jsonl (or $BENCH_FILE) with a line on the machine and its load; then every ratio of
+# ours to a reference, best of the rounds (scripts/bench_ratios.py). Arguments go to both sides.
+
+# Throughput of ours (f32, bf16, int8) and of every reference found, in one run → bench.jsonl, ratios.
 bench *ARGS:
-    cargo build --release -p imdb-lora
+    cargo build --release --workspace --bin imdb-lora
     scripts/timed.sh "${BENCH_FILE:-bench.jsonl}" bench -- {{just_executable()}} bench-lines "${BENCH_FILE:-bench.jsonl}" "$@"
 
 [private]
 bench-lines out *ARGS:
-    {{run}} cargo bench --workspace --bench tokenize | tee -a "$1"
-    {{run}} {{bin}}/imdb-lora bench "${@:2}" | tee -a "$1"
-    {{run}} {{bin}}/imdb-lora bench --kernels composed "${@:2}" | tee -a "$1"
-    if [ -n "${BENCH_PYTHON:-}" ]; then {{run}} "$BENCH_PYTHON" scripts/tokenizer_bench.py | tee -a "$1"; fi
-    if [ -n "${BENCH_PYTHON:-}" ] && "$BENCH_PYTHON" -c "import torch, peft" 2>/dev/null; then {{run}} "$BENCH_PYTHON" scripts/torch_bench.py "${@:2}" | tee -a "$1"; fi
-
-# The README's results and performance tables (Markdown) from the artifacts and bench.jsonl.
-results *ARGS:
     #!/usr/bin/env bash
     set -euo pipefail
-    cargo build --release --workspace --bin imdb-lora
-    bench=${BENCH_FILE:-bench.jsonl}
-    if [ -f "$bench" ]; then set -- --bench "$bench" "$@"; fi
-    {{run}} {{bin}}/imdb-lora results --config {{config}} "$@"
+    out=$1; shift
+    py=${BENCH_PYTHON:-.venv-bench/bin/python}
+    [ -x "$py" ] || py=
+    round=$(mktemp)
+    {{run}} cargo bench --workspace --bench tokenize | tee -a "$round"
+    if [ -n "$py" ]; then {{run}} "$py" scripts/tokenizer_bench.py | tee -a "$round" || true; fi
+    for _ in $(seq "${BENCH_REPEATS:-2}"); do
+        {{run}} {{bin}}/imdb-lora bench "$@" | tee -a "$round"
+        {{run}} {{bin}}/imdb-lora bench --kernels composed "$@" | tee -a "$round"
+        {{run}} {{bin}}/imdb-lora bench --dtype bf16 "$@" | tee -a "$round"
+        {{run}} {{bin}}/imdb-lora bench --int8 "$@" | tee -a "$round"
+        if [ -n "$py" ] && "$py" -c "import torch, transformers, peft" 2>/dev/null; then
+            onnx=$("$py" -c "import onnxruntime, onnx" 2>/dev/null && echo --onnx || true)
+            {{run}} "$py" scripts/torch_bench.py --threads "$(nproc)" $onnx "$@" | tee -a "$round"
+            {{run}} "$py" scripts/torch_bench.py --threads "$(nproc)" --dtype bf16 "$@" | tee -a "$round"
+        fi
+    done
+    cat "$round" >> "$out"
+    python3 scripts/bench_ratios.py < "$round"
+    rm -f "$round"
+

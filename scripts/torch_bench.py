@@ -2,9 +2,14 @@
 alpha 32, dropout 0.1 on query and value), batch, optimizer (AdamW) and timing, printed as the
 same JSON lines, on the CPU or a GPU.
 
-    python3 -m venv /tmp/venv && /tmp/venv/bin/pip install torch transformers peft
-    /tmp/venv/bin/python scripts/torch_bench.py                      # MiniLM, CPU, f32
+    python3 -m venv .venv-bench && .venv-bench/bin/pip install torch transformers peft onnxruntime onnx onnxscript
+    .venv-bench/bin/python scripts/torch_bench.py                    # MiniLM, CPU, f32
+    .venv-bench/bin/python scripts/torch_bench.py --onnx             # + ONNX Runtime f32 and int8
     python3 scripts/torch_bench.py --device cuda --dtype bf16 --model bert-base --batch 32
+
+--onnx (CPU): after PyTorch's benchmarks, exports the same merged model (f32) with
+torch.onnx.export and times ONNX Runtime's inference on it, then on its int8 dynamic
+quantization (onnxruntime.quantization.quantize_dynamic, QInt8 weights), with the same threads.
 
 --model: minilm (all-MiniLM-L6-v2 from the HF cache: $HF_HOME, else ../shared/hf-home beside the
 repository), minilm-shape / bert-base / bert-large (randomly initialised, as `imdb-lora bench` does: the time
@@ -13,6 +18,9 @@ torch.autocast (f32 master weights, bf16 matmuls), PyTorch's usual mixed precisi
 """
 import argparse, glob, json, os, time
 
+# Idle threads sleep instead of spinning (OpenMP here, ONNX Runtime's pool below): on a shared
+# machine spinning counts as CPU time, and CPU seconds per step is the figure compared.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import torch
 from peft import LoraConfig, get_peft_model
 from transformers import AutoModelForSequenceClassification, BertConfig, BertForSequenceClassification
@@ -29,6 +37,8 @@ p.add_argument("--seq", type=int, default=128)
 p.add_argument("--steps", type=int, default=10)
 p.add_argument("--warmup", type=int, default=2)
 p.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
+p.add_argument("--onnx", action="store_true", help="also ONNX Runtime f32 and int8 (CPU)")
+p.add_argument("--only", choices=["train_step", "inference"], help="run only this benchmark")
 args = p.parse_args()
 if args.threads:
     torch.set_num_threads(args.threads)
@@ -66,7 +76,7 @@ def sync():
         torch.cuda.synchronize()
 
 
-def bench(bench_name, step):
+def bench(bench_name, step, impl="pytorch+peft", dtype=None, version=("torch", torch.__version__), extra=None):
     for _ in range(args.warmup):
         step()
     sync()
@@ -75,13 +85,14 @@ def bench(bench_name, step):
         step()
     sync()
     wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
-    line = {"bench": bench_name, "impl": "pytorch+peft", "model": name, "device": args.device,
-            "dtype": args.dtype, "batch": args.batch, "seq": args.seq, "steps": args.steps,
+    line = {"bench": bench_name, "impl": impl, "model": name, "device": args.device,
+            "dtype": dtype or args.dtype, "batch": args.batch, "seq": args.seq, "steps": args.steps,
             "samples_per_s": round(args.steps * args.batch / wall, 2),
-            "ms_per_step": round(1e3 * wall / args.steps, 3), "torch": torch.__version__}
+            "ms_per_step": round(1e3 * wall / args.steps, 3), version[0]: version[1]}
     if dev.type == "cpu":
         line["cpu_s_per_step"] = round(cpu / args.steps, 3)
         line["threads"] = torch.get_num_threads()
+    line.update(extra or {})
     print(json.dumps(line), flush=True)
 
 
@@ -94,9 +105,45 @@ def train_step():
     loss.item()  # as the train stage reads the loss of every step
 
 
-model.train()
-bench("train_step", train_step)
+def onnx_benchmarks(merged):
+    """ONNX Runtime on the merged model exported in f32, and on its int8 dynamic quantization."""
+    import tempfile
+
+    import onnxruntime as ort
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    folder = tempfile.mkdtemp(prefix="onnx-bench-")
+    f32_path, int8_path = f"{folder}/model.onnx", f"{folder}/model-int8.onnx"
+    merged = merged.float().eval()
+    with torch.no_grad():
+        torch.onnx.export(merged, (ids.cpu(), mask.cpu()), f32_path, input_names=["input_ids", "attention_mask"],
+                          output_names=["logits"], opset_version=17, dynamo=False,
+                          dynamic_axes={"input_ids": {0: "b", 1: "n"}, "attention_mask": {0: "b", 1: "n"}})
+    quantize_dynamic(f32_path, int8_path, weight_type=QuantType.QInt8)
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = torch.get_num_threads()
+    options.inter_op_num_threads = 1
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    feeds = {"input_ids": ids.cpu().numpy(), "attention_mask": mask.cpu().numpy()}
+    with torch.no_grad():
+        want = merged(input_ids=ids, attention_mask=mask).logits.float().cpu().numpy()
+    for dtype, path in [("f32", f32_path), ("int8", int8_path)]:
+        session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+        # The exported model computes what PyTorch computes (int8: up to quantization).
+        diff = float(abs(session.run(None, feeds)[0] - want).max())
+        if dtype == "f32" and diff > 1e-3:
+            raise SystemExit(f"ONNX Runtime f32 logits differ from PyTorch's by {diff}")
+        bench("inference", lambda: session.run(None, feeds), impl="onnxruntime", dtype=dtype,
+              version=("onnxruntime", ort.__version__), extra={"max_abs_diff_vs_torch_f32": round(diff, 5)})
+
+
+if args.only in (None, "train_step"):
+    model.train()
+    bench("train_step", train_step)
 model.eval()
 with torch.inference_mode(), autocast:
     merged = model.merge_and_unload().eval()
-    bench("inference", lambda: merged(input_ids=ids, attention_mask=mask).logits.float().cpu())
+    if args.only in (None, "inference"):
+        bench("inference", lambda: merged(input_ids=ids, attention_mask=mask).logits.float().cpu())
+if args.onnx:
+    onnx_benchmarks(merged)

@@ -17,6 +17,7 @@ use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device};
 use lora_classifier::{Checkpoint, SequenceClassifier};
 use pipeline::cli::Progress;
+use pipeline::config::EvaluateDtype;
 use pipeline::encode::TextEncoder;
 use pipeline::graph::{Source, ADAPTER_DIR};
 use pipeline::stamp;
@@ -67,17 +68,18 @@ impl Classifier {
     /// Loads `adapter_dir` onto `model_dir` as they are (the caller checked that they belong
     /// together), on the device and in the dtype `training.device` and `training.dtype` say.
     fn open(config: &Config, model_dir: PathBuf, adapter_dir: PathBuf) -> Result<Self> {
-        let (device, dtype) = device_and_dtype(config)?;
-        Self::open_on(model_dir, adapter_dir, device, dtype)
+        let (device, weights) = device_and_weights(config)?;
+        Self::open_on(model_dir, adapter_dir, device, weights)
     }
 
-    /// Loads `adapter_dir` onto `model_dir` on `device`, the frozen weights in `dtype`.
+    /// Loads `adapter_dir` onto `model_dir` on `device`, the frozen weights as `weights` says.
     pub(crate) fn open_on(
         model_dir: PathBuf,
         adapter_dir: PathBuf,
         device: Device,
-        dtype: DType,
+        weights: Weights,
     ) -> Result<Self> {
+        let dtype = weights.load_dtype();
         let checkpoint = Checkpoint::open(&model_dir)?;
         let mut model = SequenceClassifier::load_adapter(&checkpoint, &adapter_dir, &device, dtype)
             .with_context(|| {
@@ -88,6 +90,9 @@ impl Classifier {
                 )
             })?;
         model.merge()?;
+        if weights == Weights::Int8 {
+            model.quantize_int8()?;
+        }
         Ok(Self {
             model,
             model_dir,
@@ -98,8 +103,12 @@ impl Classifier {
 
     /// Loads a checkpoint that is a trained classifier (its head included) as it is.
     fn open_classifier(config: &Config, checkpoint: &Checkpoint) -> Result<Self> {
-        let (device, dtype) = device_and_dtype(config)?;
-        let model = SequenceClassifier::new(checkpoint, None, config.seed, &device, dtype)?;
+        let (device, weights) = device_and_weights(config)?;
+        let dtype = weights.load_dtype();
+        let mut model = SequenceClassifier::new(checkpoint, None, config.seed, &device, dtype)?;
+        if weights == Weights::Int8 {
+            model.quantize_int8()?;
+        }
         Ok(Self {
             model,
             model_dir: checkpoint.dir().to_path_buf(),
@@ -171,12 +180,48 @@ impl Classifier {
     }
 }
 
-/// `training.device` and `training.dtype`, resolved.
-fn device_and_dtype(config: &Config) -> Result<(Device, DType)> {
+/// The frozen weights' format in evaluate and predict: `training.dtype`'s, or the merged f32
+/// weights quantized to int8 (`evaluate.dtype: int8`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Weights {
+    Dtype(DType),
+    Int8,
+}
+
+impl Weights {
+    /// The dtype the weights are loaded in: int8 quantizes the merged f32 weights.
+    fn load_dtype(self) -> DType {
+        match self {
+            Weights::Dtype(dtype) => dtype,
+            Weights::Int8 => DType::F32,
+        }
+    }
+
+    /// As the evaluate stamp records it.
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Weights::Dtype(dtype) => training::device::dtype_name(dtype),
+            Weights::Int8 => "int8",
+        }
+    }
+}
+
+/// `training.device` with `training.dtype` or `evaluate.dtype`, resolved.
+fn device_and_weights(config: &Config) -> Result<(Device, Weights)> {
     let (device, _) =
         training::device::select_device(config.training.device).context("training.device")?;
-    let dtype = training::device::select_dtype(config.training.dtype, &device);
-    Ok((device, dtype))
+    let weights = match config.evaluate.dtype {
+        EvaluateDtype::Auto => Weights::Dtype(training::device::select_dtype(
+            config.training.dtype,
+            &device,
+        )),
+        EvaluateDtype::Int8 if device.is_cpu() => Weights::Int8,
+        EvaluateDtype::Int8 => bail!(
+            "evaluate.dtype is int8, which runs on the CPU only, but training.device selects \
+             {device:?}: set training.device to cpu or evaluate.dtype to auto"
+        ),
+    };
+    Ok((device, weights))
 }
 
 /// The checkpoint folder: `--model DIR`, else `model.source` (through the HF cache), with

@@ -16,7 +16,8 @@ use pipeline::tokens::TokenSplit;
 use pipeline::{Config, Layout, Split, StageId};
 
 use crate::{
-    device_and_dtype, encoder_for, model_hashes, resolve_model_dir, Classifier, ModelChoice,
+    device_and_weights, encoder_for, model_hashes, resolve_model_dir, Classifier, ModelChoice,
+    Weights,
 };
 
 /// The source identity of this stage's code (its build script computes it).
@@ -34,7 +35,7 @@ pub struct Evaluate {
     choice: ModelChoice,
     model_dir: PathBuf,
     device: Device,
-    dtype: DType,
+    weights: Weights,
 }
 
 impl Evaluate {
@@ -43,7 +44,7 @@ impl Evaluate {
             choice,
             model_dir: PathBuf::new(),
             device: Device::Cpu,
-            dtype: DType::F32,
+            weights: Weights::Dtype(DType::F32),
         }
     }
 }
@@ -69,12 +70,11 @@ impl StageInputs for Evaluate {
                 .sources
                 .insert("tokenizer/tokenizer.json".into(), hash_file(&tokenizer)?);
         }
-        (self.device, self.dtype) = device_and_dtype(ctx.config)?;
-        // The device does not decide the probabilities; the weights' dtype does.
-        inputs.runtime.insert(
-            "dtype".into(),
-            training::device::dtype_name(self.dtype).into(),
-        );
+        (self.device, self.weights) = device_and_weights(ctx.config)?;
+        // The device does not decide the probabilities; the weights' format does.
+        inputs
+            .runtime
+            .insert("dtype".into(), self.weights.name().into());
         Ok(inputs)
     }
 
@@ -99,7 +99,7 @@ impl Stage for Evaluate {
             self.model_dir.clone(),
             adapter_dir,
             self.device.clone(),
-            self.dtype,
+            self.weights,
         )?;
         let mut splits = vec![Split::Test];
         if config.evaluate.validation {

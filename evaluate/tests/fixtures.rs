@@ -187,3 +187,33 @@ fn a_missing_adapter_or_model_is_named() {
     let err = load_err(&bert_base(), &dir);
     assert!(err.contains("adapter_model.safetensors"), "{err}");
 }
+
+/// `evaluate.dtype: int8` (the merged weights quantized, CPU): P(positive) within 5e-2 of what
+/// PEFT computed in f32, for both architectures.
+#[test]
+fn int8_evaluation_predicts_the_fixture_within_quantization_error() {
+    let mut c = config();
+    c.evaluate.dtype = pipeline::config::EvaluateDtype::Int8;
+    for (name, model, adapter) in [
+        ("bert-tiny-lora", bert_base(), bert_adapter()),
+        ("gpt2-tiny-lora", gpt2_base(), gpt2_adapter()),
+    ] {
+        let (ids, mask, max_len, want) = expected(name);
+        let choice = ModelChoice {
+            model: Some(model),
+            adapter: Some(adapter),
+        };
+        let classifier = Classifier::load(&c, &choice).unwrap();
+        let got = classifier
+            .positive_probabilities(&ids, &mask, max_len, 4, None)
+            .unwrap();
+        let worst = got
+            .iter()
+            .zip(&want)
+            .map(|(g, w)| (g - w).abs())
+            .fold(0.0, f64::max);
+        assert!(worst <= 5e-2, "{name}: int8 P(positive) off by {worst}");
+        // Quantization changes the answer: an int8 run that silently ran f32 would be exact.
+        assert!(worst > 1e-6, "{name}: int8 gave the f32 answer exactly");
+    }
+}

@@ -36,6 +36,10 @@ struct Args {
     /// Frozen weights: auto (f32 on the CPU, bf16 on a GPU), f32, bf16 or f16.
     #[arg(long, default_value = "auto")]
     dtype: training::device::DtypeSetting,
+    /// Inference with the merged model's frozen weights in int8 (CPU; as evaluate's
+    /// `evaluate.dtype: int8`, the f32 weights quantized): no training step.
+    #[arg(long)]
+    int8: bool,
     #[arg(long, default_value_t = 16)]
     batch: usize,
     #[arg(long, default_value_t = 128)]
@@ -110,6 +114,9 @@ fn run(args: &Args) -> Result<()> {
     };
     let (device, device_name) = training::device::select_device(args.device)?;
     let dtype = training::device::select_dtype(args.dtype, &device);
+    if args.int8 && (dtype != DType::F32 || !device.is_cpu()) {
+        bail!("--int8 quantizes f32 weights on the CPU: use --device cpu and --dtype f32 or auto")
+    }
     let model = models::open(&args.model)?;
     let mut classifier =
         SequenceClassifier::new(&model.ckpt, Some(&models::lora()), 0, &device, dtype)?;
@@ -121,13 +128,23 @@ fn run(args: &Args) -> Result<()> {
     let line = |bench: &str, t: &Timing, extra: serde_json::Value| {
         let mut v = serde_json::json!({
             "bench": bench, "model": model.name, "device": device_name,
-            "dtype": models::dtype_name(dtype), "kernels": args.kernels,
+            "dtype": if args.int8 { "int8" } else { models::dtype_name(dtype) },
+            "kernels": args.kernels,
             "batch": args.batch, "seq": args.seq, "steps": args.steps,
             "samples_per_s": round(t.samples_per_s, 2), "ms_per_step": round(t.ms_per_step, 3),
         });
         if device.is_cpu() {
             v["cpu_s_per_step"] = round(t.cpu_s_per_step, 3).into();
             v["threads"] = cpu_threads().into();
+            // Which code ran the low-precision layers: AVX-512 microkernels or the fallback.
+            let precision = if args.int8 {
+                "int8"
+            } else {
+                models::dtype_name(dtype)
+            };
+            if let Some(k) = lora_classifier::cpu_kernels(precision) {
+                v["cpu_kernels"] = k.into();
+            }
         }
         if let (Some(v), serde_json::Value::Object(extra)) = (v.as_object_mut(), extra) {
             v.extend(extra);
@@ -135,7 +152,7 @@ fn run(args: &Args) -> Result<()> {
         println!("{v}");
     };
 
-    if run("train_step") {
+    if run("train_step") && !args.int8 {
         let mut optimizer = Optimizer::new(
             OptimizerSettings::adamw(0.9, 0.999, 1e-8, 0.01),
             classifier.trainable(),
@@ -179,6 +196,9 @@ fn run(args: &Args) -> Result<()> {
     }
     if run("inference") {
         classifier.merge()?;
+        if args.int8 {
+            classifier.quantize_int8()?;
+        }
         let t = time(args, |_| {
             let logits = classifier.forward(&ids, &mask, Mode::Inference)?;
             logits.to_vec2::<f32>()?;

@@ -5,6 +5,7 @@
 use std::ffi::OsString;
 
 use anyhow::{bail, Result};
+use candle_core::DType;
 use clap::Parser;
 
 use crate::{kernel_parity, models};
@@ -32,6 +33,10 @@ struct Args {
     /// f32 weights, 3e-2 for bf16/f16 (the kernels round at other points than composed ops).
     #[arg(long)]
     tolerance: Option<f64>,
+    /// Also the merged model's inference with int8 frozen weights (CPU) against the composed
+    /// f32 ops, within 0.25 (quantization error).
+    #[arg(long)]
+    int8: bool,
 }
 
 pub fn main(argv: impl Iterator<Item = OsString>) {
@@ -46,17 +51,34 @@ fn run(args: &Args) -> Result<()> {
         .tolerance
         .unwrap_or(kernel_parity::default_tolerance(dtype));
     let model = models::open(&args.model)?;
-    let comparisons = kernel_parity::compare(&model.ckpt, &device, dtype, args.batch, args.seq)?;
+    if args.int8 && !device.is_cpu() {
+        bail!("--int8 runs on the CPU only: use --device cpu")
+    }
+    let mut comparisons =
+        kernel_parity::compare(&model.ckpt, &device, dtype, args.batch, args.seq)?
+            .into_iter()
+            .map(|c| (c, tolerance))
+            .collect::<Vec<_>>();
+    if args.int8 {
+        let c = kernel_parity::compare_int8(&model.ckpt, args.batch, args.seq)?;
+        comparisons.push((c, kernel_parity::INT8_TOLERANCE));
+    }
+    // Which code ran the CPU's low-precision layers: AVX-512 microkernels or the fallback.
+    let cpu_kernels = |check: &str| match (check.contains("int8"), dtype) {
+        (true, _) => lora_classifier::cpu_kernels("int8"),
+        (false, DType::BF16) if device.is_cpu() => lora_classifier::cpu_kernels("bf16"),
+        _ => None,
+    };
     let mut failed = Vec::new();
-    for c in &comparisons {
-        let ok = c.rel_err <= tolerance;
+    for (c, tolerance) in &comparisons {
+        let ok = c.rel_err <= *tolerance;
         println!(
             "{}",
             serde_json::json!({
                 "check": c.check, "model": model.name, "device": device_name,
                 "dtype": models::dtype_name(dtype), "batch": args.batch, "seq": args.seq,
                 "max_abs_err": c.max_abs_err, "rel_err": c.rel_err, "tolerance": tolerance,
-                "ok": ok,
+                "ok": ok, "cpu_kernels": cpu_kernels(&c.check),
             })
         );
         if !ok {

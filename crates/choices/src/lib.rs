@@ -167,6 +167,17 @@ choice!(
     }
 );
 
+choice!(
+    /// `evaluate.dtype`: the frozen weights' format in evaluate and predict.
+    EvaluateDtype, "evaluate dtype" {
+        /// As `training.dtype`.
+        Auto = "auto",
+        /// The merged model's weights in per-channel int8, activations quantized per row at
+        /// run time (CPU; inference only).
+        Int8 = "int8",
+    }
+);
+
 /// Where the model runs: `auto` (a GPU when the build has CUDA and one is there, else the
 /// CPU), `cpu`, `cuda` (= `cuda:0`) or `cuda:N`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

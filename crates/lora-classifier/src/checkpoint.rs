@@ -488,16 +488,26 @@ pub(crate) struct Loader<'a> {
 }
 
 impl Loader<'_> {
+    /// Every tensor but the linear layers' weights: in the weight dtype, except that bf16 on
+    /// the CPU keeps them f32 (embeddings, biases, LayerNorms): there bf16 is a GEMM format
+    /// for the frozen weights, with f32 activations around it, as PyTorch's autocast.
     pub fn tensor(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
-        self.ckpt.load(name, shape, self.device, self.dtype)
+        let dtype = if self.device.is_cpu() && self.dtype == DType::BF16 {
+            DType::F32
+        } else {
+            self.dtype
+        };
+        self.ckpt.load(name, shape, self.device, dtype)
     }
 
     /// nn.Linear (weight [out, in]) or, with `conv1d`, GPT-2's Conv1D (weight [in, out]).
     pub fn linear(&self, path: &str, n_in: usize, n_out: usize, conv1d: bool) -> Result<Linear> {
         let shape = if conv1d { [n_in, n_out] } else { [n_out, n_in] };
-        let w = self.tensor(&format!("{path}.weight"), &shape)?;
+        let w = self
+            .ckpt
+            .load(&format!("{path}.weight"), &shape, self.device, self.dtype)?;
         let b = self.tensor(&format!("{path}.bias"), &[n_out])?;
-        Ok(Linear::new(path.to_string(), w, Some(b), conv1d))
+        Ok(Linear::new(path.to_string(), w, Some(b), conv1d)?)
     }
 
     pub fn norm(&self, path: &str, n: usize, eps: f64) -> Result<Norm> {

@@ -148,6 +148,25 @@ impl Kernels {
     }
 }
 
+/// The code that computes frozen linear layers on this CPU in `precision` ("bf16" or "int8"):
+/// "avx512" (AVX512-BF16 / AVX512-VNNI microkernels) or "portable" (f32 GEMMs on the rounded
+/// values, on a CPU without them or with `IMDB_LORA_CPU_ISA=portable`). For reports and tests.
+pub fn cpu_kernels(precision: &str) -> Option<&'static str> {
+    let p = match precision {
+        "bf16" => cpu::Precision::Bf16,
+        "int8" => cpu::Precision::Int8,
+        _ => return None,
+    };
+    Some(match cpu::Isa::detect(p) {
+        cpu::Isa::Avx512 => "avx512",
+        cpu::Isa::Portable => "portable",
+    })
+}
+
+/// Environment variable that makes the CPU's bf16 and int8 layers run the portable code
+/// (`portable`) as on a CPU without AVX512-BF16 / AVX512-VNNI.
+pub const CPU_ISA_ENV: &str = cpu::ISA_ENV;
+
 /// Parameter counts as PEFT's `print_trainable_parameters` reports them: "all" counts every
 /// parameter of the PEFT model, i.e. the base model (with its original head), the LoRA
 /// matrices and the trainable copy of the head (`modules_to_save`).
@@ -471,7 +490,20 @@ impl SequenceClassifier {
     pub fn unmerge(&mut self) -> candle_core::Result<()> {
         for part in self.parts_mut() {
             if let PartMut::Linear(l) = part {
-                l.unmerge();
+                l.unmerge()?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Inference in int8 on the CPU (call it after `merge`): every frozen linear layer's
+    /// weight quantized per output channel, its input per row, the products on AVX512-VNNI
+    /// where the CPU has it (`vpdpbusd`), as ONNX Runtime's dynamic quantization. There is no
+    /// backward pass through the quantized layers; the fused kernels (`Kernels::Auto`) only.
+    pub fn quantize_int8(&mut self) -> candle_core::Result<()> {
+        for part in self.parts_mut() {
+            if let PartMut::Linear(l) = part {
+                l.quantize_int8()?;
             }
         }
         Ok(())

@@ -1,13 +1,15 @@
 //! Frozen layers with PEFT's LoRA: h = W x + b + s · B(A(dropout(x))), s = alpha / r
 //! (alpha / √r with rsLoRA), and parameter naming as PEFT names things in memory.
 
+use std::sync::Arc;
+
 use anyhow::{bail, Result};
 use candle_core::{DType, Device, Tensor, Var};
 use common::hash::fnv1a;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-use crate::cpu::{Act, DropKey};
+use crate::cpu::{Act, DropKey, Isa, PackedLinear, Precision};
 use crate::ops::{self, Ctx, Frozen};
 use crate::{LoraBias, LoraSettings};
 
@@ -120,13 +122,25 @@ pub(crate) struct Linear {
     unmerged: Option<Tensor>,
     /// Dropout site of the LoRA branch.
     site: u64,
+    /// The format the CPU kernels compute `weight` in, when not f32: bf16 for a bf16 weight on
+    /// the CPU, int8 after `quantize_int8`.
+    precision: Option<Precision>,
+    /// `weight` packed in that format (re-packed whenever `weight` changes).
+    packed: Option<Arc<PackedLinear>>,
 }
 
 impl Linear {
-    pub fn new(path: String, weight: Tensor, bias: Option<Tensor>, conv1d: bool) -> Self {
+    pub fn new(
+        path: String,
+        weight: Tensor,
+        bias: Option<Tensor>,
+        conv1d: bool,
+    ) -> candle_core::Result<Self> {
         let bias = bias.map(Param::Frozen);
         let site = fnv1a(&path);
-        Self {
+        let precision =
+            (weight.device().is_cpu() && weight.dtype() == DType::BF16).then_some(Precision::Bf16);
+        let mut linear = Self {
             path,
             weight,
             conv1d,
@@ -134,7 +148,46 @@ impl Linear {
             lora: None,
             unmerged: None,
             site,
+            precision,
+            packed: None,
+        };
+        linear.repack()?;
+        Ok(linear)
+    }
+
+    /// Packs `weight` for the CPU kernels of `precision` (none for f32).
+    fn repack(&mut self) -> candle_core::Result<()> {
+        self.packed = match self.precision {
+            None => None,
+            Some(p) => {
+                let w = self
+                    .weight
+                    .to_dtype(DType::F32)?
+                    .flatten_all()?
+                    .to_vec1::<f32>()?;
+                let (n_out, n_in, c) = (self.out_features(), self.in_features(), self.conv1d);
+                let isa = Isa::detect(p);
+                Some(Arc::new(match p {
+                    Precision::Bf16 => PackedLinear::bf16(&w, n_out, n_in, c, isa)?,
+                    Precision::Int8 => {
+                        PackedLinear::int8(&w, n_out, n_in, c, isa).map_err(|e| {
+                            candle_core::Error::Msg(format!("{}.weight: {e}", self.path))
+                        })?
+                    }
+                }))
+            }
+        };
+        Ok(())
+    }
+
+    /// From now on the CPU kernels compute this layer with its weight (merged or not) in
+    /// per-channel int8 and activations quantized per row: inference only.
+    pub fn quantize_int8(&mut self) -> candle_core::Result<()> {
+        if !self.weight.device().is_cpu() {
+            candle_core::bail!("{}: int8 weights run on the CPU only", self.path)
         }
+        self.precision = Some(Precision::Int8);
+        self.repack()
     }
 
     pub fn in_features(&self) -> usize {
@@ -156,6 +209,7 @@ impl Linear {
             w: &self.weight,
             b: frozen_bias,
             conv1d: self.conv1d,
+            packed: self.packed.as_ref(),
         };
         if lora.is_none() && trained_bias.is_none() {
             return ops::linear(x, base, act, ctx);
@@ -238,13 +292,15 @@ impl Linear {
             .to_dtype(dtype)?
             .contiguous()?;
         self.unmerged = Some(std::mem::replace(&mut self.weight, merged));
-        Ok(())
+        self.repack()
     }
 
-    pub fn unmerge(&mut self) {
+    pub fn unmerge(&mut self) -> candle_core::Result<()> {
         if let Some(w) = self.unmerged.take() {
             self.weight = w;
+            self.repack()?;
         }
+        Ok(())
     }
 
     pub fn is_merged(&self) -> bool {

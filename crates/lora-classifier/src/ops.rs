@@ -75,6 +75,8 @@ pub(crate) struct Frozen<'a> {
     pub w: &'a Tensor,
     pub b: Option<&'a Tensor>,
     pub conv1d: bool,
+    /// `w` packed for the CPU's bf16 or int8 kernels, which then take f32 activations.
+    pub packed: Option<&'a Arc<cpu::PackedLinear>>,
 }
 
 impl Frozen<'_> {
@@ -97,11 +99,17 @@ impl Frozen<'_> {
     }
 
     fn fused(&self, x: &Tensor, ctx: &Ctx) -> bool {
-        ctx.fused_for(&[x, self.w]) && self.b.is_none_or(|b| ctx.fused_for(&[b]))
+        ctx.fused_for(&[x])
+            && (self.packed.is_some() || ctx.fused_for(&[self.w]))
+            && self.b.is_none_or(|b| ctx.fused_for(&[b]))
     }
 
     fn op(&self, act: Act) -> cpu::FrozenLinear {
-        let (w, b, conv1d) = (self.w.clone(), self.b.cloned(), self.conv1d);
+        let w = match self.packed {
+            Some(p) => cpu::Weight::Packed(p.clone()),
+            None => cpu::Weight::F32(self.w.clone()),
+        };
+        let (b, conv1d) = (self.b.cloned(), self.conv1d);
         cpu::FrozenLinear { w, b, conv1d, act }
     }
 
@@ -131,7 +139,9 @@ pub(crate) fn linear(x: &Tensor, f: Frozen, act: Act, ctx: &Ctx) -> Result<Tenso
     let mut dims = x.dims().to_vec();
     // CUDA's matmul takes only rows at unit stride ([CLS] rows of a batch are not).
     let x2 = x.contiguous()?.flatten_to(dims.len() - 2)?;
-    let w = if f.conv1d { f.w.clone() } else { f.w.t()? };
+    // bf16 weights with f32 activations (the CPU's bf16): the reference computes in f32.
+    let w = f.w.to_dtype(x.dtype())?;
+    let w = if f.conv1d { w } else { w.t()? };
     let mut y = x2.matmul(&w)?;
     if let Some(b) = f.b {
         y = y.broadcast_add(b)?;

@@ -9,7 +9,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 /// The choice keys' values: one definition, shared with the libraries that act on them.
 pub use choices::{
-    DeviceSetting, DtypeSetting, ExportDtype, LoraBias, OptimizerKind, ScheduleKind, Truncation,
+    DeviceSetting, DtypeSetting, EvaluateDtype, ExportDtype, LoraBias, OptimizerKind, ScheduleKind,
+    Truncation,
 };
 use serde::{Deserialize, Serialize};
 use serde_norway::Value;
@@ -135,6 +136,8 @@ pub struct EvaluateConfig {
     /// Also evaluate the validation split.
     pub validation: bool,
     pub batch_size: usize,
+    /// The frozen weights' format in evaluate and predict.
+    pub dtype: EvaluateDtype,
     /// Texts classified for the report (the notebook's examples).
     pub examples: Vec<String>,
 }
@@ -270,6 +273,7 @@ impl Default for EvaluateConfig {
             threshold: 0.5,
             validation: false,
             batch_size: 64,
+            dtype: EvaluateDtype::Auto,
             examples: vec![
                 "This movie was absolutely fantastic! The acting was superb and the plot kept me engaged throughout.".into(),
                 "I really hated this film. It was boring, predictable, and a complete waste of time.".into(),

@@ -457,6 +457,10 @@ pub const NOT_KEYS: &[(&str, &str)] = &[
         "evaluate.batch_size",
         "the probabilities are the same for any batch size",
     ),
+    (
+        "evaluate.dtype",
+        "evaluate records the weights' format it ran with (int8) instead",
+    ),
 ];
 
 /// The config as the stages' keys see it: every key but [`NOT_KEYS`] (what a report shows as

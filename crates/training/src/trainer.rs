@@ -481,7 +481,9 @@ pub fn train(
             };
             // The epoch ends at its last batch, or where the run ends (max_steps).
             let mut epoch_end = b + 1 == per_epoch || step >= total;
-            let mid_eval = settings.eval_every_steps.is_some_and(|k| step % k == 0);
+            let mid_eval = settings
+                .eval_every_steps
+                .is_some_and(|k| step.is_multiple_of(k));
             if epoch_end || mid_eval {
                 let kind = if epoch_end {
                     RecordKind::Epoch
@@ -505,7 +507,8 @@ pub fn train(
                 }
                 Some(position(epoch + 1, 0, &run))
             } else {
-                (step % settings.checkpoint_every_steps == 0).then(|| position(epoch, b + 1, &run))
+                step.is_multiple_of(settings.checkpoint_every_steps)
+                    .then(|| position(epoch, b + 1, &run))
             };
             if let Some(position) = checkpoint {
                 let dir = store.write(&run.snapshot(position)?)?;

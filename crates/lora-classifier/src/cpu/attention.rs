@@ -88,7 +88,7 @@ fn inputs<'a>(t: [(&'a CpuStorage, &'a Layout); 3]) -> Result<([Rows<'a>; 3], [u
 
 /// Every head's share of the hidden size: the heads together write every output column.
 fn head_size(hidden: usize, heads: usize) -> Result<usize> {
-    if heads == 0 || hidden % heads != 0 {
+    if heads == 0 || !hidden.is_multiple_of(heads) {
         bail!("attention: hidden size {hidden} is not a multiple of {heads} heads")
     }
     Ok(hidden / heads)

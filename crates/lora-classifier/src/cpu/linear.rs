@@ -1,6 +1,8 @@
 //! Linear layers with frozen weights, alone or with their LoRA branch, as single ops whose
 //! backward passes compute only the gradients that train (never the frozen weights').
 
+use std::sync::Arc;
+
 use candle_core::{bail, CpuStorage, CustomOp1, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
@@ -10,22 +12,35 @@ use super::matrix::{
     assume_init, assume_init_mut, contiguous, data, gemm_acc, product, uninit_buffer, write_copy,
     Mat,
 };
+use super::packed::PackedLinear;
 use super::simd::{add_dropped, add_inplace};
 use super::{rows_per_task, CHUNK};
 
 /// `x · Wᵀ + b` with a frozen weight, stored [out, in] (nn.Linear) or [in, out] (GPT-2's
 /// Conv1D). The activation is fused only where no gradient is needed (see `ops::linear`).
 pub(crate) struct FrozenLinear {
-    pub w: Tensor,
+    pub w: Weight,
     pub b: Option<Tensor>,
     pub conv1d: bool,
     pub act: Act,
 }
 
+/// A frozen weight as the kernels take it.
+pub(crate) enum Weight {
+    /// f32, computed with the `gemm` crate.
+    F32(Tensor),
+    /// Packed for the bf16 or int8 GEMMs (`packed`).
+    Packed(Arc<PackedLinear>),
+}
+
 impl FrozenLinear {
     /// (out, in)
     fn dims(&self) -> (usize, usize) {
-        let (a, b) = (self.w.dims()[0], self.w.dims()[1]);
+        let w = match &self.w {
+            Weight::F32(w) => w,
+            Weight::Packed(p) => return (p.n_out, p.n_in),
+        };
+        let (a, b) = (w.dims()[0], w.dims()[1]);
         if self.conv1d {
             (b, a)
         } else {
@@ -47,7 +62,17 @@ impl FrozenLinear {
     fn forward(&self, x: &[f32]) -> Result<Vec<f32>> {
         let (n_out, n_in) = self.dims();
         let m = x.len() / n_in;
-        let w = data(&self.w);
+        let w = match &self.w {
+            Weight::F32(w) => data(w),
+            Weight::Packed(p) => {
+                let b = self.b.as_ref().map(data);
+                let b = b.as_ref().map(|b| b.f32()).transpose()?;
+                let mut y = uninit_buffer(m * n_out);
+                p.forward(x, b, &mut y);
+                // SAFETY: `forward` writes every element.
+                return Ok(unsafe { assume_init(y) });
+            }
+        };
         let (x, wt) = (Mat::of(x, m, n_in), self.wt(w.f32()?));
         let Some(b) = &self.b else {
             return Ok(product(x, wt, 1.0));
@@ -65,9 +90,17 @@ impl FrozenLinear {
 
     /// The weight is frozen: only the input gradient, dx = dy · W (no weight-gradient GEMM).
     fn input_grad(&self, g: &[f32]) -> Result<Vec<f32>> {
-        let (n_out, _) = self.dims();
+        let (n_out, n_in) = self.dims();
         let m = g.len() / n_out;
-        let w = data(&self.w);
+        let w = match &self.w {
+            Weight::F32(w) => data(w),
+            Weight::Packed(p) => {
+                let mut dx = uninit_buffer(m * n_in);
+                p.input_grad(g, &mut dx)?;
+                // SAFETY: `input_grad` writes every element.
+                return Ok(unsafe { assume_init(dx) });
+            }
+        };
         Ok(product(Mat::of(g, m, n_out), self.wt(w.f32()?).t(), 1.0))
     }
 

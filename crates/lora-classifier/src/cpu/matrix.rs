@@ -118,6 +118,22 @@ impl<'a> Mat<'a> {
         }
     }
 
+    /// rows × cols with element (r, c) at `r·rs + c·cs`.
+    pub fn general(data: &'a [f32], rows: usize, cols: usize, rs: usize, cs: usize) -> Self {
+        assert!(
+            rows == 0 || cols == 0 || (rows - 1) * rs + (cols - 1) * cs < data.len(),
+            "matrix view out of bounds"
+        );
+        Self {
+            ptr: data.as_ptr(),
+            rows,
+            cols,
+            rs,
+            cs,
+            _data: PhantomData,
+        }
+    }
+
     /// The transpose, as a view.
     pub fn t(self) -> Self {
         Self {

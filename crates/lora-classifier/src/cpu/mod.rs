@@ -7,29 +7,43 @@
 //! whose backward pass computes dx, dA and dB only; attention reads Q, K, V in place; LayerNorm
 //! takes the residual and dropout along; GELU and LayerNorm have hand-written gradients.
 //!
-//! `ops.rs` calls these only for f32 tensors on the CPU; other devices use composed candle ops.
+//! Frozen weights may also be bf16 or int8 (`packed`): the activations stay f32 and only the
+//! frozen layers' GEMMs run in low precision (AVX512-BF16 / AVX512-VNNI microkernels in
+//! `avx512`, a portable fallback elsewhere), as PyTorch's autocast and ONNX Runtime's dynamic
+//! quantization do.
+//!
+//! `ops.rs` calls these only for f32 activations on the CPU; other devices use composed candle
+//! ops or the CUDA kernels.
 //!
 //! - `matrix`: output buffers, tensor data access, strided matrix views, the GEMM;
 //! - `linear`: frozen linear layers and their LoRA branches;
 //! - `norm`: LayerNorm with residual add and dropout;
 //! - `elementwise`: GELU and the activations linear layers fuse;
 //! - `attention`: multi-head attention;
+//! - `packed`: bf16 and int8 weights packed for their GEMMs, and those GEMMs;
+//! - `avx512`: the GEMMs' microkernels and conversions (x86-64, checked at run time);
 //! - `dropout`: the counter-based dropout masks every device reproduces;
 //! - `simd`: the elementwise and row loops, compiled per instruction set.
 
 mod attention;
+#[cfg(target_arch = "x86_64")]
+mod avx512;
 mod dropout;
 mod elementwise;
 mod linear;
 mod matrix;
 mod norm;
+mod packed;
+#[cfg(test)]
+mod packed_tests;
 mod simd;
 
 pub(crate) use attention::Attention;
 pub(crate) use dropout::{layer_site, DropKey, Dropout};
 pub(crate) use elementwise::{Act, Gelu};
-pub(crate) use linear::{FrozenLinear, LoraLinear};
+pub(crate) use linear::{FrozenLinear, LoraLinear, Weight};
 pub(crate) use norm::LayerNorm;
+pub(crate) use packed::{Isa, PackedLinear, Precision, ISA_ENV};
 
 /// Elements per rayon task in elementwise kernels.
 const CHUNK: usize = 16384;

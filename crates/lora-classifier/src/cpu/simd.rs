@@ -383,3 +383,61 @@ simd_fn!(
         }
     }
 );
+
+simd_fn!(
+    /// f32 → bf16 bits, rounded to nearest even.
+    fn bf16_row_portable(src: &[f32], dst: &mut [u16]) {
+        let dst = &mut dst[..src.len()];
+        for i in 0..src.len() {
+            dst[i] = super::packed::bf16_bits(src[i]);
+        }
+    }
+);
+
+/// One row's int8 quantization: dst[i] = round(src[i] / s) + 128 with s = max|src| / 127
+/// (0 for a zero row); returns s, NaN when the row holds NaN or infinity. `max_abs_bits` and
+/// `quantize` are this module's loops or their AVX-512 versions (the same results).
+pub(super) fn quantize_row(
+    src: &[f32],
+    dst: &mut [u8],
+    max_abs_bits: impl Fn(&[f32]) -> u32,
+    quantize: impl Fn(&[f32], &mut [u8], f32),
+) -> f32 {
+    // |x|'s bits order as |x| does; infinity and NaN lie above every finite value.
+    let bits = max_abs_bits(src);
+    let max_abs = f32::from_bits(bits);
+    if bits >= 0x7f80_0000 || max_abs == 0.0 {
+        dst[..src.len()].fill(128);
+        return if max_abs == 0.0 { 0.0 } else { f32::NAN };
+    }
+    quantize(src, dst, 127.0 / max_abs);
+    max_abs / 127.0
+}
+
+simd_fn!(
+    fn max_abs_bits_into(v: &[f32], out: &mut u32) {
+        let mut m = 0u32;
+        for x in v {
+            m = m.max(x.to_bits() & 0x7fff_ffff);
+        }
+        *out = m;
+    }
+);
+
+pub(super) fn max_abs_bits(v: &[f32]) -> u32 {
+    let mut m = 0;
+    max_abs_bits_into(v, &mut m);
+    m
+}
+
+simd_fn!(
+    /// dst[i] = round_ties_even(src[i] · inv) + 128, for |src[i] · inv| ≤ 127.
+    fn quantize_into(src: &[f32], dst: &mut [u8], inv: f32) {
+        let dst = &mut dst[..src.len()];
+        for i in 0..src.len() {
+            // Adding 1.5·2²³ rounds to an integer held in the low mantissa bits (see `exp`).
+            let bits = (src[i] * inv + 12_582_912.0).to_bits();
+            dst[i] = bits.wrapping_sub(0x4b40_0000).wrapping_add(128) as u8;
+        }
+    }
+);

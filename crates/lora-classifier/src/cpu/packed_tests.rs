@@ -1,0 +1,221 @@
+//! The low-precision GEMMs against answers computed here independently, in f64 from the
+//! rounded or quantized operands, on shapes that are not multiples of the tiles (the
+//! microkernels' 8 × 48, the pairs and quads of k), a single row, and with the AVX-512
+//! kernels and the portable fallback (what a CPU without the features runs).
+
+use std::mem::MaybeUninit;
+
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+use super::packed::{bf16_bits, bf16_value, Isa, PackedLinear, Precision};
+
+/// (m, k = in, n = out): one row, k and n below, at and past the tile sizes, odd everywhere.
+const SHAPES: [(usize, usize, usize); 9] = [
+    (1, 1, 1),
+    (1, 7, 5),
+    (3, 2, 48),
+    (8, 4, 49),
+    (9, 33, 47),
+    (17, 64, 96),
+    (65, 130, 97),
+    (70, 385, 145),
+    (128, 384, 1536),
+];
+
+fn isas(p: Precision) -> Vec<Isa> {
+    let mut v = vec![Isa::Portable];
+    if Isa::detect(p) == Isa::Avx512 {
+        v.push(Isa::Avx512);
+    } else {
+        // Visible in the test output: this CPU checks only the fallback.
+        eprintln!("SKIPPED: AVX-512 {p:?} kernels: this CPU lacks the instructions");
+    }
+    v
+}
+
+fn random(n: usize, seed: u64) -> Vec<f32> {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    (0..n).map(|_| rng.random_range(-1.0f32..1.0)).collect()
+}
+
+fn run(f: impl FnOnce(&mut [MaybeUninit<f32>]), n: usize) -> Vec<f32> {
+    let mut y = vec![MaybeUninit::new(f32::NAN); n];
+    f(&mut y);
+    // SAFETY: initialised above (NaN where a kernel failed to write).
+    y.into_iter().map(|v| unsafe { v.assume_init() }).collect()
+}
+
+/// W[o][i] from a weight stored [out, in] or (conv1d) [in, out].
+fn w_at(w: &[f32], n_out: usize, n_in: usize, conv1d: bool, o: usize, i: usize) -> f32 {
+    if conv1d {
+        w[i * n_out + o]
+    } else {
+        w[o * n_in + i]
+    }
+}
+
+/// |got − want| ≤ tol · Σ|terms| + 1e-30 elementwise, where `mag` holds Σ|terms|.
+fn assert_close(got: &[f32], want: &[f64], mag: &[f64], tol: f64, what: &str) {
+    assert_eq!(got.len(), want.len(), "{what}: length");
+    for (j, ((&g, &w), &s)) in got.iter().zip(want).zip(mag).enumerate() {
+        assert!(
+            (g as f64 - w).abs() <= tol * s + 1e-30,
+            "{what}: element {j}: got {g}, want {w} (scale {s})"
+        );
+    }
+}
+
+fn r(x: f32) -> f64 {
+    bf16_value(bf16_bits(x)) as f64
+}
+
+#[test]
+fn bf16_forward_and_input_gradient_equal_f64_products_of_the_rounded_values() {
+    for isa in isas(Precision::Bf16) {
+        for (s, &(m, k, n)) in SHAPES.iter().enumerate() {
+            for conv1d in [false, true] {
+                let what = format!("{isa:?} m {m} k {k} n {n} conv1d {conv1d}");
+                let (x, w, b) = (
+                    random(m * k, s as u64),
+                    random(n * k, 100 + s as u64),
+                    random(n, 7),
+                );
+                let p = PackedLinear::bf16(&w, n, k, conv1d, isa).unwrap();
+                let with_bias = s % 2 == 0;
+                let y = run(|y| p.forward(&x, with_bias.then_some(&b[..]), y), m * n);
+                let (mut want, mut mag) = (vec![0f64; m * n], vec![0f64; m * n]);
+                for i in 0..m {
+                    for o in 0..n {
+                        let mut acc = if with_bias { b[o] as f64 } else { 0.0 };
+                        let mut s = acc.abs();
+                        for q in 0..k {
+                            let t = r(x[i * k + q]) * r(w_at(&w, n, k, conv1d, o, q));
+                            acc += t;
+                            s += t.abs();
+                        }
+                        (want[i * n + o], mag[i * n + o]) = (acc, s);
+                    }
+                }
+                // f32 accumulation of exact products: a few ulps of the magnitude.
+                assert_close(&y, &want, &mag, 1e-5, &format!("forward {what}"));
+
+                let g = random(m * n, 200 + s as u64);
+                let dx = run(|dx| p.input_grad(&g, dx).unwrap(), m * k);
+                let (mut want, mut mag) = (vec![0f64; m * k], vec![0f64; m * k]);
+                for i in 0..m {
+                    for q in 0..k {
+                        let (mut acc, mut s) = (0f64, 0f64);
+                        for o in 0..n {
+                            let t = r(g[i * n + o]) * r(w_at(&w, n, k, conv1d, o, q));
+                            acc += t;
+                            s += t.abs();
+                        }
+                        (want[i * k + q], mag[i * k + q]) = (acc, s);
+                    }
+                }
+                assert_close(&dx, &want, &mag, 1e-5, &format!("input grad {what}"));
+            }
+        }
+    }
+}
+
+/// The scales and integers of symmetric int8 quantization, computed here independently.
+fn quantize(v: &[f32]) -> (f64, Vec<i64>) {
+    let max = v.iter().fold(0f64, |m, x| m.max(x.abs() as f64));
+    if max == 0.0 {
+        return (0.0, vec![0; v.len()]);
+    }
+    let s = (max as f32 / 127.0) as f64;
+    let inv = 127.0 / max as f32;
+    // Rounding x·(127/max) in f32, as the kernels do for activations.
+    let q = v
+        .iter()
+        .map(|&x| (x * inv).round_ties_even() as i64)
+        .collect();
+    (s, q)
+}
+
+#[test]
+fn int8_forward_equals_the_integer_product_of_per_row_and_per_channel_quantization() {
+    for isa in isas(Precision::Int8) {
+        for (s, &(m, k, n)) in SHAPES.iter().enumerate() {
+            for conv1d in [false, true] {
+                let what = format!("{isa:?} m {m} k {k} n {n} conv1d {conv1d}");
+                let (mut x, w, b) = (
+                    random(m * k, s as u64),
+                    random(n * k, 100 + s as u64),
+                    random(n, 7),
+                );
+                // A zero row: scale 0, output = bias.
+                x[..k].fill(0.0);
+                let p = PackedLinear::int8(&w, n, k, conv1d, isa).unwrap();
+                let y = run(|y| p.forward(&x, Some(&b), y), m * n);
+                let mut want = vec![0f64; m * n];
+                let mut exact = vec![0f64; m * n];
+                let wq: Vec<(f64, Vec<i64>)> = (0..n)
+                    .map(|o| {
+                        let row: Vec<f32> = (0..k).map(|q| w_at(&w, n, k, conv1d, o, q)).collect();
+                        // Weights: q = round(w / s) with s = max/127 (division, not 127/max).
+                        let max = row.iter().fold(0f32, |m, x| m.max(x.abs()));
+                        let sw = max / 127.0;
+                        (
+                            sw as f64,
+                            row.iter()
+                                .map(|&x| (x / sw).round_ties_even() as i64)
+                                .collect(),
+                        )
+                    })
+                    .collect();
+                for i in 0..m {
+                    let (sa, qa) = quantize(&x[i * k..(i + 1) * k]);
+                    for o in 0..n {
+                        let (sw, qw) = &wq[o];
+                        let dot: i64 = qa.iter().zip(qw).map(|(a, b)| a * b).sum();
+                        want[i * n + o] =
+                            (sa as f32 * *sw as f32) as f64 * dot as f64 + b[o] as f64;
+                        exact[i * n + o] = b[o] as f64
+                            + (0..k)
+                                .map(|q| x[i * k + q] as f64 * w_at(&w, n, k, conv1d, o, q) as f64)
+                                .sum::<f64>();
+                    }
+                }
+                let mag: Vec<f64> = want.iter().map(|v| v.abs().max(1.0)).collect();
+                assert_close(&y, &want, &mag, 1e-5, &format!("int8 {what}"));
+                // And a useful approximation of the f32 product: within 2% of its scale.
+                let scale = exact.iter().fold(1f64, |m, v| m.max(v.abs()));
+                let err = y
+                    .iter()
+                    .zip(&exact)
+                    .fold(0f64, |m, (&g, &e)| m.max((g as f64 - e).abs()));
+                assert!(
+                    err <= 0.02 * scale,
+                    "int8 {what}: error {err} vs scale {scale}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn int8_has_no_backward_pass_and_rejects_non_finite_weights() {
+    let p = PackedLinear::int8(&[1.0, 2.0], 1, 2, false, Isa::Portable).unwrap();
+    let mut dx = vec![MaybeUninit::new(0f32); 2];
+    let err = p.input_grad(&[1.0], &mut dx).unwrap_err().to_string();
+    assert!(err.contains("no backward pass"), "{err}");
+    let err = PackedLinear::int8(&[1.0, f32::NAN], 2, 1, false, Isa::Portable)
+        .err()
+        .expect("NaN weight")
+        .to_string();
+    assert!(err.contains("channel 1"), "{err}");
+}
+
+#[test]
+fn int8_activations_with_nan_or_inf_give_nan_rows() {
+    for isa in isas(Precision::Int8) {
+        let p = PackedLinear::int8(&random(6, 1), 3, 2, false, isa).unwrap();
+        let y = run(|y| p.forward(&[1.0, f32::INFINITY, 0.5, 0.25], None, y), 6);
+        assert!(y[..3].iter().all(|v| v.is_nan()), "{isa:?}: {y:?}");
+        assert!(y[3..].iter().all(|v| v.is_finite()), "{isa:?}: {y:?}");
+    }
+}
