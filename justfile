@@ -27,12 +27,12 @@ build:
 
 # Each stage that runs appends its wall and CPU time and the load average to
 # <artifacts>/timings.jsonl (`just results` reads them).
-# Run every stage in order: data-prep → tokenize → train → evaluate → report.
+# Run every stage in order: data-prep → tokenize → train → evaluate → report → export.
 all *ARGS: build
     #!/usr/bin/env bash
     set -euo pipefail
     root=$({{run}} {{bin}}/data-prep --config {{config}} "$@" --print-config | sed -n "s/^artifacts: //p" | tr -d "'\"")
-    stages=(data-prep:data tokenize:tokens train:train evaluate:evaluate report:report)
+    stages=(data-prep:data tokenize:tokens train:train evaluate:evaluate report:report export:export)
     for stage_dir in "${stages[@]}"; do
         stage=${stage_dir%%:*} dir=${stage_dir#*:}
         scripts/timed.sh "$root/timings.jsonl" "$stage" --stamp "$root/$dir/stamp.json" -- \
@@ -59,6 +59,10 @@ evaluate *ARGS: build
 report *ARGS: build
     {{run}} {{bin}}/report --config {{config}} "$@"
 
+# Merge the adapter into the model → artifacts/export, a Hugging Face checkpoint (transformers' pipeline, predict --model).
+export *ARGS: build
+    {{run}} {{bin}}/export --config {{config}} "$@"
+
 # Classify texts given as arguments (or stdin with no arguments).
 predict *TEXTS: build
     {{run}} {{bin}}/predict --config {{config}} "$@"
@@ -73,10 +77,11 @@ smoke: build
     set -euo pipefail
     sets=(--set artifacts=artifacts-smoke --set data.max_train=200 --set data.max_validation=200
           --set data.max_test=400 --set training.epochs=1 --set training.checkpoint_every_steps=5)
-    for stage in data-prep tokenize train evaluate report; do
+    for stage in data-prep tokenize train evaluate report export; do
         {{run}} "{{bin}}/$stage" --config {{config}} "${sets[@]}"
     done
     {{run}} "{{bin}}/predict" --config {{config}} "${sets[@]}" "A wonderful, moving film." "Dull and far too long."
+    {{run}} "{{bin}}/predict" --config {{config}} "${sets[@]}" --model artifacts-smoke/export --json "A wonderful, moving film."
 
 # Build the stages and imdb-lora with CUDA for Hopper GPUs → target/cuda/release (toolkit from PyPI wheels in .cuda/).
 build-cuda:

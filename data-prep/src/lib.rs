@@ -37,7 +37,8 @@ impl StageInputs for DataPrep {
     }
 
     fn inputs(&mut self, ctx: &Context) -> Result<Inputs> {
-        let source = source::resolve(&ctx.config.data.source)?;
+        let data = &ctx.config.data;
+        let source = source::resolve(&data.source, &data.revision)?;
         let sources = source.input_hashes()?;
         self.source = Some(source);
         Ok(Inputs {
@@ -66,6 +67,8 @@ impl Stage for DataPrep {
         let summary = DataSummary {
             source: config.data.source.clone(),
             source_kind: source.kind().into(),
+            revision: config.data.revision.clone(),
+            resolved_commit: source.resolved_commit(),
             source_hash: hash_bytes(
                 inputs
                     .sources

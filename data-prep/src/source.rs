@@ -26,7 +26,6 @@ const HUB_FILES: [&str; 2] = [
     "plain_text/train-00000-of-00001.parquet",
     "plain_text/test-00000-of-00001.parquet",
 ];
-const HUB_REVISION: &str = "main";
 const SPLITS: [&str; 2] = ["train", "test"];
 /// Stanford's folder per label: index = label.
 const LABEL_DIRS: [&str; 2] = ["neg", "pos"];
@@ -73,11 +72,11 @@ fn is_local(source: &str) -> bool {
 }
 
 /// Finds the files `source` stands for (hub files are resolved through the
-/// HF cache, downloading only when allowed).
-pub fn resolve(source: &str) -> Result<Source> {
+/// HF cache at `revision`, downloading only when allowed).
+pub fn resolve(source: &str, revision: &str) -> Result<Source> {
     if !is_local(source) {
         let [train, test] =
-            HUB_FILES.map(|file| pipeline::hub::dataset_file(source, HUB_REVISION, file));
+            HUB_FILES.map(|file| pipeline::hub::dataset_file(source, revision, file));
         return Ok(Source::Parquet {
             hub: true,
             train: vec![train?],
@@ -149,6 +148,19 @@ fn parquet_shards(dir: &Path, split: &str) -> Result<Vec<PathBuf>> {
 
 impl Source {
     /// How `summary.json` names the kind of source.
+    /// The hub commit the files came from (their snapshot in the HF cache); `None` for local
+    /// sources.
+    pub fn resolved_commit(&self) -> Option<String> {
+        match self {
+            Source::Parquet {
+                hub: true, train, ..
+            } => train
+                .first()
+                .and_then(|p| pipeline::hub::snapshot_commit(p)),
+            _ => None,
+        }
+    }
+
     pub fn kind(&self) -> &'static str {
         match self {
             Source::Parquet { hub: true, .. } => "hub dataset",

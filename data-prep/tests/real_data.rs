@@ -38,6 +38,17 @@ fn real_imdb_splits_into_2500_5000_20000() {
         config.data.train_fraction = 0.1; // the repository's setting
         let out = data_prep_with_hub_cache(&config_file(&root, &config), &[], &hub_cache);
         assert!(out.status.success(), "{}", stderr(&out));
+        // The hub dataset's summary names the commit `main` resolved to in the cache.
+        let summary: pipeline::data::DataSummary = serde_json::from_str(
+            &std::fs::read_to_string(config.artifacts.join("data/summary.json")).unwrap(),
+        )
+        .unwrap();
+        let want = (name == "hub").then(|| {
+            let refs = hub_cache.join("datasets--stanfordnlp--imdb/refs/main");
+            std::fs::read_to_string(refs).unwrap().trim().to_string()
+        });
+        assert_eq!(summary.resolved_commit, want, "{name}");
+        assert_eq!(summary.revision, "main");
         let [train, validation, test] = read_splits(&config.artifacts.join("data"));
         assert_eq!(
             (train.len(), validation.len(), test.len()),
@@ -63,11 +74,11 @@ fn real_imdb_splits_into_2500_5000_20000() {
 #[test]
 fn real_tarball_and_hub_parquet_hold_the_same_reviews() {
     let (snapshot, tarball) = require!(real_imdb());
-    let parquet = source::resolve(&snapshot.display().to_string())
+    let parquet = source::resolve(&snapshot.display().to_string(), "main")
         .unwrap()
         .load()
         .unwrap();
-    let tar = source::resolve(&tarball.display().to_string())
+    let tar = source::resolve(&tarball.display().to_string(), "main")
         .unwrap()
         .load()
         .unwrap();

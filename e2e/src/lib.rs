@@ -95,6 +95,7 @@ pub fn run_chain(c: &Config) -> Result<Vec<StageId>> {
         ran(train::run(c, false).context("train")?),
         ran(evaluate::run(c, &choice, false).context("evaluate")?),
         ran(report::stage::run(c, false).context("report")?),
+        ran(export::run(c, false).context("export")?),
     ];
     Ok(StageId::ALL
         .into_iter()
@@ -163,12 +164,14 @@ pub fn stage_states(c: &Config) -> Result<Vec<(StageId, pipeline::status::State)
     let mut train = train::Train::default();
     let mut evaluate = evaluate::Evaluate::new(evaluate::ModelChoice::default());
     let mut report = report::stage::Report;
-    let mut stages: [&mut dyn pipeline::runner::StageInputs; 5] = [
+    let mut export = export::Export::default();
+    let mut stages: [&mut dyn pipeline::runner::StageInputs; 6] = [
         &mut data_prep,
         &mut tokenize,
         &mut train,
         &mut evaluate,
         &mut report,
+        &mut export,
     ];
     pipeline::status::status(c, &mut stages)
 }

@@ -12,12 +12,13 @@ use std::process::Command;
 use source_identity::{compute, workspace_root};
 
 /// (package, the identity its build compiled in), in pipeline order.
-const STAGES: [(&str, &str); 5] = [
+const STAGES: [(&str, &str); 6] = [
     ("data-prep", data_prep::CODE),
     ("tokenize", tokenize::CODE),
     ("train", train::CODE),
     ("evaluate", evaluate::CODE),
     ("report", report::stage::CODE),
+    ("export", export::CODE),
 ];
 
 fn root() -> PathBuf {
@@ -74,7 +75,11 @@ fn each_stage_was_built_with_the_identity_of_its_source() {
     let mut unique = here.clone();
     unique.sort();
     unique.dedup();
-    assert_eq!(unique.len(), 5, "each stage has its own identity");
+    assert_eq!(
+        unique.len(),
+        STAGES.len(),
+        "each stage has its own identity"
+    );
 }
 
 #[test]

@@ -13,9 +13,9 @@ use pipeline::stamp::Stamp;
 use pipeline::tokens::TokenSplit;
 use pipeline::{Config, Layout, Split, StageId};
 
-use StageId::{DataPrep, Evaluate, Report, Tokenize, Train};
+use StageId::{DataPrep, Evaluate, Export, Report, Tokenize, Train};
 
-const ALL: [StageId; 5] = StageId::ALL;
+const ALL: [StageId; 6] = StageId::ALL;
 /// No stage did work.
 const NONE: [StageId; 0] = [];
 
@@ -47,6 +47,7 @@ const ARTIFACTS: &[&str] = &[
     "train/adapter/adapter_model.safetensors",
     "train/history.parquet",
     "train/summary.json",
+    "train/log.jsonl",
     "train/stamp.json",
     "evaluate/predictions.parquet",
     "evaluate/metrics.json",
@@ -61,6 +62,11 @@ const ARTIFACTS: &[&str] = &[
     "report/confusion_matrix.svg",
     "report/probability_histogram.svg",
     "report/stamp.json",
+    "export/config.json",
+    "export/model.safetensors",
+    "export/tokenizer.json",
+    "export/tokenizer_config.json",
+    "export/stamp.json",
 ];
 
 #[test]
@@ -134,9 +140,13 @@ fn a_changed_key_reruns_the_stages_that_read_it_and_those_after() {
     chain(&c);
 
     let (ran, _) = rerun_with(&mut c, |c| c.training.learning_rate = 2e-2);
-    assert_eq!(ran, [Train, Evaluate, Report], "training.learning_rate");
+    assert_eq!(
+        ran,
+        [Train, Evaluate, Report, Export],
+        "training.learning_rate"
+    );
     let (ran, _) = rerun_with(&mut c, |c| c.lora.r = 2);
-    assert_eq!(ran, [Train, Evaluate, Report], "lora.r");
+    assert_eq!(ran, [Train, Evaluate, Report, Export], "lora.r");
     let (ran, _) = rerun_with(&mut c, |c| c.evaluate.threshold = 0.3);
     assert_eq!(ran, [Evaluate, Report], "evaluate.threshold");
     let (ran, changed_files) = rerun_with(&mut c, |c| {
@@ -149,7 +159,15 @@ fn a_changed_key_reruns_the_stages_that_read_it_and_those_after() {
         "the SVGs are gone"
     );
     let (ran, _) = rerun_with(&mut c, |c| c.model.max_len = 20);
-    assert_eq!(ran, [Tokenize, Train, Evaluate, Report], "model.max_len");
+    assert_eq!(
+        ran,
+        [Tokenize, Train, Evaluate, Report, Export],
+        "model.max_len"
+    );
+    let (ran, _) = rerun_with(&mut c, |c| {
+        c.export.dtype = pipeline::config::ExportDtype::F16
+    });
+    assert_eq!(ran, [Export], "export.dtype");
 }
 
 #[test]

@@ -12,7 +12,7 @@ use pipeline::stamp::Change;
 use pipeline::status::{render, State};
 use pipeline::{Config, StageId};
 
-use StageId::{DataPrep, Evaluate, Report, Tokenize, Train};
+use StageId::{DataPrep, Evaluate, Export, Report, Tokenize, Train};
 
 fn setup() -> (tempfile::TempDir, Config) {
     let tmp = tempfile::tempdir().unwrap();
@@ -95,6 +95,7 @@ fn empty_partial_complete_and_edited_trees() {
             (Train, State::NeverRan),
             (Evaluate, State::NeverRan),
             (Report, State::NeverRan),
+            (Export, State::NeverRan),
         ],
         "{}",
         render(&partial)
@@ -132,6 +133,7 @@ fn empty_partial_complete_and_edited_trees() {
         (Report, State::Waits(vec![Train, Evaluate])),
         "{shown}"
     );
+    assert_eq!(edited[5], (Export, State::Waits(vec![Train])), "{shown}");
     c.training.learning_rate = lr;
     all_up_to_date(&c);
 

@@ -118,6 +118,7 @@ fn leftovers_of_killed_runs_are_cleaned_and_an_interrupted_commit_undone() {
             "checkpoints",
             "data",
             "evaluate",
+            "export",
             "report",
             "tokens",
             "train"

@@ -31,7 +31,9 @@ pub struct ModelChoice {
     #[arg(long, value_name = "DIR")]
     pub model: Option<PathBuf>,
     /// A PEFT LoRA adapter folder (adapter_config.json + adapter_model.safetensors) to use
-    /// instead of artifacts/train/adapter; one trained in Python with PEFT works too.
+    /// instead of artifacts/train/adapter; one trained in Python with PEFT works too. Without
+    /// it, a --model that has a trained classification head (an export: `just export`, or
+    /// any fine-tuned 2-label classifier) is used as it is.
     #[arg(long, value_name = "DIR")]
     pub adapter: Option<PathBuf>,
 }
@@ -40,7 +42,8 @@ pub struct ModelChoice {
 pub struct Classifier {
     pub model: SequenceClassifier,
     pub model_dir: PathBuf,
-    pub adapter_dir: PathBuf,
+    /// None: the model is a classifier as it is (an export, LoRA merged, head included).
+    pub adapter_dir: Option<PathBuf>,
     device: Device,
 }
 
@@ -49,6 +52,12 @@ impl Classifier {
     /// weights (one matmul per layer instead of three).
     pub fn load(config: &Config, choice: &ModelChoice) -> Result<Self> {
         let model_dir = resolve_model_dir(config, choice)?;
+        if choice.model.is_some() && choice.adapter.is_none() {
+            let checkpoint = Checkpoint::open(&model_dir)?;
+            if checkpoint.has_head() {
+                return Self::open_classifier(config, &checkpoint);
+            }
+        }
         let adapter_dir = match &choice.adapter {
             Some(dir) => dir.clone(),
             None => trained_adapter(config, &model_dir, choice.model.is_some())?,
@@ -70,11 +79,7 @@ impl Classifier {
         device: Device,
         weights: Weights,
     ) -> Result<Self> {
-        // int8 quantizes the merged f32 weights.
-        let dtype = match weights {
-            Weights::Dtype(dtype) => dtype,
-            Weights::Int8 => DType::F32,
-        };
+        let dtype = weights.load_dtype();
         let checkpoint = Checkpoint::open(&model_dir)?;
         let mut model = SequenceClassifier::load_adapter(&checkpoint, &adapter_dir, &device, dtype)
             .with_context(|| {
@@ -91,7 +96,23 @@ impl Classifier {
         Ok(Self {
             model,
             model_dir,
-            adapter_dir,
+            adapter_dir: Some(adapter_dir),
+            device,
+        })
+    }
+
+    /// Loads a checkpoint that is a trained classifier (its head included) as it is.
+    fn open_classifier(config: &Config, checkpoint: &Checkpoint) -> Result<Self> {
+        let (device, weights) = device_and_weights(config)?;
+        let dtype = weights.load_dtype();
+        let mut model = SequenceClassifier::new(checkpoint, None, config.seed, &device, dtype)?;
+        if weights == Weights::Int8 {
+            model.quantize_int8()?;
+        }
+        Ok(Self {
+            model,
+            model_dir: checkpoint.dir().to_path_buf(),
+            adapter_dir: None,
             device,
         })
     }
@@ -168,6 +189,14 @@ pub(crate) enum Weights {
 }
 
 impl Weights {
+    /// The dtype the weights are loaded in: int8 quantizes the merged f32 weights.
+    fn load_dtype(self) -> DType {
+        match self {
+            Weights::Dtype(dtype) => dtype,
+            Weights::Int8 => DType::F32,
+        }
+    }
+
     /// As the evaluate stamp records it.
     pub(crate) fn name(self) -> &'static str {
         match self {
@@ -223,9 +252,14 @@ fn trained_adapter(config: &Config, model_dir: &Path, model_chosen: bool) -> Res
         );
     };
     let keys: &[&str] = if model_chosen {
-        &["model.max_len"]
+        &["model.max_len", "model.truncation"]
     } else {
-        &["model.source", "model.revision", "model.max_len"]
+        &[
+            "model.source",
+            "model.revision",
+            "model.max_len",
+            "model.truncation",
+        ]
     };
     let now = config.sections(keys);
     for key in keys {
@@ -282,5 +316,8 @@ pub fn encoder_for(config: &Config, model_dir: Option<&Path>) -> Result<TextEnco
             pipeline::hub::model_dir(&config.model.source, &config.model.revision, false, true)?
         }
     };
-    TextEncoder::for_model(&dir, config.model.max_len)
+    Ok(
+        TextEncoder::for_model(&dir, config.model.max_len)?
+            .with_truncation(config.model.truncation),
+    )
 }

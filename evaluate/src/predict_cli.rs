@@ -12,7 +12,8 @@ use pipeline::predictions::ExamplePrediction;
 ///
 /// Texts come from the arguments, from --file (one per line), or from
 /// standard input (one per line). Uses this run's model and adapter unless
-/// --model/--adapter name others.
+/// --model/--adapter name others; `--model artifacts/export` (no adapter) uses
+/// the merged export.
 #[derive(Parser)]
 #[command(name = "predict", version)]
 pub struct Cli {
@@ -23,7 +24,8 @@ pub struct Cli {
     /// Read texts from this file, one per line.
     #[arg(long, value_name = "PATH", conflicts_with = "texts")]
     file: Option<PathBuf>,
-    /// Print one JSON object per text instead of a table.
+    /// Print one JSON object per text instead of a table: text, label and score as
+    /// transformers' text-classification pipeline gives them, and prob_positive.
     #[arg(long)]
     json: bool,
     /// The texts to classify.
@@ -69,7 +71,8 @@ where
         for (text, p) in texts.iter().zip(probs) {
             let pred = ExamplePrediction::new(text, p, config.evaluate.threshold);
             if args.json {
-                println!("{}", serde_json::to_string(&pred)?);
+                let line = JsonLine::new(text, p, config.evaluate.threshold);
+                println!("{}", serde_json::to_string(&line)?);
             } else {
                 // Texts may hold escape and bidi control characters: print them inert.
                 let text = pipeline::cli::terminal_safe(text);
@@ -78,4 +81,27 @@ where
         }
         Ok(())
     });
+}
+
+/// One `--json` line: `label` and `score` as transformers' text-classification pipeline gives
+/// them for an export (the id2label name; the predicted label's probability), and P(positive).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct JsonLine {
+    pub text: String,
+    pub label: String,
+    pub score: f64,
+    pub prob_positive: f64,
+}
+
+impl JsonLine {
+    pub fn new(text: &str, prob_positive: f64, threshold: f64) -> Self {
+        let pred = ExamplePrediction::new(text, prob_positive, threshold);
+        let positive = prob_positive >= threshold;
+        Self {
+            text: pred.text,
+            label: lora_classifier::LABELS[usize::from(positive)].to_string(),
+            score: pred.probability,
+            prob_positive,
+        }
+    }
 }

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
 use common::*;
+use evaluate::predict_cli::JsonLine;
 use evaluate::{Classifier, ModelChoice};
 use pipeline::predictions::ExamplePrediction;
 
@@ -189,11 +190,72 @@ fn json_prints_one_object_per_line() {
     assert_eq!(lines.len(), 2, "{out}");
     for ((line, text), p) in lines.iter().zip(texts).zip(&want) {
         let value: serde_json::Value = serde_json::from_str(line).unwrap();
-        assert!(value.is_object(), "{line}");
-        let e: ExamplePrediction = serde_json::from_value(value).unwrap();
+        let keys: Vec<&str> = value
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(|k| k.as_str())
+            .collect();
+        assert_eq!(keys, ["label", "prob_positive", "score", "text"], "{line}");
+        let e: JsonLine = serde_json::from_value(value).unwrap();
         assert_eq!(e.text, text);
         assert!((e.prob_positive - p).abs() < 1e-9, "{line} vs {p}");
-        assert_eq!(e, ExamplePrediction::new(text, e.prob_positive, 0.5));
+        // As transformers' pipeline: the id2label name and that label's probability.
+        let (label, score) = if *p >= 0.5 {
+            ("positive", *p)
+        } else {
+            ("negative", 1.0 - p)
+        };
+        assert_eq!(e.label, label, "{line}");
+        assert!((e.score - score).abs() < 1e-9, "{line}");
+    }
+}
+
+/// `--model <export>` without an adapter: the merged export classifies as base + adapter do.
+#[test]
+fn predict_loads_a_merged_export_without_an_adapter() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let texts = [
+        "Great fun.",
+        "The worst movie I have seen this year.",
+        "Meh.",
+    ];
+    let want = expected_probs(root, &texts);
+    let ckpt = lora_classifier::Checkpoint::open(&bert_base()).unwrap();
+    let model = lora_classifier::SequenceClassifier::load_adapter(
+        &ckpt,
+        &bert_adapter(),
+        &candle_core::Device::Cpu,
+        candle_core::DType::F32,
+    )
+    .unwrap();
+    let export = root.join("export");
+    let options = lora_classifier::ExportOptions {
+        dtype: lora_classifier::ExportDtype::F32,
+        max_len: 24,
+        truncation: lora_classifier::Truncation::Head,
+    };
+    model.export_merged(&ckpt, &export, options).unwrap();
+    let o = Command::new(PREDICT)
+        .arg("--config")
+        .arg(config_file(root))
+        .arg("--model")
+        .arg(&export)
+        .arg("--json")
+        .args(texts)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = stdout(&o);
+    let got: Vec<JsonLine> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(got.len(), texts.len(), "{out}");
+    for (line, p) in got.iter().zip(&want) {
+        assert!((line.prob_positive - p).abs() < 1e-6, "{line:?} vs {p}");
     }
 }
 

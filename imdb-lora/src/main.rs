@@ -34,6 +34,10 @@ const COMMANDS: &[(&str, &str)] = &[
         "report",
         "figures and the HTML/Markdown report → artifacts/report",
     ),
+    (
+        "export",
+        "the adapter merged into the model, a Hugging Face checkpoint → artifacts/export",
+    ),
     ("predict", "classify new texts"),
     (
         "status",
@@ -88,6 +92,7 @@ fn main() {
         "train" => train::cli::main(argv),
         "evaluate" => evaluate::cli::main(argv),
         "report" => report::cli::main(argv),
+        "export" => export::cli::main(argv),
         "predict" => evaluate::predict_cli::main(argv),
         "status" => status::main(argv),
         "bench" => bench::main(argv),

@@ -35,12 +35,14 @@ pub fn states(config: &Config) -> Result<Vec<(StageId, State)>> {
     let mut train = train::Train::default();
     let mut evaluate = evaluate::Evaluate::new(evaluate::ModelChoice::default());
     let mut report = report::stage::Report;
-    let mut stages: [&mut dyn StageInputs; 5] = [
+    let mut export = export::Export::default();
+    let mut stages: [&mut dyn StageInputs; 6] = [
         &mut data_prep,
         &mut tokenize,
         &mut train,
         &mut evaluate,
         &mut report,
+        &mut export,
     ];
     status::status(config, &mut stages)
 }

@@ -7,12 +7,13 @@ use std::process::{Command, Output};
 
 const BIN: &str = env!("CARGO_BIN_EXE_imdb-lora");
 /// The commands that read the pipeline config.
-const STAGES: [&str; 6] = [
+const STAGES: [&str; 7] = [
     "data-prep",
     "tokenize",
     "train",
     "evaluate",
     "report",
+    "export",
     "predict",
 ];
 
@@ -80,7 +81,7 @@ fn printed_config_is_accepted_back_by_every_stage() {
     let file = tmp.path().join("train.yaml");
     let out = run(tmp.path(), &["status", "--config", file.to_str().unwrap()]);
     let text = String::from_utf8(out.stdout).unwrap();
-    assert_eq!(text.matches("not run: no outputs yet").count(), 5, "{text}");
+    assert_eq!(text.matches("not run: no outputs yet").count(), 6, "{text}");
 }
 
 #[test]

@@ -20,6 +20,15 @@ fn read_json<T: serde::de::DeserializeOwned>(path: &std::path::Path) -> Result<T
         .with_context(|| format!("{} is not what this program wrote", path.display()))
 }
 
+/// A hub source with the revision asked for and the commit it resolved to ("org/name @ main =
+/// 1a2b3c…"), so that a result names exactly what it was made from; a local one as it is.
+fn pinned(source: &str, revision: &str, commit: &Option<String>) -> String {
+    match commit {
+        Some(commit) => format!("{source} @ {revision} = {commit}"),
+        None => source.to_string(),
+    }
+}
+
 /// The source identity of this stage's code (its build script computes it).
 pub const CODE: &str = env!("STAGE_IDENTITY");
 
@@ -81,7 +90,14 @@ fn gather(config: &Config, layout: &Layout) -> Result<ReportInputs> {
     let l = &config.lora;
     let run = kv(vec![
         ("seed", config.seed.to_string()),
-        ("model", config.model.source.clone()),
+        (
+            "model",
+            pinned(
+                &config.model.source,
+                &train.model_revision,
+                &train.model_commit,
+            ),
+        ),
         ("max_len", config.model.max_len.to_string()),
         (
             "LoRA",
@@ -124,7 +140,11 @@ fn gather(config: &Config, layout: &Layout) -> Result<ReportInputs> {
     let data_table = vec![
         (
             "source".to_string(),
-            format!("{} ({})", data.source, data.source_kind),
+            format!(
+                "{} ({})",
+                pinned(&data.source, &data.revision, &data.resolved_commit),
+                data.source_kind
+            ),
         ),
         split("train", &data.train),
         split("validation", &data.validation),

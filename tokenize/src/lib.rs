@@ -81,7 +81,8 @@ impl Stage for Tokenize {
     /// `data/{split}.parquet` → `tokens/{split}.safetensors` and the summary.
     fn run(&mut self, ctx: &Context, _: &Inputs, out: &Path) -> Result<TokensSummary> {
         let model = &ctx.config.model;
-        let encoder = TextEncoder::for_model(&self.model_dir, model.max_len)?;
+        let encoder = TextEncoder::for_model(&self.model_dir, model.max_len)?
+            .with_truncation(model.truncation);
         // Read and check every split before any work, so a bad one fails fast.
         let splits = Split::ALL
             .into_iter()

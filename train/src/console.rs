@@ -4,7 +4,7 @@
 use std::path::Path;
 
 use pipeline::cli::Progress;
-use training::{Event, Observer, RecordKind, Skipped};
+use training::{Event, JsonLog, Observer, RecordKind, Skipped};
 
 /// Called with a checkpoint's folder and optimizer step after it is written.
 pub type AfterCheckpoint<'h> = dyn FnMut(&Path, u64) + 'h;
@@ -14,13 +14,16 @@ pub type CheckpointHook<'h> = &'h mut AfterCheckpoint<'h>;
 pub struct Console<'a, 'h> {
     progress: Option<Progress>,
     after_checkpoint: Option<&'a mut AfterCheckpoint<'h>>,
+    /// The run's records as JSON lines, written as they come.
+    pub log: JsonLog,
 }
 
 impl<'a, 'h> Console<'a, 'h> {
-    pub fn new(after_checkpoint: Option<&'a mut AfterCheckpoint<'h>>) -> Self {
+    pub fn new(after_checkpoint: Option<&'a mut AfterCheckpoint<'h>>, log: JsonLog) -> Self {
         Self {
             progress: None,
             after_checkpoint,
+            log,
         }
     }
 
@@ -34,6 +37,7 @@ impl<'a, 'h> Console<'a, 'h> {
 
 impl Observer for Console<'_, '_> {
     fn on(&mut self, event: Event<'_>) {
+        self.log.record(&event);
         match event {
             Event::CheckpointSkipped { path, why } => match why {
                 Skipped::Foreign => println!(
@@ -83,6 +87,11 @@ impl Observer for Console<'_, '_> {
                             r.samples_per_s.unwrap_or(0.0)
                         ),
                     );
+                }
+            }
+            Event::Validating { done, total } => {
+                if let Some(p) = &mut self.progress {
+                    p.message(&format!("validating {done}/{total} reviews"));
                 }
             }
             Event::Validated(r) => {

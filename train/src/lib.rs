@@ -23,7 +23,7 @@ use pipeline::tokens::TokenSplit;
 use pipeline::train_summary::{TrainSummary, SUMMARY_FILE};
 use pipeline::{hub, Config, Split, StageId};
 use training::device::{dtype_name, select_device, select_dtype};
-use training::{CheckpointStore, Examples};
+use training::{CheckpointStore, Examples, JsonLog, LOG_FILE};
 
 pub use console::CheckpointHook;
 use console::Console;
@@ -197,7 +197,14 @@ impl Stage for Train<'_> {
         );
         let store = CheckpointStore::new(&ctx.layout.train_checkpoints(), &fingerprint);
         let settings = settings::train_settings(config);
-        let mut console = Console::new(self.after_checkpoint.as_deref_mut());
+        // The log lives beside the checkpoints while the run goes (a resumed run continues
+        // it) and is part of the outputs at the end.
+        let live_log = ctx.layout.train_checkpoints().join(LOG_FILE);
+        println!("train: log → {} (JSON lines)", live_log.display());
+        let mut console = Console::new(
+            self.after_checkpoint.as_deref_mut(),
+            JsonLog::new(&live_log),
+        );
         let outcome = training::train(
             &classifier,
             &examples(&train_split),
@@ -207,6 +214,9 @@ impl Stage for Train<'_> {
             &store,
             &mut console,
         )?;
+        console.log.finish()?;
+        std::fs::copy(&live_log, out.join(LOG_FILE))
+            .with_context(|| format!("cannot copy {}", live_log.display()))?;
 
         classifier.save_adapter(&out.join(ADAPTER_DIR))?;
         let rows: Vec<_> = outcome.history.iter().map(settings::history_row).collect();
@@ -232,6 +242,8 @@ impl Stage for Train<'_> {
             dtype: dtype_name(self.dtype).into(),
             threads,
             resumed_from_step: outcome.resumed_from_step,
+            model_revision: model.revision.clone(),
+            model_commit: hub::snapshot_commit(&self.model_dir),
         };
         pipeline::atomic::write_json(&out.join(SUMMARY_FILE), &summary)?;
         self.store = Some(store);

@@ -146,6 +146,28 @@ choice!(
 );
 
 choice!(
+    /// Which tokens of a review longer than `model.max_len` are kept (`model.truncation`).
+    Truncation, "truncation" {
+        /// The first ones, as `tokenizer(text, truncation=True)` (HF's default).
+        Head = "head",
+        /// The last ones, as HF's `truncation_side="left"`.
+        Tail = "tail",
+        /// The first quarter and the last three quarters of the row (Sun et al. 2019, "How to
+        /// Fine-Tune BERT for Text Classification": head 128 + tail 382 of 510 was best on IMDb).
+        HeadTail = "head_tail",
+    }
+);
+
+choice!(
+    /// The dtype of an export's weights (`export.dtype`): f32 exact, bf16 or f16 half the size.
+    ExportDtype, "export dtype" {
+        F32 = "f32",
+        Bf16 = "bf16",
+        F16 = "f16",
+    }
+);
+
+choice!(
     /// `evaluate.dtype`: the frozen weights' format in evaluate and predict.
     EvaluateDtype, "evaluate dtype" {
         /// As `training.dtype`.
@@ -223,6 +245,8 @@ mod tests {
         round_trip(OptimizerKind::ALL);
         round_trip(ScheduleKind::ALL);
         round_trip(DtypeSetting::ALL);
+        round_trip(ExportDtype::ALL);
+        round_trip(Truncation::ALL);
         round_trip(&[
             DeviceSetting::Auto,
             DeviceSetting::Cpu,

@@ -123,9 +123,12 @@ impl Bert {
 
     pub fn parts(&self) -> Vec<Part<'_>> {
         let mut v = vec![
-            Part::Tensor(&self.word),
-            Part::Tensor(&self.position),
-            Part::Tensor(&self.token_type),
+            Part::Tensor("bert.embeddings.word_embeddings.weight", &self.word),
+            Part::Tensor("bert.embeddings.position_embeddings.weight", &self.position),
+            Part::Tensor(
+                "bert.embeddings.token_type_embeddings.weight",
+                &self.token_type,
+            ),
             Part::Norm(&self.emb_norm),
         ];
         for l in &self.layers {

@@ -97,7 +97,10 @@ impl Gpt2 {
     }
 
     pub fn parts(&self) -> Vec<Part<'_>> {
-        let mut v = vec![Part::Tensor(&self.wte), Part::Tensor(&self.wpe)];
+        let mut v = vec![
+            Part::Tensor("transformer.wte.weight", &self.wte),
+            Part::Tensor("transformer.wpe.weight", &self.wpe),
+        ];
         for blk in &self.blocks {
             v.extend([
                 Part::Norm(&blk.ln_1),

@@ -5,6 +5,7 @@
 //! - `bert`, `gpt2`: the model bodies, computed as transformers computes them.
 //! - `lora`: frozen layers with LoRA branches, PEFT's target matching and parameter names.
 //! - `adapter`: PEFT's adapter format (adapter_config.json + adapter_model.safetensors).
+//! - `export`: a merged Hugging Face checkpoint that plain transformers loads.
 //! - `ops`, `cpu`: the differentiable building blocks; fused f32 CPU kernels with exact
 //!   backward passes, and composed candle ops on other devices and dtypes.
 //! - `runtime`: process-wide CPU setup that binaries call first ([`tune_cpu_runtime`]).
@@ -41,6 +42,7 @@ mod bert;
 mod checkpoint;
 mod cpu;
 mod cuda;
+mod export;
 mod frozen;
 mod gpt2;
 mod lora;
@@ -58,6 +60,7 @@ use common::hash::fnv1a;
 
 pub use checkpoint::{all_finite, Checkpoint};
 use checkpoint::{Config, Loader};
+pub use export::{ExportDtype, ExportOptions, Truncation, EXPORT_FILES, LABELS};
 use lora::{Part, PartMut};
 use ops::{Ctx, KeyMask, MASKED};
 pub use runtime::tune_cpu_runtime;
@@ -95,6 +98,16 @@ pub use choices::LoraBias;
 pub enum Architecture {
     Bert,
     Gpt2,
+}
+
+impl Architecture {
+    /// transformers' class of the sequence classifier (config.json's `architectures`).
+    pub fn hf_classifier(self) -> &'static str {
+        match self {
+            Architecture::Bert => "BertForSequenceClassification",
+            Architecture::Gpt2 => "GPT2ForSequenceClassification",
+        }
+    }
 }
 
 /// How `forward` runs.
@@ -319,6 +332,30 @@ impl SequenceClassifier {
         adapter::save(self, dir)
     }
 
+    /// Writes a merged Hugging Face checkpoint of this model into `dir` (replaced whole, never
+    /// left half-written): config.json, model.safetensors with the LoRA updates folded in and
+    /// the head, and the tokenizer files of `ckpt`, the checkpoint the model was loaded from.
+    /// Fails with `layer_norm` LoRA, which cannot be merged.
+    pub fn export_merged(
+        &self,
+        ckpt: &Checkpoint,
+        dir: &Path,
+        options: ExportOptions,
+    ) -> Result<()> {
+        export::export(self, ckpt, dir, options)
+    }
+
+    /// `export_merged`'s files, written into `out`: an existing folder the caller publishes
+    /// whole (a stage's staging folder).
+    pub fn write_export(
+        &self,
+        ckpt: &Checkpoint,
+        out: &Path,
+        options: ExportOptions,
+    ) -> Result<()> {
+        export::write_files(self, ckpt, out, options)
+    }
+
     /// input_ids, attention_mask: [batch, seq] u32 (or i64) → logits [batch, num_labels] f32.
     pub fn forward(
         &self,
@@ -403,7 +440,7 @@ impl SequenceClassifier {
             match part {
                 Part::Linear(l) => l.trainable(&mut out),
                 Part::Norm(n) => n.trainable(&mut out),
-                Part::Tensor(_) => {}
+                Part::Tensor(..) => {}
             }
         }
         let p = format!(
@@ -424,7 +461,7 @@ impl SequenceClassifier {
             let (a, t) = match part {
                 Part::Linear(l) => l.counts(),
                 Part::Norm(n) => n.counts(),
-                Part::Tensor(t) => (t.elem_count(), 0),
+                Part::Tensor(_, t) => (t.elem_count(), 0),
             };
             all += a;
             trainable += t;

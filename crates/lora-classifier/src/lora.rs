@@ -30,6 +30,14 @@ impl Param {
         }
     }
 
+    /// The value, outside any autograd graph.
+    pub fn detached(&self) -> Tensor {
+        match self {
+            Param::Frozen(t) => t.clone(),
+            Param::Trainable(v) => v.as_detached_tensor(),
+        }
+    }
+
     pub fn elem_count(&self) -> usize {
         match self {
             Param::Frozen(t) => t.elem_count(),
@@ -65,6 +73,20 @@ pub(crate) struct Lora {
 }
 
 impl Lora {
+    /// s·B·A, the update merging adds to the weight ([out, in]; transposed for Conv1D).
+    fn delta(&self, conv1d: bool) -> candle_core::Result<Tensor> {
+        let delta = (self
+            .b
+            .as_detached_tensor()
+            .matmul(&self.a.as_detached_tensor())?
+            * self.scale)?;
+        if conv1d {
+            delta.t()
+        } else {
+            Ok(delta)
+        }
+    }
+
     fn forward(&self, x: &Tensor, site: u64, ctx: &Ctx) -> candle_core::Result<Tensor> {
         let x = ops::dropout(
             &x.to_dtype(DType::F32)?,
@@ -264,12 +286,7 @@ impl Linear {
                 self.path
             )
         }
-        let delta = (lora
-            .b
-            .as_detached_tensor()
-            .matmul(&lora.a.as_detached_tensor())?
-            * lora.scale)?;
-        let delta = if self.conv1d { delta.t()? } else { delta };
+        let delta = lora.delta(self.conv1d)?;
         let dtype = self.weight.dtype();
         let merged = (self.weight.to_dtype(DType::F32)? + delta)?
             .to_dtype(dtype)?
@@ -288,6 +305,31 @@ impl Linear {
 
     pub fn is_merged(&self) -> bool {
         self.unmerged.is_some()
+    }
+
+    /// `<path>.weight` with the LoRA update folded in (computed in f32 from the unmerged
+    /// weight, whether or not the layer is merged) and `<path>.bias`, in f32, as HF names them.
+    pub fn merged_tensors(&self, out: &mut Vec<(String, Tensor)>) -> Result<()> {
+        let base = self.unmerged.as_ref().unwrap_or(&self.weight);
+        let mut weight = base.to_dtype(DType::F32)?;
+        if let Some(lora) = &self.lora {
+            if lora.norm.is_some() {
+                bail!(
+                    "{}: a LoRA branch with layer_norm (lora.layer_norm) cannot be merged into \
+                     the weights",
+                    self.path
+                )
+            }
+            weight = (weight + lora.delta(self.conv1d)?)?;
+        }
+        out.push((format!("{}.weight", self.path), weight.contiguous()?));
+        if let Some(b) = &self.bias {
+            out.push((
+                format!("{}.bias", self.path),
+                b.detached().to_dtype(DType::F32)?,
+            ));
+        }
+        Ok(())
     }
 
     fn peft_path(&self) -> String {
@@ -377,6 +419,17 @@ impl Norm {
         )
     }
 
+    /// `<path>.weight` and `<path>.bias` (trained or not), in f32, as HF names them.
+    pub fn tensors(&self, out: &mut Vec<(String, Tensor)>) -> Result<()> {
+        let bias = self.bias.detached().to_dtype(DType::F32)?;
+        out.push((
+            format!("{}.weight", self.path),
+            self.weight.to_dtype(DType::F32)?,
+        ));
+        out.push((format!("{}.bias", self.path), bias));
+        Ok(())
+    }
+
     pub fn trainable(&self, out: &mut Vec<(String, Var)>) {
         if let Some(v) = self.bias.var() {
             out.push((format!("base_model.model.{}.bias", self.path), v.clone()));
@@ -396,8 +449,8 @@ impl Norm {
 pub(crate) enum Part<'a> {
     Linear(&'a Linear),
     Norm(&'a Norm),
-    /// A frozen tensor (embeddings), counted only.
-    Tensor(&'a Tensor),
+    /// A frozen tensor (embeddings) and its Hugging Face name.
+    Tensor(&'static str, &'a Tensor),
 }
 
 pub(crate) enum PartMut<'a> {

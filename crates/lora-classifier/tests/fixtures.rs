@@ -6,7 +6,10 @@ mod common;
 use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::loss::cross_entropy;
 use common::{assert_close, max_diff, scalar, Fixture};
-use lora_classifier::{Kernels, LoraBias, LoraSettings, Mode, SequenceClassifier};
+use lora_classifier::{
+    Checkpoint, ExportDtype, ExportOptions, Kernels, LoraBias, LoraSettings, Mode,
+    SequenceClassifier,
+};
 
 const TOL: f32 = 1e-4;
 const ARCHS: [&str; 2] = ["bert-tiny-lora", "gpt2-tiny-lora"];
@@ -187,6 +190,23 @@ fn training_trajectory_and_merge() {
             f.get("merged_logits"),
             TOL,
             &format!("{name} merged_logits"),
+        );
+        // The trained model exported as a plain HF checkpoint and loaded back without LoRA:
+        // PEFT's merge_and_unload() logits.
+        let tmp = tempfile::tempdir().unwrap();
+        let options = ExportOptions {
+            dtype: ExportDtype::F32,
+            max_len: 24,
+            truncation: lora_classifier::Truncation::Head,
+        };
+        m.export_merged(&f.ckpt, tmp.path(), options).unwrap();
+        let exported = Checkpoint::open(tmp.path()).unwrap();
+        let plain = SequenceClassifier::new(&exported, None, 0, &Device::Cpu, DType::F32).unwrap();
+        assert_close(
+            &plain.forward(&f.ids, &f.mask, Mode::Inference).unwrap(),
+            f.get("merged_logits"),
+            TOL,
+            &format!("{name} exported merged_logits"),
         );
     }
 }

@@ -2,6 +2,7 @@
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
+use std::sync::OnceLock;
 use std::time::Instant;
 
 use anyhow::Result;
@@ -25,11 +26,43 @@ pub struct ConfigArgs {
     /// Run even if the outputs are up to date.
     #[arg(long)]
     pub force: bool,
+    /// Progress on stderr: text (a bar on a terminal, else a line every few seconds) or json
+    /// (one JSON object per line: stage, done, total, message, elapsed_s), for CI.
+    #[arg(long, value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+}
+
+/// How progress is reported (`--log-format`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+/// The process's `--log-format`, set when a stage's options are loaded.
+static LOG_FORMAT: OnceLock<LogFormat> = OnceLock::new();
+
+pub fn log_format() -> LogFormat {
+    LOG_FORMAT.get().copied().unwrap_or_default()
+}
+
+/// A progress report as `--log-format json` prints it.
+pub fn progress_json(stage: &str, done: u64, total: u64, message: &str, elapsed_s: f64) -> String {
+    serde_json::json!({
+        "stage": stage,
+        "done": done,
+        "total": total,
+        "message": message,
+        "elapsed_s": (elapsed_s * 10.0).round() / 10.0,
+    })
+    .to_string()
 }
 
 impl ConfigArgs {
     /// The effective config, or `None` after printing it for `--print-config`.
     pub fn load(&self) -> Result<Option<Config>> {
+        let _ = LOG_FORMAT.set(self.log_format);
         let config = Config::load(&self.config, &self.overrides)?;
         if self.print_config {
             print!("{}", config.to_yaml());
@@ -97,7 +130,8 @@ pub struct Progress {
 
 impl Progress {
     pub fn new(label: &str, total: u64) -> Self {
-        let bar = std::io::stderr().is_terminal().then(|| {
+        let text = log_format() == LogFormat::Text;
+        let bar = (text && std::io::stderr().is_terminal()).then(|| {
             let bar = ProgressBar::new(total);
             bar.set_style(
                 ProgressStyle::with_template(
@@ -128,15 +162,46 @@ impl Progress {
                 bar.inc(n);
             }
             None => {
-                if self.last_log.elapsed().as_secs_f64() >= 10.0 || self.done == self.total {
-                    self.last_log = Instant::now();
-                    eprintln!(
-                        "{}: {}/{} {message} ({:.0}s)",
-                        self.label,
-                        self.done,
-                        self.total,
-                        self.started.elapsed().as_secs_f64()
-                    );
+                if self.last_log.elapsed().as_secs_f64() >= self.log_every()
+                    || self.done == self.total
+                {
+                    self.log(message);
+                }
+            }
+        }
+    }
+
+    /// Seconds between log lines without a terminal: JSON consumers want them more often.
+    fn log_every(&self) -> f64 {
+        match log_format() {
+            LogFormat::Text => 10.0,
+            LogFormat::Json => 2.0,
+        }
+    }
+
+    fn log(&mut self, message: &str) {
+        self.last_log = Instant::now();
+        let elapsed = self.started.elapsed().as_secs_f64();
+        match log_format() {
+            LogFormat::Text => eprintln!(
+                "{}: {}/{} {message} ({elapsed:.0}s)",
+                self.label, self.done, self.total
+            ),
+            LogFormat::Json => eprintln!(
+                "{}",
+                progress_json(&self.label, self.done, self.total, message, elapsed)
+            ),
+        }
+    }
+
+    /// Shows `message` without advancing (work within a step, such as a validation); without
+    /// a terminal, a log line at most every few seconds.
+    pub fn message(&mut self, message: &str) {
+        match &self.bar {
+            Some(bar) => bar.set_message(message.to_string()),
+            None => {
+                if self.last_log.elapsed().as_secs_f64() >= self.log_every() {
+                    self.log(message);
                 }
             }
         }

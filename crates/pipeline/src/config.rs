@@ -9,7 +9,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 /// The choice keys' values: one definition, shared with the libraries that act on them.
 pub use choices::{
-    DeviceSetting, DtypeSetting, EvaluateDtype, LoraBias, OptimizerKind, ScheduleKind,
+    DeviceSetting, DtypeSetting, EvaluateDtype, ExportDtype, LoraBias, OptimizerKind, ScheduleKind,
+    Truncation,
 };
 use serde::{Deserialize, Serialize};
 use serde_norway::Value;
@@ -27,6 +28,7 @@ pub struct Config {
     pub training: TrainingConfig,
     pub evaluate: EvaluateConfig,
     pub report: ReportConfig,
+    pub export: ExportConfig,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -35,6 +37,8 @@ pub struct DataConfig {
     /// A Hugging Face dataset id, a folder of `{train,test}-*.parquet`, an
     /// `aclImdb/` folder or `aclImdb_v1.tar.gz`.
     pub source: String,
+    /// Hub revision (branch, tag or commit) when `source` is a hub dataset id.
+    pub revision: String,
     /// Share of the train split that is sampled for training.
     pub train_fraction: f64,
     /// Share of the (shuffled) test split that becomes validation.
@@ -56,6 +60,8 @@ pub struct ModelConfig {
     pub revision: String,
     /// Tokens per review after padding/truncation.
     pub max_len: usize,
+    /// Which tokens of a longer review are kept: head, tail or head_tail.
+    pub truncation: Truncation,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -84,8 +90,17 @@ pub enum KeepAdapter {
 #[serde(deny_unknown_fields, default)]
 pub struct TrainingConfig {
     pub learning_rate: f64,
+    /// Reviews per forward and backward pass.
     pub batch_size: usize,
+    /// Batches whose gradients add up to one optimizer step: a step sees batch_size × this
+    /// many reviews, in the memory of one batch.
+    pub gradient_accumulation_steps: usize,
     pub epochs: usize,
+    /// Stop after this many optimizer steps instead of `epochs`; `null` = every epoch.
+    pub max_steps: Option<usize>,
+    /// Stop when the validation loss has not improved for this many validations in a row;
+    /// `null` = never.
+    pub early_stopping_patience: Option<usize>,
     pub optimizer: OptimizerKind,
     /// SGD and RMSprop momentum.
     pub momentum: f64,
@@ -151,6 +166,21 @@ pub struct ReportConfig {
     pub formats: Vec<ImageFormat>,
 }
 
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ExportConfig {
+    /// The merged checkpoint's weights: f32 (exact), bf16 or f16 (half the size).
+    pub dtype: ExportDtype,
+}
+
+impl Default for ExportConfig {
+    fn default() -> Self {
+        Self {
+            dtype: ExportDtype::F32,
+        }
+    }
+}
+
 impl Default for Config {
     fn default() -> Self {
         Self {
@@ -162,6 +192,7 @@ impl Default for Config {
             training: TrainingConfig::default(),
             evaluate: EvaluateConfig::default(),
             report: ReportConfig::default(),
+            export: ExportConfig::default(),
         }
     }
 }
@@ -170,6 +201,7 @@ impl Default for DataConfig {
     fn default() -> Self {
         Self {
             source: "stanfordnlp/imdb".into(),
+            revision: "main".into(),
             train_fraction: 0.1,
             validation_fraction: 0.2,
             stratify: false,
@@ -186,6 +218,7 @@ impl Default for ModelConfig {
             source: "sentence-transformers/all-MiniLM-L6-v2".into(),
             revision: "main".into(),
             max_len: 128,
+            truncation: Truncation::Head,
         }
     }
 }
@@ -209,7 +242,10 @@ impl Default for TrainingConfig {
         Self {
             learning_rate: 5e-4,
             batch_size: 16,
+            gradient_accumulation_steps: 1,
             epochs: 3,
+            max_steps: None,
+            early_stopping_patience: None,
             optimizer: OptimizerKind::AdamW,
             momentum: 0.9,
             weight_decay: 0.01,
@@ -270,6 +306,7 @@ pub const MAX_BATCH_SIZE: usize = 4096;
 /// check the model's own count.
 pub const MAX_MAX_LEN: usize = 8192;
 pub const MAX_EPOCHS: usize = 10_000;
+pub const MAX_ACCUMULATION: usize = 10_000;
 
 impl Config {
     /// Reads `path`, applies `overrides` (`section.key=value`, the value in
@@ -299,7 +336,7 @@ impl Config {
         if !doc.is_mapping() {
             bail!(
                 "{origin}: expected a mapping of sections (seed, artifacts, data, model, lora, \
-                 training, evaluate, report) at the top level, found {}",
+                 training, evaluate, report, export) at the top level, found {}",
                 yaml_kind(&doc)
             );
         }
@@ -359,6 +396,16 @@ impl Config {
         }
         if self.data.source.trim().is_empty() {
             bail!("key `data.source`: must not be empty");
+        }
+        for (key, revision) in [
+            ("data.revision", &self.data.revision),
+            ("model.revision", &self.model.revision),
+        ] {
+            if revision.trim().is_empty() {
+                bail!(
+                    "key `{key}`: must not be empty (a branch, tag or commit; `main` by default)"
+                );
+            }
         }
         fraction("data.train_fraction", self.data.train_fraction)?;
         fraction("data.validation_fraction", self.data.validation_fraction)?;
@@ -436,6 +483,22 @@ impl Config {
         }
         if let Some(n) = t.eval_every_steps {
             positive("training.eval_every_steps", n)?;
+        }
+        positive(
+            "training.gradient_accumulation_steps",
+            t.gradient_accumulation_steps,
+        )?;
+        at_most(
+            "training.gradient_accumulation_steps",
+            t.gradient_accumulation_steps,
+            MAX_ACCUMULATION,
+            "a step of that many batches is a typo",
+        )?;
+        if let Some(n) = t.max_steps {
+            positive("training.max_steps", n)?;
+        }
+        if let Some(n) = t.early_stopping_patience {
+            positive("training.early_stopping_patience", n)?;
         }
         positive("training.checkpoint_every_steps", t.checkpoint_every_steps)?;
         if !(0.0..=1.0).contains(&self.evaluate.threshold) {
@@ -530,6 +593,24 @@ mod tests {
     fn load(text: &str, sets: &[&str]) -> Result<Config> {
         let sets: Vec<String> = sets.iter().map(|s| s.to_string()).collect();
         Config::from_yaml(text, "test.yaml", &sets)
+    }
+
+    #[test]
+    fn revisions_must_not_be_empty() {
+        for key in ["data.revision", "model.revision"] {
+            let err = Config::from_yaml("", "p.yaml", &[format!("{key}=''")])
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains(&format!("key `{key}`: must not be empty")),
+                "{err}"
+            );
+        }
+        let c = Config::from_yaml("data:\n  revision: v1.0\n", "p.yaml", &[]).unwrap();
+        assert_eq!(
+            (c.data.revision.as_str(), c.model.revision.as_str()),
+            ("v1.0", "main")
+        );
     }
 
     #[test]

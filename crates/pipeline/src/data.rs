@@ -132,6 +132,13 @@ pub struct DataSummary {
     pub source: String,
     /// What kind of source it was: hub dataset, parquet folder, aclImdb folder or tarball.
     pub source_kind: String,
+    /// `data.revision` (used for a hub dataset).
+    #[serde(default)]
+    pub revision: String,
+    /// The hub commit the dataset's files came from (its snapshot in the HF cache); `None`
+    /// for a local source.
+    #[serde(default)]
+    pub resolved_commit: Option<String>,
     /// sha256 over the source files' contents.
     pub source_hash: String,
     pub seed: u64,

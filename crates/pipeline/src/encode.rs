@@ -7,6 +7,7 @@
 use std::path::Path;
 
 use anyhow::{anyhow, bail, ensure, Context, Result};
+pub use choices::Truncation;
 use rayon::prelude::*;
 use tokenizers::{
     Encoding, NormalizerWrapper, PaddingDirection, PaddingParams, PaddingStrategy,
@@ -22,6 +23,10 @@ const PREFIX_BYTES_PER_TOKEN: usize = 6;
 
 pub struct TextEncoder {
     tokenizer: Tokenizer,
+    /// The same tokenizer without truncation or padding: every token of a text (tail and
+    /// head_tail truncation choose from them).
+    whole: Tokenizer,
+    truncation: Truncation,
     /// The same tokenizer truncating one token later, without padding (see `is_cut`).
     probe: Tokenizer,
     max_len: usize,
@@ -102,13 +107,26 @@ impl TextEncoder {
             pad_token,
         }));
         let prefix_cut = splits_at_spaces(&tokenizer);
+        let mut whole = tokenizer.clone();
+        whole
+            .with_truncation(None)
+            .map_err(|e| anyhow!("{}: {e}", path.display()))?
+            .with_padding(None);
         Ok(Self {
             tokenizer,
+            whole,
+            truncation: Truncation::Head,
             probe,
             max_len,
             pad_id,
             prefix_cut,
         })
+    }
+
+    /// Keeps the tokens `truncation` says of a text longer than a row (head by default).
+    pub fn with_truncation(mut self, truncation: Truncation) -> Self {
+        self.truncation = truncation;
+        self
     }
 
     /// Whether long texts are tokenized from a prefix only (same ids, less work).
@@ -142,6 +160,9 @@ impl TextEncoder {
             .zip(texts.par_iter())
             .with_min_len(32)
             .map(|((ids, mask), text)| {
+                if self.truncation != Truncation::Head {
+                    return Ok(usize::from(self.encode_cut(text.as_ref(), ids, mask)?));
+                }
                 let (encoding, cut) = self.encode_one(text.as_ref())?;
                 ensure!(
                     encoding.len() == len,
@@ -158,6 +179,45 @@ impl TextEncoder {
             attention_mask,
             truncated,
         })
+    }
+
+    /// Tail and head_tail truncation: every token of `text`, then the special tokens around
+    /// the kept ones (as HF truncates the text before adding them), padded on the right.
+    /// Returns whether the text was cut.
+    fn encode_cut(&self, text: &str, ids: &mut [u32], mask: &mut [u32]) -> Result<bool> {
+        let encoding = self
+            .whole
+            .encode_fast(text, true)
+            .map_err(|e| anyhow!("tokenizing failed: {e}"))?;
+        let (all, special) = (encoding.get_ids(), encoding.get_special_tokens_mask());
+        let lead = special.iter().take_while(|&&s| s == 1).count();
+        let trail = (special.iter().rev().take_while(|&&s| s == 1).count()).min(all.len() - lead);
+        let content = &all[lead..all.len() - trail];
+        let budget = self.max_len.saturating_sub(lead + trail);
+        let cut = content.len() > budget;
+        let (head, tail) = match (cut, self.truncation) {
+            (false, _) => (content.len(), 0),
+            (true, Truncation::Tail) => (0, budget),
+            (true, Truncation::HeadTail) => (budget / 4, budget - budget / 4),
+            (true, Truncation::Head) => (budget, 0),
+        };
+        let row: Vec<u32> = (all[..lead].iter())
+            .chain(&content[..head])
+            .chain(&content[content.len() - tail..])
+            .chain(&all[all.len() - trail..])
+            .copied()
+            .collect();
+        ensure!(
+            row.len() <= self.max_len,
+            "a row of {} tokens, not at most {}",
+            row.len(),
+            self.max_len
+        );
+        ids[..row.len()].copy_from_slice(&row);
+        ids[row.len()..].fill(self.pad_id);
+        mask[..row.len()].fill(1);
+        mask[row.len()..].fill(0);
+        Ok(cut)
     }
 
     /// Most reviews are cut at `max_len` tokens, so tokenizing all of a long

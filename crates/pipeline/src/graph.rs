@@ -17,16 +17,18 @@ pub enum StageId {
     Train,
     Evaluate,
     Report,
+    Export,
 }
 
 impl StageId {
     /// In pipeline order: each stage reads only stages before it.
-    pub const ALL: [StageId; 5] = [
+    pub const ALL: [StageId; 6] = [
         StageId::DataPrep,
         StageId::Tokenize,
         StageId::Train,
         StageId::Evaluate,
         StageId::Report,
+        StageId::Export,
     ];
 
     /// Its declaration.
@@ -205,6 +207,8 @@ impl StageSpec {
 pub const ADAPTER_DIR: &str = "adapter";
 pub const ADAPTER_CONFIG: &str = "adapter/adapter_config.json";
 pub const ADAPTER_WEIGHTS: &str = "adapter/adapter_model.safetensors";
+/// The train stage's JSON-lines log (training's `LOG_FILE`; this crate does not depend on it).
+pub const TRAIN_LOG_FILE: &str = "log.jsonl";
 
 const fn always(stage: StageId, file: &'static str) -> Read {
     Read {
@@ -223,10 +227,19 @@ const fn out(file: &'static str) -> Write {
 
 const VALIDATION: When = When::Set("evaluate.validation");
 
-use StageId::{DataPrep, Evaluate, Report, Tokenize, Train};
+use StageId::{DataPrep, Evaluate, Export, Report, Tokenize, Train};
+
+/// The files of the export stage's merged checkpoint (lora-classifier's `EXPORT_FILES`; this
+/// crate does not depend on the model's).
+pub const EXPORT_FILES: [&str; 4] = [
+    "config.json",
+    "model.safetensors",
+    "tokenizer.json",
+    "tokenizer_config.json",
+];
 
 /// The pipeline, in order.
-pub const STAGES: [StageSpec; 5] = [
+pub const STAGES: [StageSpec; 6] = [
     StageSpec {
         id: DataPrep,
         recipe: "data-prep",
@@ -248,7 +261,12 @@ pub const STAGES: [StageSpec; 5] = [
         recipe: "tokenize",
         dir: "tokens",
         about: "every split as padded token ids",
-        keys: &["model.source", "model.revision", "model.max_len"],
+        keys: &[
+            "model.source",
+            "model.revision",
+            "model.max_len",
+            "model.truncation",
+        ],
         runtime: &[],
         sources: &[Source::Tokenizer],
         reads: &[
@@ -275,10 +293,14 @@ pub const STAGES: [StageSpec; 5] = [
             "model.source",
             "model.revision",
             "model.max_len",
+            "model.truncation",
             "lora",
             "training.learning_rate",
             "training.batch_size",
+            "training.gradient_accumulation_steps",
             "training.epochs",
+            "training.max_steps",
+            "training.early_stopping_patience",
             "training.optimizer",
             "training.momentum",
             "training.weight_decay",
@@ -305,6 +327,7 @@ pub const STAGES: [StageSpec; 5] = [
             out(ADAPTER_WEIGHTS),
             out(history::HISTORY_FILE),
             out(train_summary::SUMMARY_FILE),
+            out(TRAIN_LOG_FILE),
         ],
     },
     StageSpec {
@@ -316,6 +339,7 @@ pub const STAGES: [StageSpec; 5] = [
             "model.source",
             "model.revision",
             "model.max_len",
+            "model.truncation",
             "evaluate.threshold",
             "evaluate.validation",
             "evaluate.examples",
@@ -384,6 +408,31 @@ pub const STAGES: [StageSpec; 5] = [
             },
             out("report.html"),
             out("report.md"),
+        ],
+    },
+    StageSpec {
+        id: Export,
+        recipe: "export",
+        dir: "export",
+        about: "the merged Hugging Face checkpoint (LoRA folded in) that plain transformers loads",
+        keys: &[
+            "model.source",
+            "model.revision",
+            "model.max_len",
+            "model.truncation",
+            "export.dtype",
+        ],
+        runtime: &[],
+        sources: &[Source::Model, Source::Tokenizer],
+        reads: &[
+            always(Train, ADAPTER_CONFIG),
+            always(Train, ADAPTER_WEIGHTS),
+        ],
+        writes: &[
+            out(EXPORT_FILES[0]),
+            out(EXPORT_FILES[1]),
+            out(EXPORT_FILES[2]),
+            out(EXPORT_FILES[3]),
         ],
     },
 ];

@@ -169,6 +169,21 @@ impl Hub {
     }
 }
 
+/// The commit a file or folder of the Hugging Face cache belongs to: the `<commit>` of
+/// `…/models--org--name/snapshots/<commit>/…` (or `datasets--…`), which is what `refs/<revision>`
+/// resolved to. `None` for anything outside a cache (a local folder).
+pub fn snapshot_commit(path: &Path) -> Option<String> {
+    let parts: Vec<String> = path
+        .components()
+        .map(|c| c.as_os_str().to_string_lossy().into_owned())
+        .collect();
+    parts.windows(3).find_map(|w| {
+        let is_repo = w[0].starts_with("models--") || w[0].starts_with("datasets--");
+        let is_commit = w[2].len() == 40 && w[2].chars().all(|c| c.is_ascii_hexdigit());
+        (is_repo && w[1] == "snapshots" && is_commit).then(|| w[2].clone())
+    })
+}
+
 /// The access token as huggingface_hub finds it: `HF_TOKEN`, else the `token` file in `hf_home()`.
 fn token() -> Option<String> {
     std::env::var("HF_TOKEN")
@@ -208,4 +223,33 @@ pub fn model_files(dir: &Path) -> Result<Vec<(String, PathBuf)>> {
         );
     }
     Ok(files)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_commit_of_a_cached_file_is_its_snapshot_folder() {
+        let commit = "22b78143b3483ebdc945dc51b3715081fb0dd591";
+        let cache = Path::new("/home/u/.cache/huggingface/hub");
+        let model = cache.join(format!(
+            "models--sentence-transformers--all-MiniLM-L6-v2/snapshots/{commit}"
+        ));
+        assert_eq!(snapshot_commit(&model).as_deref(), Some(commit));
+        let data = cache.join(format!(
+            "datasets--stanfordnlp--imdb/snapshots/{commit}/plain_text/train-00000-of-00001.parquet"
+        ));
+        assert_eq!(snapshot_commit(&data).as_deref(), Some(commit));
+        // A local folder, a branch name where the commit should be, a look-alike path.
+        assert_eq!(snapshot_commit(Path::new("/models/minilm")), None);
+        assert_eq!(
+            snapshot_commit(&cache.join("models--a--b/snapshots/main")),
+            None
+        );
+        assert_eq!(
+            snapshot_commit(Path::new(&format!("/x/snapshots/{commit}"))),
+            None
+        );
+    }
 }

@@ -11,7 +11,7 @@ use anyhow::{bail, Context, Result};
 use common::atomic;
 use fs4::{FileExt, TryLockError};
 
-use crate::graph::StageId;
+use crate::graph::{StageId, TRAIN_LOG_FILE};
 use crate::layout::{Layout, CHECKPOINTS_DIR, TIMINGS_FILE};
 use crate::stamp::owner;
 
@@ -103,7 +103,8 @@ pub fn check(root: &Path) -> Result<()> {
         own(&checkpoints, &|n| n == "train")?;
         let train = layout.train_checkpoints();
         if train.is_dir() {
-            own(&train, &|n| n.starts_with("step-"))?;
+            // The checkpoints, and the log of the run they belong to.
+            own(&train, &|n| n.starts_with("step-") || n == TRAIN_LOG_FILE)?;
         }
     }
     Ok(())

@@ -38,4 +38,10 @@ pub struct TrainSummary {
     pub threads: usize,
     /// The optimizer step of the checkpoint this run resumed from, if it did.
     pub resumed_from_step: Option<u64>,
+    /// `model.revision`, and the hub commit the model's files came from (its snapshot in the
+    /// HF cache; `None` for a local folder).
+    #[serde(default)]
+    pub model_revision: String,
+    #[serde(default)]
+    pub model_commit: Option<String>,
 }

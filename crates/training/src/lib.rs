@@ -7,7 +7,7 @@
 //! - `clip`: `clip_grad_norm_`.
 //! - `batches`: padded token rows cut into batches, and the inference loop over them.
 //! - `trainer`: the loop and validation; `history`: what it records; `observer`: what it
-//!   reports; `checkpoint`: its resumable state.
+//!   reports; `log`: the records as JSON lines while it runs; `checkpoint`: its resumable state.
 //! - `device`: a device and dtype setting to a candle device and dtype.
 //! - `seeds`: the shuffles and dropout seeds, derived from the run seed.
 
@@ -17,6 +17,7 @@ pub mod clip;
 mod cuda;
 pub mod device;
 pub mod history;
+pub mod log;
 pub mod observer;
 pub mod optim;
 pub mod schedule;
@@ -27,7 +28,10 @@ pub use batches::{infer, Examples};
 pub use checkpoint::CheckpointStore;
 pub use clip::clip_grad_norm;
 pub use history::{Record, RecordKind};
+pub use log::{JsonLog, LOG_FILE};
 pub use observer::{Event, Observer, Silent, Skipped};
 pub use optim::{Optimizer, OptimizerKind, OptimizerSettings, OptimizerState};
 pub use schedule::{Schedule, ScheduleKind};
-pub use trainer::{evaluate, train, TrainOutcome, TrainSettings, Validation};
+pub use trainer::{
+    evaluate, evaluate_with_progress, stops_early, train, TrainOutcome, TrainSettings, Validation,
+};

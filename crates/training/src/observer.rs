@@ -42,6 +42,11 @@ pub enum Event<'a> {
     },
     /// An optimizer step was taken (its record is in the history).
     Step(&'a Record),
+    /// A validation is under way: `done` of its `total` rows classified so far.
+    Validating {
+        done: u64,
+        total: u64,
+    },
     /// A validation ran, mid-epoch or at the epoch's end (see the record's kind).
     Validated(&'a Record),
     EpochFinished {

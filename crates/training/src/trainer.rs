@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
+use candle_core::backprop::GradStore;
 use candle_core::{Device, Tensor, Var};
 use lora_classifier::{Mode, SequenceClassifier};
 
@@ -31,8 +32,19 @@ pub struct TrainSettings {
     pub warmup_steps: u64,
     /// Used when `warmup_steps` is 0.
     pub warmup_ratio: f64,
+    /// Rows per forward and backward pass.
     pub batch_size: usize,
+    /// Batches whose gradients add up to one optimizer step (HF's
+    /// `gradient_accumulation_steps`): a step sees `batch_size` × this many rows, in the memory
+    /// of one batch.
+    pub gradient_accumulation_steps: usize,
     pub epochs: usize,
+    /// Stop after this many optimizer steps instead (HF's `max_steps`: it overrides `epochs`,
+    /// and the schedule ends there).
+    pub max_steps: Option<u64>,
+    /// Stop when the validation loss has not improved for this many validations in a row
+    /// (HF's `EarlyStoppingCallback`).
+    pub early_stopping_patience: Option<u32>,
     pub max_grad_norm: Option<f64>,
     pub eval_every_steps: Option<u64>,
     pub checkpoint_every_steps: u64,
@@ -41,13 +53,24 @@ pub struct TrainSettings {
 }
 
 impl TrainSettings {
-    /// Optimizer steps per epoch (the last batch may be partial).
+    /// Rows per optimizer step.
+    pub fn rows_per_step(&self) -> usize {
+        self.batch_size * self.gradient_accumulation_steps.max(1)
+    }
+
+    /// Optimizer steps per epoch (the last one may see fewer rows).
     pub fn steps_per_epoch(&self, train_len: usize) -> u64 {
-        train_len.div_ceil(self.batch_size) as u64
+        train_len.div_ceil(self.rows_per_step()) as u64
+    }
+
+    /// Optimizer steps of the whole run: `max_steps`, else every epoch's.
+    pub fn total_steps(&self, train_len: usize) -> u64 {
+        self.max_steps
+            .unwrap_or(self.steps_per_epoch(train_len) * self.epochs as u64)
     }
 
     pub fn schedule_for(&self, train_len: usize) -> Schedule {
-        let total = self.steps_per_epoch(train_len) * self.epochs as u64;
+        let total = self.total_steps(train_len);
         Schedule {
             kind: self.schedule,
             base_lr: self.learning_rate,
@@ -90,6 +113,17 @@ pub fn evaluate(
     batch_size: usize,
     device: &Device,
 ) -> Result<Validation> {
+    evaluate_with_progress(model, examples, batch_size, device, |_, _| {})
+}
+
+/// [`evaluate`], calling `progress(done, total)` with the rows classified after each batch.
+pub fn evaluate_with_progress(
+    model: &SequenceClassifier,
+    examples: &Examples,
+    batch_size: usize,
+    device: &Device,
+    mut progress: impl FnMut(u64, u64),
+) -> Result<Validation> {
     if examples.is_empty() {
         bail!("cannot validate on an empty split");
     }
@@ -107,6 +141,10 @@ pub fn evaluate(
                 .fold(0, |best, (j, &v)| if v > row[best] { j } else { best });
             correct += (pred as u32 == examples.labels[i]) as usize;
         }
+        progress(
+            rows.last().map_or(0, |&i| i as u64 + 1),
+            examples.len() as u64,
+        );
         Ok(())
     })?;
     Ok(Validation {
@@ -147,6 +185,37 @@ fn first_non_finite(
         .zip(sums)
         .find(|(_, s)| *s != 0.0)
         .map(|(i, _)| names[i].as_str()))
+}
+
+/// `sum` + `more`, parameter by parameter (gradient accumulation).
+fn add_grads(mut sum: GradStore, more: &GradStore, vars: &[Var]) -> Result<GradStore> {
+    for var in vars {
+        if let Some(g) = more.get(var.as_tensor()) {
+            let total = match sum.get(var.as_tensor()) {
+                Some(s) => (s + g)?,
+                None => g.clone(),
+            };
+            sum.insert(var.as_tensor(), total);
+        }
+    }
+    Ok(sum)
+}
+
+/// Whether the last `patience` validations all failed to improve on the best validation loss
+/// before them (HF's `EarlyStoppingCallback` with threshold 0: only a lower loss improves).
+pub fn stops_early(history: &[Record], patience: u32) -> bool {
+    let losses: Vec<f64> = history.iter().filter_map(|r| r.val_loss).collect();
+    let mut best = f64::INFINITY;
+    let mut without_improvement = 0u32;
+    for loss in losses {
+        if loss < best {
+            best = loss;
+            without_improvement = 0;
+        } else {
+            without_improvement += 1;
+        }
+    }
+    without_improvement >= patience
 }
 
 fn copies(vars: &[Var]) -> Result<Vec<Tensor>> {
@@ -215,8 +284,12 @@ impl Run<'_> {
         validation: &Examples,
         batch_size: usize,
         device: &Device,
+        observer: &mut dyn Observer,
     ) -> Result<Validation> {
-        let v = evaluate(self.model, validation, batch_size, device)?;
+        let v =
+            evaluate_with_progress(self.model, validation, batch_size, device, |done, total| {
+                observer.on(Event::Validating { done, total })
+            })?;
         self.history.push(Record {
             kind,
             epoch: epoch_no,
@@ -309,33 +382,63 @@ pub fn train(
     };
 
     let (mut trained_samples, mut step_seconds) = (0usize, 0f64);
-    for epoch in epoch0..settings.epochs as u64 {
+    let total = settings.total_steps(n);
+    let epochs = total.div_ceil(per_epoch.max(1));
+    let accumulate = settings.gradient_accumulation_steps.max(1) as u64;
+    let step_rows = settings.rows_per_step();
+    let finished = |run: &Run| {
+        run.step >= total
+            || settings
+                .early_stopping_patience
+                .is_some_and(|p| stops_early(&run.history, p))
+    };
+    'epochs: for epoch in epoch0..epochs {
+        if finished(&run) {
+            // A resumed run that had reached its end.
+            break;
+        }
         let epoch_no = epoch as u32 + 1;
         let order = epoch_permutation(settings.seed, epoch, n);
         let start = if epoch == epoch0 { batch0 } else { 0 };
         observer.on(Event::EpochStarted {
             epoch: epoch_no,
-            epochs: settings.epochs,
+            epochs: epochs as usize,
             batches: per_epoch,
             first_batch: start,
         });
         for b in start..per_epoch {
-            let rows = &order[b as usize * bs..((b as usize + 1) * bs).min(n)];
+            let rows = &order[b as usize * step_rows..((b as usize + 1) * step_rows).min(n)];
             let t0 = Instant::now();
-            let (ids, mask) = train.inputs(rows, device)?;
-            let labels = train.labels(rows, device)?;
             let lr = schedule.lr(run.step);
-            let mode = Mode::Train {
-                dropout_seed: dropout_seed(settings.seed, run.step),
-            };
-            let logits = model.forward(&ids, &mask, mode)?;
-            let loss = candle_nn::loss::cross_entropy(&logits, &labels)?;
-            let loss_value = loss.to_scalar::<f32>()? as f64;
             let at = format!("step {} (epoch {epoch_no}, batch {})", run.step + 1, b + 1);
-            if !loss_value.is_finite() {
-                return Err(stop(format!("the training loss is {loss_value} at {at}")));
+            // Each batch's mean loss weighted by its share of the step's rows: the gradients
+            // add up to those of the mean loss over all of them, as one batch would give.
+            let (mut grads, mut loss_value) = (None, 0f64);
+            for (k, batch) in rows.chunks(bs).enumerate() {
+                let (ids, mask) = train.inputs(batch, device)?;
+                let labels = train.labels(batch, device)?;
+                let mode = Mode::Train {
+                    dropout_seed: dropout_seed(settings.seed, run.step * accumulate + k as u64),
+                };
+                let logits = model.forward(&ids, &mask, mode)?;
+                let loss = candle_nn::loss::cross_entropy(&logits, &labels)?;
+                let value = loss.to_scalar::<f32>()? as f64;
+                if !value.is_finite() {
+                    return Err(stop(format!("the training loss is {value} at {at}")));
+                }
+                let share = batch.len() as f64 / rows.len() as f64;
+                loss_value += value * share;
+                let these = if share == 1.0 {
+                    loss.backward()?
+                } else {
+                    (loss * share)?.backward()?
+                };
+                grads = Some(match grads {
+                    None => these,
+                    Some(sum) => add_grads(sum, &these, &run.vars)?,
+                });
             }
-            let mut grads = loss.backward()?;
+            let mut grads = grads.context("a step with no rows")?;
             let gradients = run.vars.iter().map(|v| grads.get(v.as_tensor()).cloned());
             if let Some(name) = first_non_finite(&run.names, gradients)? {
                 return Err(stop(format!(
@@ -376,10 +479,27 @@ pub fn train(
                 batch,
                 optimizer_steps: run.optimizer.steps(),
             };
-            let checkpoint = if b + 1 == per_epoch {
-                let v = run.validate(RecordKind::Epoch, epoch_no, validation, bs, device)?;
+            // The epoch ends at its last batch, or where the run ends (max_steps).
+            let mut epoch_end = b + 1 == per_epoch || step >= total;
+            let mid_eval = settings
+                .eval_every_steps
+                .is_some_and(|k| step.is_multiple_of(k));
+            if epoch_end || mid_eval {
+                let kind = if epoch_end {
+                    RecordKind::Epoch
+                } else {
+                    RecordKind::Eval
+                };
+                let v = run.validate(kind, epoch_no, validation, bs, device, observer)?;
                 check_validation(&v, step, epoch_no)?;
+                if finished(&run) && !epoch_end {
+                    // Stopped early mid-epoch: this validation closes the run's last epoch.
+                    run.history.last_mut().expect("just pushed").kind = RecordKind::Epoch;
+                    epoch_end = true;
+                }
                 observer.on(Event::Validated(run.history.last().expect("just pushed")));
+            }
+            let checkpoint = if epoch_end {
                 if settings.keep_best
                     && best_and_last(&run.history).is_some_and(|(b, _)| b.epoch == epoch_no)
                 {
@@ -387,20 +507,16 @@ pub fn train(
                 }
                 Some(position(epoch + 1, 0, &run))
             } else {
-                if settings
-                    .eval_every_steps
-                    .is_some_and(|k| step.is_multiple_of(k))
-                {
-                    let v = run.validate(RecordKind::Eval, epoch_no, validation, bs, device)?;
-                    check_validation(&v, step, epoch_no)?;
-                    observer.on(Event::Validated(run.history.last().expect("just pushed")));
-                }
                 step.is_multiple_of(settings.checkpoint_every_steps)
                     .then(|| position(epoch, b + 1, &run))
             };
             if let Some(position) = checkpoint {
                 let dir = store.write(&run.snapshot(position)?)?;
                 observer.on(Event::CheckpointWritten { dir: &dir, step });
+            }
+            if epoch_end && finished(&run) {
+                observer.on(Event::EpochFinished { epoch: epoch_no });
+                break 'epochs;
             }
         }
         observer.on(Event::EpochFinished { epoch: epoch_no });

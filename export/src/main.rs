@@ -1,0 +1,3 @@
+fn main() {
+    export::cli::main(std::env::args_os());
+}
