@@ -151,3 +151,11 @@ bench-lines out *ARGS:
     python3 scripts/bench_ratios.py < "$round"
     rm -f "$round"
 
+# The README's results and performance tables (Markdown) from the artifacts and bench.jsonl.
+results *ARGS:
+    #!/usr/bin/env bash
+    set -euo pipefail
+    cargo build --release --workspace --bin imdb-lora
+    bench=${BENCH_FILE:-bench.jsonl}
+    if [ -f "$bench" ]; then set -- --bench "$bench" "$@"; fi
+    {{run}} {{bin}}/imdb-lora results --config {{config}} "$@"
