@@ -24,15 +24,12 @@ pub struct Cli {
     common: pipeline::cli::ConfigArgs,
 }
 
-/// Parses `args` (the first is the program name, as in `std::env::args_os()`) and runs the
-/// stage; prints the error and exits with status 1 on failure.
-pub fn main<I, T>(args: I)
-where
-    I: IntoIterator<Item = T>,
-    T: Into<std::ffi::OsString> + Clone,
-{
-    let args = Cli::parse_from(args);
-    pipeline::cli::run_stage("data-prep", || {
-        pipeline::cli::execute(&args.common, |_| Ok(crate::DataPrep::default()))
-    });
+/// Parses `args` (the first is the program name) and runs the stage; exits with status 1 on failure.
+pub fn main(args: impl IntoIterator<Item = impl Into<std::ffi::OsString> + Clone>) {
+    pipeline::cli::stage_main(
+        "data-prep",
+        args,
+        |cli: &Cli| &cli.common,
+        |_| crate::DataPrep::default(),
+    );
 }

@@ -19,17 +19,12 @@ pub struct Cli {
     choice: ModelChoice,
 }
 
-/// Parses `args` (the first is the program name, as in `std::env::args_os()`) and runs the
-/// stage; prints the error and exits with status 1 on failure.
-pub fn main<I, T>(args: I)
-where
-    I: IntoIterator<Item = T>,
-    T: Into<std::ffi::OsString> + Clone,
-{
-    let args = Cli::parse_from(args);
-    pipeline::cli::run_stage("evaluate", || {
-        pipeline::cli::execute(&args.common, |_| {
-            Ok(crate::Evaluate::new(args.choice.clone()))
-        })
-    });
+/// Parses `args` (the first is the program name) and runs the stage; exits with status 1 on failure.
+pub fn main(args: impl IntoIterator<Item = impl Into<std::ffi::OsString> + Clone>) {
+    pipeline::cli::stage_main(
+        "evaluate",
+        args,
+        |cli: &Cli| &cli.common,
+        |cli| crate::Evaluate::new(cli.choice.clone()),
+    );
 }

@@ -84,6 +84,19 @@ pub fn execute<S: Stage>(args: &ConfigArgs, make: impl FnOnce(&Config) -> Result
     Ok(())
 }
 
+/// The `main` of a stage's command line (its binary and `imdb-lora <stage>`): parses `args`
+/// (the first is the program name, as in `std::env::args_os()`) as `C`, makes the stage from
+/// the parsed options and runs it; prints the error and exits with status 1 on failure.
+pub fn stage_main<C: clap::Parser, S: Stage>(
+    name: &str,
+    args: impl IntoIterator<Item = impl Into<std::ffi::OsString> + Clone>,
+    common: impl FnOnce(&C) -> &ConfigArgs,
+    make: impl FnOnce(&C) -> S,
+) {
+    let cli = C::parse_from(args);
+    run_stage(name, || execute(common(&cli), |_| Ok(make(&cli))));
+}
+
 /// Runs a stage's body and turns an error into a message and exit code 1.
 pub fn run_stage(name: &str, body: impl FnOnce() -> Result<()>) {
     if let Err(err) = body() {
