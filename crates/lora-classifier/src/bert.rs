@@ -93,26 +93,35 @@ impl Bert {
         let mut x = ops::dropout(&x, ctx.dropout(c.hidden_dropout_prob, 1), ctx)?;
         let heads = c.num_attention_heads;
         let scale = 1.0 / ((c.hidden_size / heads) as f64).sqrt();
+        let last = self.layers.len() - 1;
         for (i, l) in self.layers.iter().enumerate() {
-            let q = l.query.forward(&x, Act::None, ctx)?;
+            // The classifier reads [CLS] only: the last layer computes keys and values at every
+            // position and the rest for [CLS] alone, a sixth of a layer instead of a whole one.
+            // Its row is the full layer's (row-wise ops; the same dropout masks, placed).
+            let (xq, rows_ctx) = if i == last {
+                (x.narrow(1, 0, 1)?, ctx.first_rows(1, n))
+            } else {
+                (x.clone(), *ctx)
+            };
+            let q = l.query.forward(&xq, Act::None, &rows_ctx)?;
             let k = l.key.forward(&x, Act::None, ctx)?;
             let v = l.value.forward(&x, Act::None, ctx)?;
             let key = ctx.dropout(c.attention_probs_dropout_prob, layer_site(i, 0));
-            let a = ops::attention(&q, &k, &v, heads, scale, false, mask, key, ctx)?;
-            let a = l.attn_out.forward(&a, Act::None, ctx)?;
-            x = l.attn_norm.forward_add(
+            let a = ops::attention(&q, &k, &v, heads, scale, false, mask, key, &rows_ctx)?;
+            let a = l.attn_out.forward(&a, Act::None, &rows_ctx)?;
+            let y = l.attn_norm.forward_add(
                 &a,
                 ctx.dropout(c.hidden_dropout_prob, layer_site(i, 1)),
-                &x,
-                ctx,
+                &xq,
+                &rows_ctx,
             )?;
-            let h = l.intermediate.forward(&x, self.act, ctx)?;
-            let h = l.output.forward(&h, Act::None, ctx)?;
+            let h = l.intermediate.forward(&y, self.act, &rows_ctx)?;
+            let h = l.output.forward(&h, Act::None, &rows_ctx)?;
             x = l.out_norm.forward_add(
                 &h,
                 ctx.dropout(c.hidden_dropout_prob, layer_site(i, 2)),
-                &x,
-                ctx,
+                &y,
+                &rows_ctx,
             )?;
         }
         let cls = x.narrow(1, 0, 1)?.squeeze(1)?;

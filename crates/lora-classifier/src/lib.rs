@@ -47,6 +47,8 @@ mod frozen;
 mod gpt2;
 mod lora;
 mod ops;
+#[cfg(test)]
+mod ops_tests;
 mod runtime;
 
 use std::fmt;
@@ -405,6 +407,7 @@ impl SequenceClassifier {
                 _ => None,
             },
             detach: mode == Mode::Inference,
+            rows: None,
         };
         let features = match &self.body {
             Body::Bert(m) => m.forward(&ids, &mask, &ctx)?,

@@ -24,6 +24,10 @@ pub(crate) struct Ctx {
     pub dropout_seed: Option<u64>,
     /// Read trainable parameters as plain tensors: no autograd graph (inference).
     pub detach: bool,
+    /// Some((kept, of)): the tensors hold the first `kept` of every `of` positions of each
+    /// sequence (the last BERT layer computes [CLS] only); dropout keys are placed so that
+    /// these rows get the masks they have in the full tensors.
+    pub rows: Option<(usize, usize)>,
 }
 
 impl Ctx {
@@ -40,6 +44,22 @@ impl Ctx {
         match self.dropout_seed {
             Some(seed) if p > 0.0 => Some(DropKey::new(p, seed, site)),
             _ => None,
+        }
+    }
+
+    /// This pass computing only the first `kept` of every `of` positions.
+    pub fn first_rows(&self, kept: usize, of: usize) -> Ctx {
+        Ctx {
+            rows: Some((kept, of)),
+            ..*self
+        }
+    }
+
+    /// `key` for a tensor of rows of `width` elements in this pass (see `rows`).
+    fn place(&self, key: Option<DropKey>, width: usize) -> Option<DropKey> {
+        match (key, self.rows) {
+            (Some(k), Some((kept, of))) => Some(k.placed(kept, of, width)),
+            _ => key,
         }
     }
 
@@ -168,7 +188,7 @@ pub(crate) fn lora_linear(
     let op = cpu::LoraLinear {
         base: f.op(Act::None),
         scale: scale as f32,
-        dropout: key,
+        dropout: ctx.place(key, x.dim(D::Minus1)?),
     };
     let (x, a, b) = (x.contiguous()?, a.contiguous()?, b.contiguous()?);
     let y = if [&x, &a, &b].iter().any(|t| t.track_op()) {
@@ -244,6 +264,7 @@ pub(crate) fn add_layer_norm(
     eps: f64,
     ctx: &Ctx,
 ) -> Result<Tensor> {
+    let key = ctx.place(key, x.dim(D::Minus1)?);
     if ctx.fused_for(&[x, residual, w, b]) && !w.track_op() && x.dims() == residual.dims() {
         let op = cpu::LayerNorm {
             w: w.contiguous()?,
@@ -257,7 +278,8 @@ pub(crate) fn add_layer_norm(
             x.apply_op3_no_bwd(&r, &b, &op)
         };
     }
-    if ctx.cuda_for(&[x, residual]) && !w.track_op() && x.dims() == residual.dims() {
+    let identity = key.is_none_or(|k| k.is_identity());
+    if ctx.cuda_for(&[x, residual]) && !w.track_op() && x.dims() == residual.dims() && identity {
         let op = cuda::LayerNorm {
             w: w.to_dtype(x.dtype())?.contiguous()?,
             eps: eps as f32,
@@ -275,11 +297,13 @@ pub(crate) fn add_layer_norm(
 }
 
 pub(crate) fn dropout(x: &Tensor, key: Option<DropKey>, ctx: &Ctx) -> Result<Tensor> {
-    let Some(key) = key else { return Ok(x.clone()) };
+    let Some(key) = ctx.place(key, x.dim(D::Minus1)?) else {
+        return Ok(x.clone());
+    };
     if ctx.fused_for(&[x]) {
         return x.contiguous()?.apply_op1(cpu::Dropout(key));
     }
-    if ctx.cuda_for(&[x]) {
+    if ctx.cuda_for(&[x]) && key.is_identity() {
         return apply1(&x.contiguous()?, cuda::Dropout(key));
     }
     // In f32, as the kernels compute: 1/(1-p) is not exact in bf16.
@@ -296,9 +320,11 @@ pub(crate) struct KeyMask {
     pub tensor: Tensor,
 }
 
-/// Multi-head attention over q, k, v [batch, seq, hidden] (views with unit column stride are
-/// fine), scores scaled by `scale`, with the key mask, optionally causal, with dropout on the
-/// probabilities. Returns [batch, seq, hidden].
+/// Multi-head attention of queries q [batch, q_len, hidden] over keys and values k, v [batch,
+/// seq, hidden] (views with unit column stride are fine), the queries being the first q_len
+/// positions (all of them, or [CLS] alone with `ctx.first_rows(1, seq)`); scores scaled by
+/// `scale`, with the key mask, optionally causal, with dropout on the probabilities. Returns
+/// [batch, q_len, hidden].
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn attention(
     q: &Tensor,
@@ -311,15 +337,26 @@ pub(crate) fn attention(
     key: Option<DropKey>,
     ctx: &Ctx,
 ) -> Result<Tensor> {
-    let (b, n, hid) = q.dims3()?;
-    if (b, n) != (mask.batch, mask.seq) || k.dims() != q.dims() || v.dims() != q.dims() {
+    let (b, nq, hid) = q.dims3()?;
+    let n = k.dim(1)?;
+    let rows_fit = ctx.rows.map_or(nq == n, |(kept, of)| (kept, of) == (nq, n));
+    if (b, n) != (mask.batch, mask.seq)
+        || k.dims() != [b, n, hid]
+        || v.dims() != k.dims()
+        || !rows_fit
+    {
         bail!(
-            "attention: shapes {:?} {:?} {:?} and mask [{b}, {n}] differ",
+            "attention: shapes {:?} {:?} {:?}, mask [{}, {}] and rows {:?} differ",
             q.dims(),
             k.dims(),
-            v.dims()
+            v.dims(),
+            mask.batch,
+            mask.seq,
+            ctx.rows
         )
     }
+    // The probabilities [batch, heads, q_len, seq]: rows of `seq` elements.
+    let key = ctx.place(key, n);
     if ctx.fused_for(&[q, k, v]) {
         let unit = |t: &Tensor| -> Result<Tensor> {
             if t.stride()[2] == 1 {
@@ -340,10 +377,11 @@ pub(crate) fn attention(
     }
     let d = hid / heads;
     if ctx.cuda_for(&[q, k, v]) {
-        // [b, n, heads·d] → [b, heads, n, d] and back, each one kernel.
+        // [b, len, heads·d] → [b, heads, len, d] and back, each one kernel.
         let split = |t: &Tensor| {
+            let len = t.dim(1)?;
             apply1(
-                &t.contiguous()?.reshape((b, n, heads, d))?,
+                &t.contiguous()?.reshape((b, len, heads, d))?,
                 cuda::SwapMiddle,
             )
         };
@@ -354,18 +392,21 @@ pub(crate) fn attention(
             scale: scale as f32,
         };
         let p = dropout(&apply1(&q.matmul(&k.t()?)?, op)?, key, ctx)?;
-        return apply1(&p.matmul(&v)?, cuda::SwapMiddle)?.reshape((b, n, hid));
+        return apply1(&p.matmul(&v)?, cuda::SwapMiddle)?.reshape((b, nq, hid));
     }
-    let split = |t: &Tensor| t.reshape((b, n, heads, d))?.transpose(1, 2)?.contiguous();
+    let split = |t: &Tensor| {
+        let len = t.dim(1)?;
+        t.reshape((b, len, heads, d))?.transpose(1, 2)?.contiguous()
+    };
     let (q, k, v) = (split(q)?, split(k)?, split(v)?);
     let dtype = q.dtype();
     let s = (q.matmul(&k.t()?)?.to_dtype(DType::F32)? * scale)?;
     let mut s = s.broadcast_add(&mask.tensor.reshape((b, 1, 1, n))?)?;
     if causal {
-        let c: Vec<f32> = (0..n * n)
+        let c: Vec<f32> = (0..nq * n)
             .map(|i| if i % n > i / n { MASKED } else { 0.0 })
             .collect();
-        s = s.broadcast_add(&Tensor::from_vec(c, (n, n), q.device())?)?;
+        s = s.broadcast_add(&Tensor::from_vec(c, (nq, n), q.device())?)?;
     }
     // Softmax from differentiable ops (candle_nn's fused softmax has no backward pass).
     let e = s
@@ -376,5 +417,5 @@ pub(crate) fn attention(
     p.to_dtype(dtype)?
         .matmul(&v)?
         .transpose(1, 2)?
-        .reshape((b, n, hid))
+        .reshape((b, nq, hid))
 }

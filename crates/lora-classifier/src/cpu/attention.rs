@@ -13,9 +13,11 @@ use super::matrix::{
 };
 use super::simd::{dropout_into, softmax_backward_row, softmax_rows};
 
-/// Scaled dot-product attention over q, k, v [batch, seq, hidden] (views with unit column
-/// stride and any row stride, e.g. slices of GPT-2's fused QKV), with an additive key mask,
-/// optionally causal, with dropout on the probabilities. Output [batch, seq, hidden].
+/// Scaled dot-product attention of q [batch, q_len, hidden] over k, v [batch, seq, hidden]
+/// (views with unit column stride and any row stride, e.g. slices of GPT-2's fused QKV), the
+/// queries being the first q_len positions, with an additive key mask, optionally causal, with
+/// dropout on the probabilities [batch, heads, q_len, seq] (its key placed for them). Output
+/// [batch, q_len, hidden].
 pub(crate) struct Attention {
     pub heads: usize,
     pub scale: f32,
@@ -76,14 +78,15 @@ impl<'a> Rows<'a> {
     }
 }
 
-fn inputs<'a>(t: [(&'a CpuStorage, &'a Layout); 3]) -> Result<([Rows<'a>; 3], [usize; 3])> {
+/// The inputs and [batch, q_len, seq, hidden].
+fn inputs<'a>(t: [(&'a CpuStorage, &'a Layout); 3]) -> Result<([Rows<'a>; 3], [usize; 4])> {
     let (q, dq) = Rows::new(t[0].0, t[0].1)?;
     let (k, dk) = Rows::new(t[1].0, t[1].1)?;
     let (v, dv) = Rows::new(t[2].0, t[2].1)?;
-    if dq != dk || dq != dv {
-        bail!("attention: q, k, v shapes differ: {dq:?} {dk:?} {dv:?}")
+    if dk != dv || dq[0] != dk[0] || dq[2] != dk[2] || dq[1] > dk[1] {
+        bail!("attention: q, k, v shapes do not fit: {dq:?} {dk:?} {dv:?}")
     }
-    Ok(([q, k, v], dq))
+    Ok(([q, k, v], [dk[0], dq[1], dk[1], dk[2]]))
 }
 
 /// Every head's share of the hidden size: the heads together write every output column.
@@ -115,23 +118,24 @@ impl CustomOp3 for Attention {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let ([q, k, v], [b, n, hid]) = inputs([(s1, l1), (s2, l2), (s3, l3)])?;
+        let ([q, k, v], [b, m, n, hid]) = inputs([(s1, l1), (s2, l2), (s3, l3)])?;
         let (h, d) = (self.heads, head_size(hid, self.heads)?);
-        let mut out = uninit_buffer(b * n * hid);
-        let mut probs = uninit_buffer(if self.save { b * h * n * n } else { 0 });
+        let block = m * n;
+        let mut out = uninit_buffer(b * m * hid);
+        let mut probs = uninit_buffer(if self.save { b * h * block } else { 0 });
         let (out_p, probs_p) = (SendPtr::of(&mut out), SendPtr::of(&mut probs));
         (0..b * h).into_par_iter().for_each_init(
-            || (uninit_buffer(n * n), uninit_buffer(n * n)),
+            || (uninit_buffer(block), uninit_buffer(block)),
             |(scratch, dropped), t| {
                 let (bi, hi) = (t / h, t % h);
                 let p: &mut [MaybeUninit<f32>] = if self.save {
-                    // SAFETY: task t alone writes probs[t·n², (t+1)·n²).
-                    unsafe { std::slice::from_raw_parts_mut(probs_p.add(t * n * n).cast(), n * n) }
+                    // SAFETY: task t alone writes probs[t·block, (t+1)·block).
+                    unsafe { std::slice::from_raw_parts_mut(probs_p.add(t * block).cast(), block) }
                 } else {
                     &mut scratch[..]
                 };
                 let (qh, kh, vh) = (
-                    q.head(bi, hi * d, n, d),
+                    q.head(bi, hi * d, m, d),
                     k.head(bi, hi * d, n, d),
                     v.head(bi, hi * d, n, d),
                 );
@@ -140,7 +144,7 @@ impl CustomOp3 for Attention {
                 softmax_rows(p, n, &self.mask[bi * n..(bi + 1) * n], self.causal);
                 let pd: &[f32] = match self.dropout {
                     Some(key) => {
-                        dropout_into(p, dropped, t * n * n, key);
+                        dropout_into(p, dropped, t * block, key);
                         // SAFETY: `dropout_into` wrote all of it.
                         unsafe { assume_init_mut(dropped) }
                     }
@@ -150,10 +154,10 @@ impl CustomOp3 for Attention {
                 // SAFETY: task t alone writes columns [hi·d, (hi+1)·d) of batch bi's rows.
                 unsafe {
                     gemm_raw(
-                        out_p.add(bi * n * hid + hi * d),
+                        out_p.add(bi * m * hid + hi * d),
                         hid,
                         false,
-                        Mat::of(pd, n, n),
+                        Mat::of(pd, m, n),
                         vh,
                         1.0,
                         false,
@@ -167,7 +171,7 @@ impl CustomOp3 for Attention {
         if self.save {
             *self.probs.lock().unwrap() = probs;
         }
-        Ok((CpuStorage::F32(out), Shape::from((b, n, hid))))
+        Ok((CpuStorage::F32(out), Shape::from((b, m, hid))))
     }
 
     fn bwd(
@@ -187,52 +191,55 @@ impl CustomOp3 for Attention {
         let (qs, ql) = q.storage_and_layout();
         let (ks, kl) = k.storage_and_layout();
         let (vs, vl) = v.storage_and_layout();
-        let ([q, k, v], [b, n, hid]) = inputs([(cpu(&qs)?, ql), (cpu(&ks)?, kl), (cpu(&vs)?, vl)])?;
+        let ([q, k, v], [b, m, n, hid]) =
+            inputs([(cpu(&qs)?, ql), (cpu(&ks)?, kl), (cpu(&vs)?, vl)])?;
         let (go, _) = Rows::new(cpu(&gs)?, gl)?;
         let (h, d) = (self.heads, head_size(hid, self.heads)?);
+        let block = m * n;
         let mut grads = [
-            uninit_buffer(b * n * hid),
+            uninit_buffer(b * m * hid),
             uninit_buffer(b * n * hid),
             uninit_buffer(b * n * hid),
         ];
         let [dq, dk, dv] = grads.each_mut().map(|g| SendPtr::of(g));
         (0..b * h).into_par_iter().for_each_init(
-            || (uninit_buffer(n * n), uninit_buffer(n * n)),
+            || (uninit_buffer(block), uninit_buffer(block)),
             |(ds, dropped), t| {
                 let (bi, hi) = (t / h, t % h);
-                let p = &probs[t * n * n..(t + 1) * n * n];
+                let p = &probs[t * block..(t + 1) * block];
                 let pd: &[f32] = match self.dropout {
                     Some(key) => {
-                        dropout_into(p, dropped, t * n * n, key);
+                        dropout_into(p, dropped, t * block, key);
                         // SAFETY: `dropout_into` wrote all of it.
                         unsafe { assume_init_mut(dropped) }
                     }
                     None => p,
                 };
                 let (qh, kh, vh) = (
-                    q.head(bi, hi * d, n, d),
+                    q.head(bi, hi * d, m, d),
                     k.head(bi, hi * d, n, d),
                     v.head(bi, hi * d, n, d),
                 );
-                let gh = go.head(bi, hi * d, n, d);
+                let gh = go.head(bi, hi * d, m, d);
                 // dP_d = dO·Vᵀ, then the softmax (and dropout) backward in place: dS.
                 let ds = gemm_into(ds, gh, vh.t(), 1.0, false);
                 for ((g, p), pd) in ds.chunks_mut(n).zip(p.chunks(n)).zip(pd.chunks(n)) {
                     softmax_backward_row(g, p, pd, self.scale);
                 }
-                let (ds, pd) = (Mat::of(ds, n, n), Mat::of(pd, n, n));
-                let at = bi * n * hid + hi * d;
+                let (ds, pd) = (Mat::of(ds, m, n), Mat::of(pd, m, n));
+                let (at_q, at) = (bi * m * hid + hi * d, bi * n * hid + hi * d);
                 // SAFETY: task t alone writes columns [hi·d, (hi+1)·d) of batch bi's rows.
                 unsafe {
                     gemm_raw(dv.add(at), hid, false, pd.t(), gh, 1.0, false); // dV = P_dᵀ·dO
-                    gemm_raw(dq.add(at), hid, false, ds, kh, 1.0, false); // dQ = dS·K
+                    gemm_raw(dq.add(at_q), hid, false, ds, kh, 1.0, false); // dQ = dS·K
                     gemm_raw(dk.add(at), hid, false, ds.t(), qh, 1.0, false); // dK = dSᵀ·Q
                 }
             },
         );
         // SAFETY: the tasks wrote every head's columns of every row of the three gradients.
         let [dq, dk, dv] = grads.map(|g| unsafe { assume_init(g) });
-        let [dq, dk, dv] = [dq, dk, dv].map(|g| Tensor::from_vec(g, (b, n, hid), &Device::Cpu));
-        Ok((Some(dq?), Some(dk?), Some(dv?)))
+        let dq = Tensor::from_vec(dq, (b, m, hid), &Device::Cpu)?;
+        let [dk, dv] = [dk, dv].map(|g| Tensor::from_vec(g, (b, n, hid), &Device::Cpu));
+        Ok((Some(dq), Some(dk?), Some(dv?)))
     }
 }

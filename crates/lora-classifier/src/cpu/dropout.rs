@@ -3,6 +3,8 @@
 //! device's kernel reproduces the same masks from [`DropKey`]'s fields and [`hash32`]: change
 //! nothing here without changing it there.
 
+use std::ops::Range;
+
 use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
 use common::hash::splitmix64;
 use rayon::prelude::*;
@@ -19,12 +21,20 @@ pub(crate) fn layer_site(layer: usize, which: u64) -> u64 {
 
 /// The mask of one dropout site: element i is kept, scaled by `scale`, when
 /// `hash32(hash32(i ^ k0) ^ k1) >= threshold`, and zeroed otherwise.
+///
+/// i is the element's index in the full tensor of the site. A key [`placed`](Self::placed) on
+/// a tensor holding only the first rows of each sequence reads the full tensor's mask at its
+/// elements' positions there (`block`, `stride`); other devices' kernels take identity keys only.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub(crate) struct DropKey {
     pub(crate) k0: u32,
     pub(crate) k1: u32,
     pub(crate) threshold: u32,
     pub(crate) scale: f32,
+    /// Element j of the tensor is element (j / block)·stride + j mod block of the full one;
+    /// 0 for the identity.
+    block: usize,
+    stride: usize,
 }
 
 /// Chris Wellons' lowbias32.
@@ -52,6 +62,44 @@ impl DropKey {
             k1: (h >> 32) as u32,
             threshold,
             scale,
+            block: 0,
+            stride: 0,
+        }
+    }
+
+    /// This mask as seen by a tensor that holds the first `kept` of every `of` rows of `width`
+    /// elements of the site's full tensor (e.g. the [CLS] rows of [batch, seq, hidden]): its
+    /// elements get the factors they have in the full tensor. A key already placed stays as it is.
+    pub(crate) fn placed(self, kept: usize, of: usize, width: usize) -> Self {
+        if kept >= of || self.block != 0 {
+            return self;
+        }
+        Self {
+            block: kept * width,
+            stride: of * width,
+            ..self
+        }
+    }
+
+    /// Mask factors are read at consecutive full-tensor indices (no placement).
+    pub(crate) fn is_identity(&self) -> bool {
+        self.block == 0
+    }
+
+    /// Splits elements [first, first + len) of the tensor into runs of consecutive full-tensor
+    /// indices: `f(range in 0..len, full index of its first element)`.
+    #[inline]
+    pub(super) fn runs(&self, first: usize, len: usize, mut f: impl FnMut(Range<usize>, usize)) {
+        if self.block == 0 {
+            return f(0..len, first);
+        }
+        let mut at = 0;
+        while at < len {
+            let j = first + at;
+            let (block, offset) = (j / self.block, j % self.block);
+            let end = (at + self.block - offset).min(len);
+            f(at..end, block * self.stride + offset);
+            at = end;
         }
     }
 

@@ -223,9 +223,40 @@ simd_fn!(
         }
     }
 );
+/// dst[i] = src[i] · mask(first + i): the mask is a function of the element index.
+pub(super) fn dropout_into(src: &[f32], dst: &mut [MaybeUninit<f32>], first: usize, key: DropKey) {
+    key.runs(first, dst.len(), |r, at| {
+        dropout_into_run(&src[r.clone()], &mut dst[r], at, key)
+    });
+}
+
+pub(super) fn dropout_factors(dst: &mut [MaybeUninit<f32>], first: usize, key: DropKey) {
+    key.runs(first, dst.len(), |r, at| dropout_factors_run(&mut dst[r], at, key));
+}
+
+/// dst = dropout(x) + r
+pub(super) fn dropout_add_into(
+    x: &[f32],
+    r: &[f32],
+    dst: &mut [MaybeUninit<f32>],
+    first: usize,
+    key: DropKey,
+) {
+    key.runs(first, dst.len(), |s, at| {
+        dropout_add_into_run(&x[s.clone()], &r[s.clone()], &mut dst[s], at, key)
+    });
+}
+
+/// dst += dropout(src)
+pub(super) fn add_dropped(dst: &mut [f32], src: &[f32], first: usize, key: DropKey) {
+    key.runs(first, dst.len(), |r, at| {
+        add_dropped_run(&mut dst[r.clone()], &src[r], at, key)
+    });
+}
+
+// The loops above over runs of consecutive mask indices (the key's factor at first + i).
 simd_fn!(
-    /// dst[i] = src[i] · mask(first + i): the mask is a function of the element index.
-    fn dropout_into(src: &[f32], dst: &mut [MaybeUninit<f32>], first: usize, key: DropKey) {
+    fn dropout_into_run(src: &[f32], dst: &mut [MaybeUninit<f32>], first: usize, key: DropKey) {
         let src = &src[..dst.len()];
         for i in 0..dst.len() {
             dst[i] = MaybeUninit::new(src[i] * key.factor((first + i) as u32));
@@ -233,15 +264,14 @@ simd_fn!(
     }
 );
 simd_fn!(
-    fn dropout_factors(dst: &mut [MaybeUninit<f32>], first: usize, key: DropKey) {
+    fn dropout_factors_run(dst: &mut [MaybeUninit<f32>], first: usize, key: DropKey) {
         for i in 0..dst.len() {
             dst[i] = MaybeUninit::new(key.factor((first + i) as u32));
         }
     }
 );
 simd_fn!(
-    /// dst = dropout(x) + r
-    fn dropout_add_into(
+    fn dropout_add_into_run(
         x: &[f32],
         r: &[f32],
         dst: &mut [MaybeUninit<f32>],
@@ -255,8 +285,7 @@ simd_fn!(
     }
 );
 simd_fn!(
-    /// dst += dropout(src)
-    fn add_dropped(dst: &mut [f32], src: &[f32], first: usize, key: DropKey) {
+    fn add_dropped_run(dst: &mut [f32], src: &[f32], first: usize, key: DropKey) {
         let src = &src[..dst.len()];
         for i in 0..dst.len() {
             dst[i] += src[i] * key.factor((first + i) as u32);
