@@ -132,8 +132,8 @@ impl Classifier {
             labels: &[],
             max_len,
         };
-        let mut probs = Vec::with_capacity(examples.len());
-        let started = Instant::now();
+        let mut probs = vec![f64::NAN; examples.len()];
+        let (started, mut done) = (Instant::now(), 0usize);
         training::infer(
             &self.model,
             &examples,
@@ -148,12 +148,15 @@ impl Classifier {
                         "the model gave non-finite logits {:?} for review {}: its weights or \
                      activations overflow (with training.dtype f16, try f32 or bf16)",
                         logits[row],
-                        rows.start + row
+                        rows[row]
                     );
                 }
-                probs.extend(logits.iter().map(|l| positive_probability(l)));
+                for (&i, l) in rows.iter().zip(&logits) {
+                    probs[i] = positive_probability(l);
+                }
+                done += rows.len();
                 if let Some(p) = progress.as_deref_mut() {
-                    let rate = probs.len() as f64 / started.elapsed().as_secs_f64().max(1e-9);
+                    let rate = done as f64 / started.elapsed().as_secs_f64().max(1e-9);
                     p.advance(rows.len() as u64, &format!("{rate:.1} reviews/s"));
                 }
                 Ok(())

@@ -127,13 +127,12 @@ pub fn evaluate_with_progress(
     if examples.is_empty() {
         bail!("cannot validate on an empty split");
     }
-    let (mut loss_sum, mut correct) = (0f64, 0usize);
+    let (mut loss_sum, mut correct, mut done) = (0f64, 0usize, 0u64);
     infer(model, examples, batch_size, device, |rows, logits| {
-        let rows: Vec<usize> = rows.collect();
-        let labels = examples.labels(&rows, device)?;
+        let labels = examples.labels(rows, device)?;
         let loss = candle_nn::loss::cross_entropy(logits, &labels)?.to_scalar::<f32>()?;
         loss_sum += loss as f64 * rows.len() as f64;
-        for (row, &i) in logits.to_vec2::<f32>()?.iter().zip(&rows) {
+        for (row, &i) in logits.to_vec2::<f32>()?.iter().zip(rows) {
             // The first maximum, as torch.argmax.
             let pred = row
                 .iter()
@@ -141,10 +140,8 @@ pub fn evaluate_with_progress(
                 .fold(0, |best, (j, &v)| if v > row[best] { j } else { best });
             correct += (pred as u32 == examples.labels[i]) as usize;
         }
-        progress(
-            rows.last().map_or(0, |&i| i as u64 + 1),
-            examples.len() as u64,
-        );
+        done += rows.len() as u64;
+        progress(done, examples.len() as u64);
         Ok(())
     })?;
     Ok(Validation {
