@@ -318,14 +318,23 @@ impl PackedLinear {
         let m = x.len() / k;
         // A rounded to bf16, rows padded to whole pairs.
         let groups = k.div_ceil(2);
-        let mut a = vec![0u32; m * groups];
+        // Not zeroed first: the conversion writes every half (1.5% of a bf16 inference step
+        // was the memset).
+        let mut a = Box::<[u32]>::new_uninit_slice(m * groups);
         a.par_chunks_mut(groups * rows_per_task(k))
             .zip(x.par_chunks(k * rows_per_task(k)))
             .for_each(|(dst, src)| {
                 for (d, s) in dst.chunks_mut(groups).zip(src.chunks(k)) {
-                    bf16_row(s, as_u16(d), self.isa == Isa::Avx512);
+                    // SAFETY: a row of `groups` u32 is 2·groups u16 of the same memory, all
+                    // written here before anything reads them: k by the conversion, the pad.
+                    let halves: &mut [u16] =
+                        unsafe { std::slice::from_raw_parts_mut(d.as_mut_ptr().cast(), 2 * groups) };
+                    bf16_row(s, halves, self.isa == Isa::Avx512);
+                    halves[k..].fill(0);
                 }
             });
+        // SAFETY: the loop wrote every row.
+        let a = unsafe { a.assume_init() };
         match b {
             #[cfg(target_arch = "x86_64")]
             Bf16B::Panels(p) => tiles(m, n, p, &a, y, |_, rows, t, panel| {
@@ -468,11 +477,6 @@ fn padded(b: &[f32], n: usize) -> Vec<f32> {
 
 fn rows_per_task(k: usize) -> usize {
     (16384 / k.max(1)).max(1)
-}
-
-fn as_u16(d: &mut [u32]) -> &mut [u16] {
-    // SAFETY: u32 memory is valid (and aligned) as twice as many u16.
-    unsafe { std::slice::from_raw_parts_mut(d.as_mut_ptr().cast(), d.len() * 2) }
 }
 
 fn as_u8(d: &mut [u32]) -> &mut [u8] {
