@@ -137,8 +137,8 @@ bench-lines out *ARGS:
     {{run}} cargo bench --workspace --bench tokenize | tee -a "$round"
     if [ -n "$py" ]; then {{run}} "$py" scripts/tokenizer_bench.py | tee -a "$round" || true; fi
     for _ in $(seq "${BENCH_REPEATS:-2}"); do
-        {{run}} {{bin}}/imdb-lora bench "$@" | tee -a "$round"
-        {{run}} {{bin}}/imdb-lora bench --kernels composed "$@" | tee -a "$round"
+        {{run}} {{bin}}/imdb-lora bench --dtype f32 "$@" | tee -a "$round"
+        {{run}} {{bin}}/imdb-lora bench --dtype f32 --kernels composed "$@" | tee -a "$round"
         {{run}} {{bin}}/imdb-lora bench --dtype bf16 "$@" | tee -a "$round"
         {{run}} {{bin}}/imdb-lora bench --int8 "$@" | tee -a "$round"
         if [ -n "$py" ] && "$py" -c "import torch, transformers, peft" 2>/dev/null; then

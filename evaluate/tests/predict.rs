@@ -23,6 +23,7 @@ fn config_file(root: &Path) -> PathBuf {
     c.model.source = bert_base().display().to_string();
     c.model.max_len = 24;
     c.training.device = pipeline::config::DeviceSetting::Cpu;
+    c.training.dtype = pipeline::config::DtypeSetting::F32;
     let path = root.join("pipeline.yaml");
     std::fs::write(&path, c.to_yaml()).unwrap();
     path

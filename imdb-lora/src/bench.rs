@@ -11,6 +11,7 @@ use anyhow::{bail, Result};
 use candle_core::{DType, Tensor};
 use clap::Parser;
 use lora_classifier::{Kernels, Mode, SequenceClassifier};
+use training::device::DtypeSetting;
 use training::{Optimizer, OptimizerSettings};
 
 use crate::models;
@@ -33,7 +34,8 @@ struct Args {
     /// cpu, cuda, cuda:N or auto.
     #[arg(long, default_value = "cpu")]
     device: training::device::DeviceSetting,
-    /// Frozen weights: auto (f32 on the CPU, bf16 on a GPU), f32, bf16 or f16.
+    /// Frozen weights: auto (bf16 on a GPU and on a CPU with AVX512-BF16, else f32), f32, bf16
+    /// or f16.
     #[arg(long, default_value = "auto")]
     dtype: training::device::DtypeSetting,
     /// Inference with the merged model's frozen weights in int8 (CPU; as evaluate's
@@ -113,7 +115,11 @@ fn run(args: &Args) -> Result<()> {
         other => bail!("--kernels {other:?}: expected auto or composed"),
     };
     let (device, device_name) = training::device::select_device(args.device)?;
-    let dtype = training::device::select_dtype(args.dtype, &device);
+    // int8 quantizes f32 weights, whatever `auto` would pick.
+    let dtype = match args.dtype {
+        DtypeSetting::Auto if args.int8 => DType::F32,
+        setting => training::device::select_dtype(setting, &device),
+    };
     if args.int8 && (dtype != DType::F32 || !device.is_cpu()) {
         bail!("--int8 quantizes f32 weights on the CPU: use --device cpu and --dtype f32 or auto")
     }

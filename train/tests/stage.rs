@@ -75,7 +75,12 @@ fn trains_end_to_end_then_is_up_to_date() {
         (10, 2, 18, 8)
     );
     assert_eq!(summary.device, "cpu");
-    assert_eq!(summary.dtype, "f32");
+    // `training.dtype: auto`: bf16 where this CPU has AVX512-BF16 kernels, else f32.
+    let auto = match lora_classifier::cpu_kernels("bf16") {
+        Some("avx512") => "bf16",
+        _ => "f32",
+    };
+    assert_eq!(summary.dtype, auto);
     assert_eq!(summary.resumed_from_step, None);
     assert!(
         summary.parameters_line.starts_with("trainable params: "),
@@ -92,13 +97,15 @@ fn trains_end_to_end_then_is_up_to_date() {
     assert_eq!(summary.best_val_loss, best.val_loss.unwrap());
     assert_eq!(summary.final_val_loss, epochs[1].val_loss.unwrap());
 
-    // The saved adapter is the kept epoch's: it reproduces that epoch's validation loss.
+    // The saved adapter is the kept epoch's: with the frozen weights in the dtype it trained
+    // with, it reproduces that epoch's validation loss.
     let ckpt = Checkpoint::open(&model_dir()).unwrap();
+    let dtype = if auto == "bf16" { DType::BF16 } else { DType::F32 };
     let model = SequenceClassifier::load_adapter(
         &ckpt,
         &train_dir(&c).join("adapter"),
         &Device::Cpu,
-        DType::F32,
+        dtype,
     )
     .unwrap();
     let validation = split(8, 1);

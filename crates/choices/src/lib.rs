@@ -137,7 +137,7 @@ choice!(
 choice!(
     /// The dtype of the frozen base weights (LoRA, the head and optimizer state stay f32).
     DtypeSetting, "dtype" {
-        /// f32 on the CPU, bf16 on a GPU.
+        /// bf16 on a GPU and on a CPU with AVX512-BF16, else f32.
         Auto = "auto",
         F32 = "f32",
         Bf16 = "bf16",

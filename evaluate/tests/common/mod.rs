@@ -121,6 +121,9 @@ pub fn tiny_config(root: &Path) -> Config {
     c.training.epochs = 1;
     c.training.checkpoint_every_steps = 1000;
     c.training.device = pipeline::config::DeviceSetting::Cpu;
+    // f32, whose results the tests hold to the fixtures at 1e-5 (`auto` is bf16 on a CPU with
+    // AVX512-BF16; `just smoke` runs that).
+    c.training.dtype = pipeline::config::DtypeSetting::F32;
     c.evaluate.batch_size = 5; // not a divisor of 24: a partial last batch
     c.report.formats = vec![ImageFormat::Svg];
     c
