@@ -100,7 +100,11 @@ fn trains_end_to_end_then_is_up_to_date() {
     // The saved adapter is the kept epoch's: with the frozen weights in the dtype it trained
     // with, it reproduces that epoch's validation loss.
     let ckpt = Checkpoint::open(&model_dir()).unwrap();
-    let dtype = if auto == "bf16" { DType::BF16 } else { DType::F32 };
+    let dtype = if auto == "bf16" {
+        DType::BF16
+    } else {
+        DType::F32
+    };
     let model = SequenceClassifier::load_adapter(
         &ckpt,
         &train_dir(&c).join("adapter"),

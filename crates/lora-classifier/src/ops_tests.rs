@@ -69,7 +69,11 @@ fn dropout_and_layer_norm_of_the_first_row_are_the_full_ones() {
 
         let full = ops::dropout(&x, key, &c).unwrap();
         let part = ops::dropout(&first_row(&x), key, &rows).unwrap();
-        assert_eq!(max_diff(&first_row(&full), &part), 0.0, "dropout, fused {fused}");
+        assert_eq!(
+            max_diff(&first_row(&full), &part),
+            0.0,
+            "dropout, fused {fused}"
+        );
         // The first rows hold dropped elements: the masks are compared, not only kept values.
         let zeros = part.flatten_all().unwrap().to_vec1::<f32>().unwrap();
         assert!(zeros.contains(&0.0), "dropout drops some of the first rows");
@@ -94,7 +98,9 @@ fn lora_linear_of_the_first_row_is_the_full_one() {
         packed: None,
     };
     let key = c.dropout(P, 6);
-    let full = ops::lora_linear(&x, f, &a, &b, 2.0, key, &c).unwrap().unwrap();
+    let full = ops::lora_linear(&x, f, &a, &b, 2.0, key, &c)
+        .unwrap()
+        .unwrap();
     let rows = c.first_rows(1, N);
     let part = ops::lora_linear(&first_row(&x), f, &a, &b, 2.0, key, &rows)
         .unwrap()
@@ -104,9 +110,15 @@ fn lora_linear_of_the_first_row_is_the_full_one() {
     let no_drop = ops::lora_linear(&first_row(&x), f, &a, &b, 2.0, None, &rows)
         .unwrap()
         .unwrap();
-    assert!(max_diff(&part, &no_drop) > 1e-3, "the LoRA dropout is active");
+    assert!(
+        max_diff(&part, &no_drop) > 1e-3,
+        "the LoRA dropout is active"
+    );
     let plain = ops::linear(&first_row(&x), f, Act::None, &rows).unwrap();
-    assert!(max_diff(&part, &plain) > 1e-3, "the LoRA branch adds something");
+    assert!(
+        max_diff(&part, &plain) > 1e-3,
+        "the LoRA branch adds something"
+    );
 }
 
 /// Attention of the first query over every key: its output and the gradients of q, k and v
@@ -116,7 +128,13 @@ fn attention_of_the_first_query_is_the_full_one() {
     let (heads, hid) = (3, 12);
     // Batch 1 has its last two keys masked.
     let bias: Vec<f32> = (0..B * N)
-        .map(|i| if i / N == 1 && i % N >= N - 2 { MASKED } else { 0.0 })
+        .map(|i| {
+            if i / N == 1 && i % N >= N - 2 {
+                MASKED
+            } else {
+                0.0
+            }
+        })
         .collect();
     let mask = KeyMask {
         tensor: Tensor::from_slice(&bias, (B, N), &Device::Cpu).unwrap(),
@@ -131,8 +149,7 @@ fn attention_of_the_first_query_is_the_full_one() {
             let key = c.dropout(P, 7);
             let [q, k, v] = [1, 2, 3].map(|s| Var::from_tensor(&tensor(&[B, N, hid], s)).unwrap());
             let run = |query: &Tensor, c: &Ctx| {
-                let out =
-                    ops::attention(query, &k, &v, heads, 0.5, causal, &mask, key, c).unwrap();
+                let out = ops::attention(query, &k, &v, heads, 0.5, causal, &mask, key, c).unwrap();
                 let loss = (first_row(&out) * &g).unwrap().sum_all().unwrap();
                 let grads = loss.backward().unwrap();
                 let [dq, dk, dv] = [&q, &k, &v].map(|t| grads.get(t).unwrap().clone());

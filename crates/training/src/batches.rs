@@ -141,7 +141,11 @@ mod tests {
         for i in 0..n {
             let used = 2 + (i * 5) % 8;
             for j in 0..len {
-                ids.push(if j < used { 100 + (i * 7 + j) as u32 % 50 } else { 0 });
+                ids.push(if j < used {
+                    100 + (i * 7 + j) as u32 % 50
+                } else {
+                    0
+                });
                 mask.push(u32::from(j < used));
             }
         }

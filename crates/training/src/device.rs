@@ -78,7 +78,11 @@ mod tests {
 
     #[test]
     fn auto_is_bf16_on_a_cpu_with_avx512_bf16_and_the_cpu_without_cuda() {
-        let want = if native_bf16() { DType::BF16 } else { DType::F32 };
+        let want = if native_bf16() {
+            DType::BF16
+        } else {
+            DType::F32
+        };
         assert_eq!(select_dtype(DtypeSetting::Auto, &Device::Cpu), want);
         assert_eq!(select_dtype(DtypeSetting::F32, &Device::Cpu), DType::F32);
         assert_eq!(select_dtype(DtypeSetting::Bf16, &Device::Cpu), DType::BF16);

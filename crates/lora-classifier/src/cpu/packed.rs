@@ -327,8 +327,9 @@ impl PackedLinear {
                 for (d, s) in dst.chunks_mut(groups).zip(src.chunks(k)) {
                     // SAFETY: a row of `groups` u32 is 2·groups u16 of the same memory, all
                     // written here before anything reads them: k by the conversion, the pad.
-                    let halves: &mut [u16] =
-                        unsafe { std::slice::from_raw_parts_mut(d.as_mut_ptr().cast(), 2 * groups) };
+                    let halves: &mut [u16] = unsafe {
+                        std::slice::from_raw_parts_mut(d.as_mut_ptr().cast(), 2 * groups)
+                    };
                     bf16_row(s, halves, self.isa == Isa::Avx512);
                     halves[k..].fill(0);
                 }

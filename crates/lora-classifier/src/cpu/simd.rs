@@ -231,7 +231,9 @@ pub(super) fn dropout_into(src: &[f32], dst: &mut [MaybeUninit<f32>], first: usi
 }
 
 pub(super) fn dropout_factors(dst: &mut [MaybeUninit<f32>], first: usize, key: DropKey) {
-    key.runs(first, dst.len(), |r, at| dropout_factors_run(&mut dst[r], at, key));
+    key.runs(first, dst.len(), |r, at| {
+        dropout_factors_run(&mut dst[r], at, key)
+    });
 }
 
 /// dst = dropout(x) + r
