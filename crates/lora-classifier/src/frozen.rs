@@ -145,18 +145,7 @@ mod tests {
     use candle_core::{DType, Device, Tensor, Var};
 
     use super::FrozenMatmul;
-
-    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-        let d = (a.to_dtype(DType::F32).unwrap() - b.to_dtype(DType::F32).unwrap()).unwrap();
-        d.abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar()
-            .unwrap()
-    }
+    use crate::test_util::max_diff;
 
     /// Forward and input gradient equal candle's matmul + bias (the reference) in both weight
     /// layouts, for f32 and bf16 and an input with a batch dimension; no weight gradient exists.

@@ -50,6 +50,8 @@ mod ops;
 #[cfg(test)]
 mod ops_tests;
 mod runtime;
+#[cfg(test)]
+mod test_util;
 
 use std::fmt;
 use std::path::Path;

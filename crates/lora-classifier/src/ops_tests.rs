@@ -8,6 +8,7 @@ use candle_core::{Device, Tensor, Var};
 
 use crate::cpu::Act;
 use crate::ops::{self, Ctx, Frozen, KeyMask, MASKED};
+use crate::test_util::max_diff;
 
 const SEED: u64 = 11;
 const P: f64 = 0.3;
@@ -34,20 +35,6 @@ fn ctx(fused: bool) -> Ctx {
         detach: false,
         rows: None,
     }
-}
-
-fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-    assert_eq!(a.dims(), b.dims());
-    (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar()
-        .unwrap()
 }
 
 fn first_row(t: &Tensor) -> Tensor {
