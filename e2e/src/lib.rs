@@ -159,22 +159,3 @@ pub fn changed(
 pub fn stage_dir(c: &Config, stage: StageId) -> PathBuf {
     Layout::new(&c.artifacts).stage_dir(stage)
 }
-
-/// `just status` in-process: the state of every stage for `c`, as `imdb-lora status` gives it.
-pub fn stage_states(c: &Config) -> Result<Vec<(StageId, pipeline::status::State)>> {
-    let mut data_prep = data_prep::DataPrep::default();
-    let mut tokenize = tokenize::Tokenize::default();
-    let mut train = train::Train::default();
-    let mut evaluate = evaluate::Evaluate::new(evaluate::ModelChoice::default());
-    let mut report = report::stage::Report;
-    let mut export = export::Export::default();
-    let mut stages: [&mut dyn pipeline::runner::StageInputs; 6] = [
-        &mut data_prep,
-        &mut tokenize,
-        &mut train,
-        &mut evaluate,
-        &mut report,
-        &mut export,
-    ];
-    pipeline::status::status(c, &mut stages)
-}

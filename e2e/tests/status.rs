@@ -5,7 +5,8 @@
 use std::fs;
 use std::path::Path;
 
-use e2e::{parquet_source, run_chain, snapshot, stage_dir, stage_states, tiny_config};
+use e2e::{parquet_source, run_chain, snapshot, stage_dir, tiny_config};
+use imdb_lora::status::states as stage_states;
 use pipeline::config::{DeviceSetting, DtypeSetting};
 use pipeline::runner::Outcome;
 use pipeline::stamp::Change;

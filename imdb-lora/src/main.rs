@@ -8,10 +8,9 @@ mod check_fixture;
 mod check_kernels;
 mod convert;
 mod results;
-mod status;
 
 // The library's modules, where the commands' modules look for them (`crate::models`).
-use imdb_lora::{kernel_parity, models};
+use imdb_lora::{kernel_parity, models, status};
 
 use std::ffi::OsString;
 
