@@ -76,9 +76,10 @@ fn trains_end_to_end_then_is_up_to_date() {
     );
     assert_eq!(summary.device, "cpu");
     // `training.dtype: auto`: bf16 where this CPU has AVX512-BF16 kernels, else f32.
-    let auto = match lora_classifier::cpu_kernels("bf16") {
-        Some("avx512") => "bf16",
-        _ => "f32",
+    let auto = if lora_classifier::cpu_has_native_bf16() {
+        "bf16"
+    } else {
+        "f32"
     };
     assert_eq!(summary.dtype, auto);
     assert_eq!(summary.resumed_from_step, None);

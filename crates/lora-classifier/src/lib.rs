@@ -167,6 +167,12 @@ pub fn cpu_kernels(precision: &str) -> Option<&'static str> {
     })
 }
 
+/// Whether this CPU computes bf16 frozen layers with its own instructions (AVX512-BF16), not
+/// by rounding to bf16 and multiplying in f32 as the portable code does.
+pub fn cpu_has_native_bf16() -> bool {
+    cpu::Isa::detect(cpu::Precision::Bf16) == cpu::Isa::Avx512
+}
+
 /// Environment variable that makes the CPU's bf16 and int8 layers run the portable code
 /// (`portable`) as on a CPU without AVX512-BF16 / AVX512-VNNI.
 pub const CPU_ISA_ENV: &str = cpu::ISA_ENV;

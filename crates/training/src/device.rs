@@ -36,7 +36,7 @@ pub fn select_device(setting: DeviceSetting) -> Result<(Device, String)> {
 pub fn select_dtype(setting: DtypeSetting, device: &Device) -> DType {
     match setting {
         DtypeSetting::Auto if device.is_cpu() => {
-            if lora_classifier::cpu_kernels("bf16") == Some("avx512") {
+            if lora_classifier::cpu_has_native_bf16() {
                 DType::BF16
             } else {
                 DType::F32
