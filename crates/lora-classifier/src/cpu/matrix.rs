@@ -104,18 +104,7 @@ impl<'a> Mat<'a> {
 
     /// rows × cols, each row `rs` elements after the previous one.
     pub fn strided(data: &'a [f32], rows: usize, cols: usize, rs: usize) -> Self {
-        assert!(
-            rows == 0 || (rows - 1) * rs + cols <= data.len(),
-            "matrix view out of bounds"
-        );
-        Self {
-            ptr: data.as_ptr(),
-            rows,
-            cols,
-            rs,
-            cs: 1,
-            _data: PhantomData,
-        }
+        Self::general(data, rows, cols, rs, 1)
     }
 
     /// rows × cols with element (r, c) at `r·rs + c·cs`.
