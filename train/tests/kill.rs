@@ -94,6 +94,54 @@ fn wait_for_checkpoint(child: &mut Child, checkpoints: &Path, step: u64) -> Path
     want
 }
 
+/// Runs training in `tmp` to the end, quietly.
+fn run_to_end(tmp: &Path) {
+    let status = binary(tmp)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+/// Starts training in `tmp` (config `c`) and kills it (SIGKILL) once checkpoint `step` is
+/// complete; returns that checkpoint's folder.
+fn kill_at_checkpoint(tmp: &Path, c: &Config, step: u64) -> PathBuf {
+    let mut child = stopping_run(tmp, step)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let ckpt = wait_for_checkpoint(
+        &mut child,
+        &Layout::new(&c.artifacts).train_checkpoints(),
+        step,
+    );
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    ckpt
+}
+
+/// Runs training in `tmp` again, which must succeed; its stdout.
+fn resume(tmp: &Path) -> String {
+    let out = binary(tmp).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+/// The resumed run (`resumed`, from checkpoint `step`) ended as the uninterrupted one did: the
+/// same history and the same adapter bytes.
+fn assert_same_as_uninterrupted(resumed: &Config, uninterrupted: &Config, step: u64) {
+    assert_eq!(summary_of(resumed).resumed_from_step, Some(step));
+    assert_eq!(history_of(resumed), history_of(uninterrupted));
+    assert_eq!(adapter_bytes(resumed), adapter_bytes(uninterrupted));
+}
+
 /// Kills a run with SIGKILL right after a mid-epoch checkpoint (the run stops in place after
 /// writing the checkpoint of step 7, so the kill point is known), runs the `train` binary
 /// again, and compares with a run that was never interrupted.
@@ -104,26 +152,9 @@ fn resumes_after_a_kill_as_if_never_stopped() {
     };
     let (tmp_a, ca) = setup(edit);
     let (tmp_b, cb) = setup(edit);
+    run_to_end(tmp_b.path());
 
-    let status = binary(tmp_b.path())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .unwrap();
-    assert!(status.success());
-
-    let mut child = stopping_run(tmp_a.path(), 7)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let ckpt = wait_for_checkpoint(
-        &mut child,
-        &Layout::new(&ca.artifacts).train_checkpoints(),
-        7,
-    );
-    child.kill().unwrap(); // SIGKILL
-    child.wait().unwrap();
+    let ckpt = kill_at_checkpoint(tmp_a.path(), &ca, 7);
     // Step 7 is batch 2 of epoch 2 (5 batches an epoch): mid-epoch.
     let state: serde_json::Value =
         serde_json::from_str(&fs::read_to_string(ckpt.join("state.json")).unwrap()).unwrap();
@@ -136,20 +167,12 @@ fn resumes_after_a_kill_as_if_never_stopped() {
     );
     assert!(!train_dir(&ca).exists(), "a killed run commits nothing");
 
-    let out = binary(tmp_a.path()).output().unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stdout = resume(tmp_a.path());
     assert!(
         stdout.contains("resuming from checkpoint") && stdout.contains("step-00000007"),
         "{stdout}"
     );
-    assert_eq!(summary_of(&ca).resumed_from_step, Some(7));
-    assert_eq!(history_of(&ca), history_of(&cb));
-    assert_eq!(adapter_bytes(&ca), adapter_bytes(&cb));
+    assert_same_as_uninterrupted(&ca, &cb, 7);
 }
 
 /// A checkpoint whose state holds NaN is skipped (and said so) for the previous good one, and
@@ -157,22 +180,10 @@ fn resumes_after_a_kill_as_if_never_stopped() {
 fn resume_skips_a_checkpoint_with_non_finite_state() {
     let (tmp_a, ca) = setup(|_| {});
     let (tmp_b, cb) = setup(|_| {});
-    let status = binary(tmp_b.path())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .unwrap();
-    assert!(status.success());
+    run_to_end(tmp_b.path());
 
-    let mut child = stopping_run(tmp_a.path(), 4)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
     let checkpoints = Layout::new(&ca.artifacts).train_checkpoints();
-    let newest = wait_for_checkpoint(&mut child, &checkpoints, 4);
-    child.kill().unwrap();
-    child.wait().unwrap();
+    let newest = kill_at_checkpoint(tmp_a.path(), &ca, 4);
     assert!(checkpoints.join("step-00000002").exists());
 
     // Poison one parameter of the newest checkpoint.
@@ -190,13 +201,7 @@ fn resume_skips_a_checkpoint_with_non_finite_state() {
     tensors.insert(name.clone(), poisoned);
     candle_core::safetensors::save(&tensors, &file).unwrap();
 
-    let out = binary(tmp_a.path()).output().unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stdout = resume(tmp_a.path());
     let skipped = format!(
         "train: skipping checkpoint {}: tensor '{name}' holds NaN or infinite values; trying an older one",
         newest.display()
@@ -209,9 +214,7 @@ fn resume_skips_a_checkpoint_with_non_finite_state() {
         )),
         "{stdout}"
     );
-    assert_eq!(summary_of(&ca).resumed_from_step, Some(2));
-    assert_eq!(history_of(&ca), history_of(&cb));
-    assert_eq!(adapter_bytes(&ca), adapter_bytes(&cb));
+    assert_same_as_uninterrupted(&ca, &cb, 2);
 }
 
 const TESTS: [(&str, fn()); 2] = [
