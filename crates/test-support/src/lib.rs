@@ -15,6 +15,12 @@ use std::path::{Path, PathBuf};
 
 use pipeline::hub::Hub;
 
+pub mod compare;
+
+/// Set to `1` (CI does, when `../shared` is beside the checkout) to make a test that cannot find
+/// the real model or data fail instead of skipping, so a run can insist that they ran.
+pub const REQUIRE_REAL_ENV: &str = "REQUIRE_REAL";
+
 /// The real models and dataset that some tests use.
 pub const MINILM: &str = "sentence-transformers/all-MiniLM-L6-v2";
 pub const GPT2: &str = "openai-community/gpt2";
@@ -91,9 +97,29 @@ pub fn shared_file(relative: &str) -> Result<PathBuf, String> {
     }
 }
 
+/// Whether `REQUIRE_REAL=1`: a missing real model or data set is then a failure.
+pub fn real_required() -> bool {
+    std::env::var(REQUIRE_REAL_ENV).is_ok_and(|v| v == "1")
+}
+
 /// Prints `SKIPPED: <test>: <why>` straight to the process's stderr: the test harness captures
-/// only `eprintln!`, and a skip must be seen in a plain `cargo test` run.
+/// `eprintln!` (shown only for failing tests), and a skip must be seen in a plain `cargo test`
+/// run. With `REQUIRE_REAL=1` it fails the test instead.
+#[track_caller]
 pub fn report_skip(test: &str, why: &str) {
+    if real_required() {
+        panic!("{test}: {why}, and {REQUIRE_REAL_ENV}=1 forbids skipping");
+    }
+    write_skip(test, why);
+}
+
+/// A skip that depends on the CPU (an instruction set this machine lacks), not on data: shown
+/// like [`report_skip`], but never a failure, since no setting can make the instructions appear.
+pub fn report_hardware_skip(test: &str, why: &str) {
+    write_skip(test, why);
+}
+
+fn write_skip(test: &str, why: &str) {
     let line = format!("SKIPPED: {test}: {why}\n");
     let _ = std::io::stderr().lock().write_all(line.as_bytes());
 }

@@ -1,0 +1,180 @@
+//! The one numeric comparison every test uses: lengths must match, there must be something to
+//! compare, and a non-finite value on either side fails (a NaN never compares as "close", as it
+//! would in a `fold(0.0, f32::max)`). A failure names the worst element.
+
+use std::fmt;
+
+/// A number a test compares: f32 and f64 (widened to f64 to compare).
+pub trait Value: Copy {
+    fn to_f64(self) -> f64;
+}
+
+impl Value for f32 {
+    fn to_f64(self) -> f64 {
+        f64::from(self)
+    }
+}
+
+impl Value for f64 {
+    fn to_f64(self) -> f64 {
+        self
+    }
+}
+
+/// Where two equally long, all-finite lists differ most.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Diff {
+    /// max |got − want|
+    pub max_abs: f64,
+    /// The element where it is reached, and its two values.
+    pub index: usize,
+    pub got: f64,
+    pub want: f64,
+    /// max |want|: the reference's scale, for relative errors.
+    pub scale: f64,
+}
+
+impl Diff {
+    /// max |got − want| / max |want| (a zero reference counts as the smallest positive float).
+    pub fn relative(&self) -> f64 {
+        self.max_abs / self.scale.max(f64::MIN_POSITIVE)
+    }
+}
+
+impl fmt::Display for Diff {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "max |got − expected| {:e} at element {} (got {}, expected {}; max |expected| {:e})",
+            self.max_abs, self.index, self.got, self.want, self.scale
+        )
+    }
+}
+
+/// The largest difference between `got` and `want`, or why they cannot be compared: different
+/// lengths, nothing to compare, or a NaN/infinity on either side (named by index).
+pub fn diff<T: Value>(got: &[T], want: &[T]) -> Result<Diff, String> {
+    if got.len() != want.len() {
+        return Err(format!(
+            "lengths differ: got {} values, expected {}",
+            got.len(),
+            want.len()
+        ));
+    }
+    if got.is_empty() {
+        return Err("nothing to compare (both empty)".into());
+    }
+    let mut worst = Diff {
+        max_abs: -1.0,
+        index: 0,
+        got: 0.0,
+        want: 0.0,
+        scale: 0.0,
+    };
+    for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
+        let (g, w) = (g.to_f64(), w.to_f64());
+        if !g.is_finite() {
+            return Err(format!("got[{i}] = {g} is not finite (expected {w})"));
+        }
+        if !w.is_finite() {
+            return Err(format!("expected[{i}] = {w} is not finite (got {g})"));
+        }
+        let d = (g - w).abs();
+        if d > worst.max_abs {
+            worst = Diff {
+                max_abs: d,
+                index: i,
+                got: g,
+                want: w,
+                scale: worst.scale,
+            };
+        }
+        worst.scale = worst.scale.max(w.abs());
+    }
+    Ok(worst)
+}
+
+/// [`diff`], panicking with `what` when the lists cannot be compared.
+#[track_caller]
+pub fn diff_of<T: Value>(got: &[T], want: &[T], what: &str) -> Diff {
+    diff(got, want).unwrap_or_else(|e| panic!("{what}: {e}"))
+}
+
+/// max |got − want|, panicking with `what` when the lists cannot be compared.
+#[track_caller]
+pub fn max_abs_diff<T: Value>(got: &[T], want: &[T], what: &str) -> f64 {
+    diff_of(got, want, what).max_abs
+}
+
+/// Asserts max |got − want| ≤ `tol`; returns the comparison.
+#[track_caller]
+pub fn assert_close<T: Value>(got: &[T], want: &[T], tol: f64, what: &str) -> Diff {
+    let d = diff_of(got, want, what);
+    assert!(d.max_abs <= tol, "{what}: {d} > tolerance {tol:e}");
+    d
+}
+
+/// Asserts max |got − want| / max |want| ≤ `tol`; returns the comparison.
+#[track_caller]
+pub fn assert_close_relative<T: Value>(got: &[T], want: &[T], tol: f64, what: &str) -> Diff {
+    let d = diff_of(got, want, what);
+    assert!(
+        d.relative() <= tol,
+        "{what}: relative error {:e} > tolerance {tol:e}: {d}",
+        d.relative()
+    );
+    d
+}
+
+/// Asserts that an effect a check must detect (`effect`, such as what the adapter changes) is at
+/// least `factor` × the check's tolerance: a tolerance as large as the effect lets its loss pass.
+#[track_caller]
+pub fn assert_detects(effect: f64, tol: f64, factor: f64, what: &str) {
+    assert!(
+        effect.is_finite() && effect >= factor * tol,
+        "{what}: the effect to detect ({effect:e}) is under {factor} × the tolerance ({tol:e}); \
+         the check could not tell it missing"
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_the_worst_element() {
+        let d = diff(&[1.0f32, 2.0, 3.0], &[1.0, 2.5, 3.1]).unwrap();
+        assert_eq!(d.index, 1);
+        assert!((d.max_abs - 0.5).abs() < 1e-12);
+        assert!((d.scale - 3.1).abs() < 1e-6);
+        assert!((d.relative() - 0.5 / 3.1).abs() < 1e-6);
+    }
+
+    #[test]
+    fn nan_and_infinity_fail_on_either_side() {
+        let e = diff(&[0.0f32, f32::NAN], &[0.0, 0.0]).unwrap_err();
+        assert!(e.contains("got[1] = NaN"), "{e}");
+        let e = diff(&[0.0f64, 0.0], &[f64::INFINITY, 0.0]).unwrap_err();
+        assert!(e.contains("expected[0] = inf"), "{e}");
+        // All-NaN against all-NaN: not equal, an error.
+        assert!(diff(&[f32::NAN; 3], &[f32::NAN; 3]).is_err());
+    }
+
+    #[test]
+    fn lengths_must_match_and_not_be_empty() {
+        assert!(diff(&[1.0f32], &[1.0, 2.0]).unwrap_err().contains("lengths"));
+        assert!(diff::<f32>(&[], &[]).unwrap_err().contains("nothing"));
+    }
+
+    #[test]
+    #[should_panic(expected = "tolerance")]
+    fn assert_close_fails_past_the_tolerance() {
+        assert_close(&[1.0f32], &[1.1], 0.05, "x");
+    }
+
+    #[test]
+    #[should_panic(expected = "could not tell")]
+    fn an_effect_under_the_factor_fails() {
+        assert_detects(0.035, 0.01, 5.0, "adapter");
+    }
+}
