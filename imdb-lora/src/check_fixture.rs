@@ -32,12 +32,24 @@ pub fn main(argv: impl Iterator<Item = OsString>) {
     pipeline::cli::run_stage("check-fixture", || run(&args));
 }
 
-/// max |a − b|, compared on the CPU (the expected tensors live there).
+/// max |a − b|, compared on the CPU (the expected tensors live there); infinite where either
+/// side holds a NaN or infinity.
 fn max_abs_diff(a: &Tensor, b: &Tensor) -> Result<f64> {
-    let on_cpu = |t: &Tensor| t.to_device(&Device::Cpu)?.to_dtype(DType::F64);
-    let d = (on_cpu(a)? - on_cpu(b)?)?.abs()?;
-    let m = d.flatten_all()?.max(0)?.to_scalar::<f64>()?;
-    Ok(if m.is_nan() { f64::INFINITY } else { m })
+    let on_cpu = |t: &Tensor| -> Result<Vec<f64>> {
+        Ok(t.to_device(&Device::Cpu)?
+            .to_dtype(DType::F64)?
+            .flatten_all()?
+            .to_vec1::<f64>()?)
+    };
+    let (a, b) = (on_cpu(a)?, on_cpu(b)?);
+    anyhow::ensure!(a.len() == b.len(), "{} vs {} elements", a.len(), b.len());
+    Ok(a.iter().zip(&b).fold(0f64, |m, (x, y)| {
+        if x.is_finite() && y.is_finite() {
+            m.max((x - y).abs())
+        } else {
+            f64::INFINITY
+        }
+    }))
 }
 
 fn max_abs(a: &Tensor) -> Result<f64> {

@@ -33,8 +33,13 @@ fn minilm() -> Result<&'static Checkpoint, String> {
 fn check(ckpt: &Checkpoint, dtype: DType, batch: usize, seq: usize) {
     let comparisons = compare(ckpt, &Device::Cpu, dtype, batch, seq).unwrap();
     let what = format!("MiniLM {dtype:?} {batch} × {seq}");
-    // Logits, loss; a gradient and an AdamW result per trainable tensor; merged logits.
-    assert_eq!(comparisons.len(), 2 + 2 * TRAINABLE + 1, "{what}");
+    // Logits, loss; a gradient per trainable tensor; merged logits. The AdamW comparisons are
+    // made only where a fused update runs (a GPU): on the CPU both sides are one code path.
+    assert_eq!(comparisons.len(), 2 + TRAINABLE + 1, "{what}");
+    assert!(
+        !comparisons.iter().any(|c| c.check.starts_with("adamw")),
+        "{what}: the CPU runs no fused AdamW, so comparing it with the composed one checks nothing"
+    );
     assert_eq!(
         comparisons
             .iter()

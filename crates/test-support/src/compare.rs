@@ -53,7 +53,7 @@ impl fmt::Display for Diff {
 
 /// The largest difference between `got` and `want`, or why they cannot be compared: different
 /// lengths, nothing to compare, or a NaN/infinity on either side (named by index).
-pub fn diff<T: Value>(got: &[T], want: &[T]) -> Result<Diff, String> {
+pub fn diff<G: Value, W: Value>(got: &[G], want: &[W]) -> Result<Diff, String> {
     if got.len() != want.len() {
         return Err(format!(
             "lengths differ: got {} values, expected {}",
@@ -96,19 +96,19 @@ pub fn diff<T: Value>(got: &[T], want: &[T]) -> Result<Diff, String> {
 
 /// [`diff`], panicking with `what` when the lists cannot be compared.
 #[track_caller]
-pub fn diff_of<T: Value>(got: &[T], want: &[T], what: &str) -> Diff {
+pub fn diff_of<G: Value, W: Value>(got: &[G], want: &[W], what: &str) -> Diff {
     diff(got, want).unwrap_or_else(|e| panic!("{what}: {e}"))
 }
 
 /// max |got − want|, panicking with `what` when the lists cannot be compared.
 #[track_caller]
-pub fn max_abs_diff<T: Value>(got: &[T], want: &[T], what: &str) -> f64 {
+pub fn max_abs_diff<G: Value, W: Value>(got: &[G], want: &[W], what: &str) -> f64 {
     diff_of(got, want, what).max_abs
 }
 
 /// Asserts max |got − want| ≤ `tol`; returns the comparison.
 #[track_caller]
-pub fn assert_close<T: Value>(got: &[T], want: &[T], tol: f64, what: &str) -> Diff {
+pub fn assert_close<G: Value, W: Value>(got: &[G], want: &[W], tol: f64, what: &str) -> Diff {
     let d = diff_of(got, want, what);
     assert!(d.max_abs <= tol, "{what}: {d} > tolerance {tol:e}");
     d
@@ -116,7 +116,12 @@ pub fn assert_close<T: Value>(got: &[T], want: &[T], tol: f64, what: &str) -> Di
 
 /// Asserts max |got − want| / max |want| ≤ `tol`; returns the comparison.
 #[track_caller]
-pub fn assert_close_relative<T: Value>(got: &[T], want: &[T], tol: f64, what: &str) -> Diff {
+pub fn assert_close_relative<G: Value, W: Value>(
+    got: &[G],
+    want: &[W],
+    tol: f64,
+    what: &str,
+) -> Diff {
     let d = diff_of(got, want, what);
     assert!(
         d.relative() <= tol,
@@ -124,6 +129,38 @@ pub fn assert_close_relative<T: Value>(got: &[T], want: &[T], tol: f64, what: &s
         d.relative()
     );
     d
+}
+
+/// Asserts |got[i] − want[i]| ≤ bound[i] for every element (a tolerance of its own per element,
+/// such as a few ulps of each sum's magnitude), after the checks of [`diff`].
+#[track_caller]
+pub fn assert_within<G: Value, W: Value>(got: &[G], want: &[W], bound: &[f64], what: &str) {
+    diff_of(got, want, what);
+    assert_eq!(bound.len(), got.len(), "{what}: one bound per element");
+    for (i, ((&g, &w), &b)) in got.iter().zip(want).zip(bound).enumerate() {
+        let (g, w) = (g.to_f64(), w.to_f64());
+        assert!(
+            (g - w).abs() <= b,
+            "{what}: element {i}: got {g}, expected {w}, |difference| {:e} > bound {b:e}",
+            (g - w).abs()
+        );
+    }
+}
+
+/// The factor `s` that best fits got ≈ s · want (least squares: ⟨got, want⟩ / ⟨want, want⟩),
+/// after the checks of [`diff`]. Rounding noise averages out of it, a mis-scaled result does not:
+/// a gradient 5% too large gives 1.05 however noisy its elements.
+#[track_caller]
+pub fn fitted_scale<G: Value, W: Value>(got: &[G], want: &[W], what: &str) -> f64 {
+    diff_of(got, want, what);
+    let (mut gw, mut ww) = (0f64, 0f64);
+    for (&g, &w) in got.iter().zip(want) {
+        let (g, w) = (g.to_f64(), w.to_f64());
+        gw += g * w;
+        ww += w * w;
+    }
+    assert!(ww > 0.0, "{what}: the reference is all zeros: nothing to fit");
+    gw / ww
 }
 
 /// Asserts that an effect a check must detect (`effect`, such as what the adapter changes) is at
@@ -163,13 +200,30 @@ mod tests {
     #[test]
     fn lengths_must_match_and_not_be_empty() {
         assert!(diff(&[1.0f32], &[1.0, 2.0]).unwrap_err().contains("lengths"));
-        assert!(diff::<f32>(&[], &[]).unwrap_err().contains("nothing"));
+        assert!(diff::<f32, f32>(&[], &[]).unwrap_err().contains("nothing"));
     }
 
     #[test]
     #[should_panic(expected = "tolerance")]
     fn assert_close_fails_past_the_tolerance() {
         assert_close(&[1.0f32], &[1.1], 0.05, "x");
+    }
+
+    #[test]
+    fn fitted_scale_sees_a_uniform_factor_through_noise() {
+        let want: Vec<f64> = (0..100).map(|i| ((i * 37) % 17) as f64 - 8.0).collect();
+        let got: Vec<f64> = want
+            .iter()
+            .enumerate()
+            .map(|(i, w)| 1.05 * w + if i % 2 == 0 { 0.1 } else { -0.1 })
+            .collect();
+        assert!((fitted_scale(&got, &want, "x") - 1.05).abs() < 1e-2);
+    }
+
+    #[test]
+    #[should_panic(expected = "element 1")]
+    fn assert_within_names_the_element_past_its_bound() {
+        assert_within(&[1.0f32, 2.0], &[1.0f64, 2.1], &[0.0, 0.05], "x");
     }
 
     #[test]

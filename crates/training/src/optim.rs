@@ -208,6 +208,16 @@ impl Optimizer {
         self.kernels = kernels;
     }
 
+    /// Whether `step` runs the fused AdamW kernel on any parameter (a comparison of the fused
+    /// update with the composed one checks something only then).
+    pub fn runs_fused(&self) -> bool {
+        self.settings.kind == OptimizerKind::AdamW
+            && self
+                .params
+                .iter()
+                .any(|(_, v)| Self::fused_on(self.kernels, v.as_tensor()))
+    }
+
     fn fused_on(kernels: Kernels, p: &Tensor) -> bool {
         cfg!(feature = "cuda") && kernels == Kernels::Auto && p.device().is_cuda()
     }

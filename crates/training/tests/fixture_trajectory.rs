@@ -22,12 +22,7 @@ fn flat(t: &Tensor) -> Vec<f64> {
 
 fn assert_close(got: &Tensor, want: &Tensor, what: &str) {
     assert_eq!(got.dims(), want.dims(), "{what}: shapes");
-    let diff = flat(got)
-        .iter()
-        .zip(flat(want))
-        .map(|(a, b)| (a - b).abs())
-        .fold(0.0, f64::max);
-    assert!(diff <= TOL, "{what}: max difference {diff:e}");
+    test_support::compare::assert_close(&flat(got), &flat(want), TOL, what);
 }
 
 fn trajectory(name: &str) {

@@ -120,11 +120,16 @@ fn run(settings: &TrainSettings) -> (TrainOutcome, Vec<Vec<f32>>) {
     (outcome, tensors)
 }
 
+/// max |a − b| over every tensor: as many tensors, each as long, all finite.
+#[track_caller]
 fn max_diff(a: &[Vec<f32>], b: &[Vec<f32>]) -> f32 {
+    assert_eq!(a.len(), b.len(), "as many tensors");
     a.iter()
-        .flatten()
-        .zip(b.iter().flatten())
-        .map(|(x, y)| (x - y).abs())
+        .zip(b)
+        .enumerate()
+        .map(|(i, (x, y))| {
+            test_support::compare::max_abs_diff(x, y, &format!("tensor {i}")) as f32
+        })
         .fold(0.0, f32::max)
 }
 

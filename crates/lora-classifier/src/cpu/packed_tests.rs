@@ -28,8 +28,11 @@ fn isas(p: Precision) -> Vec<Isa> {
     if Isa::detect(p) == Isa::Avx512 {
         v.push(Isa::Avx512);
     } else {
-        // Visible in the test output: this CPU checks only the fallback.
-        eprintln!("SKIPPED: AVX-512 {p:?} kernels: this CPU lacks the instructions");
+        // Visible in the test output (not captured by libtest): this CPU checks only the fallback.
+        test_support::report_hardware_skip(
+            &format!("AVX-512 {p:?} kernels"),
+            "this CPU lacks the instructions; only the portable fallback was checked",
+        );
     }
     v
 }
@@ -56,14 +59,10 @@ fn w_at(w: &[f32], n_out: usize, n_in: usize, conv1d: bool, o: usize, i: usize) 
 }
 
 /// |got − want| ≤ tol · Σ|terms| + 1e-30 elementwise, where `mag` holds Σ|terms|.
+#[track_caller]
 fn assert_close(got: &[f32], want: &[f64], mag: &[f64], tol: f64, what: &str) {
-    assert_eq!(got.len(), want.len(), "{what}: length");
-    for (j, ((&g, &w), &s)) in got.iter().zip(want).zip(mag).enumerate() {
-        assert!(
-            (g as f64 - w).abs() <= tol * s + 1e-30,
-            "{what}: element {j}: got {g}, want {w} (scale {s})"
-        );
-    }
+    let bound: Vec<f64> = mag.iter().map(|s| tol * s + 1e-30).collect();
+    test_support::compare::assert_within(got, want, &bound, what);
 }
 
 fn r(x: f32) -> f64 {
@@ -183,14 +182,10 @@ fn int8_forward_equals_the_integer_product_of_per_row_and_per_channel_quantizati
                 let mag: Vec<f64> = want.iter().map(|v| v.abs().max(1.0)).collect();
                 assert_close(&y, &want, &mag, 1e-5, &format!("int8 {what}"));
                 // And a useful approximation of the f32 product: within 2% of its scale.
-                let scale = exact.iter().fold(1f64, |m, v| m.max(v.abs()));
-                let err = y
-                    .iter()
-                    .zip(&exact)
-                    .fold(0f64, |m, (&g, &e)| m.max((g as f64 - e).abs()));
+                let d = test_support::compare::diff_of(&y, &exact, &what);
                 assert!(
-                    err <= 0.02 * scale,
-                    "int8 {what}: error {err} vs scale {scale}"
+                    d.max_abs <= 0.02 * d.scale.max(1.0),
+                    "int8 {what}: error against the f32 product: {d}"
                 );
             }
         }

@@ -59,35 +59,36 @@ impl Fixture {
     }
 }
 
-/// Max absolute difference, asserting equal shapes.
+/// All elements as f32, row-major.
+pub fn values(t: &Tensor) -> Vec<f32> {
+    t.to_dtype(DType::F32)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap()
+}
+
+/// Where `a` and `b` differ most (`test_support::compare`): shapes must be equal and every
+/// value finite, or the test fails naming the element.
+#[track_caller]
+pub fn diff(a: &Tensor, b: &Tensor, what: &str) -> test_support::compare::Diff {
+    assert_eq!(a.dims(), b.dims(), "{what}: shapes differ");
+    test_support::compare::diff_of(&values(a), &values(b), what)
+}
+
+/// Max absolute difference, asserting equal shapes and finite values (a NaN fails).
+#[track_caller]
 pub fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-    assert_eq!(a.dims(), b.dims(), "shapes differ");
-    let a = a
-        .to_dtype(DType::F32)
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1::<f32>()
-        .unwrap();
-    let b = b
-        .to_dtype(DType::F32)
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1::<f32>()
-        .unwrap();
-    a.iter()
-        .zip(&b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f32::max)
+    diff(a, b, "max_diff").max_abs as f32
 }
 
 #[track_caller]
 pub fn assert_close(a: &Tensor, b: &Tensor, tol: f32, what: &str) {
-    let d = max_diff(a, b);
+    let d = diff(a, b, what);
     assert!(
-        d <= tol,
-        "{what}: max abs difference {d:e} > {tol:e}\n got {a}\n expected {b}"
+        d.max_abs <= f64::from(tol),
+        "{what}: {d} > tolerance {tol:e}\n got {a}\n expected {b}"
     );
 }
 
