@@ -35,22 +35,27 @@ pub fn fixture_probabilities(name: &str) -> (Vec<String>, Vec<f64>) {
         serde_json::from_str(&fs::read_to_string(fixture(name).join("expected.json")).unwrap())
             .unwrap();
     let texts: Vec<String> = serde_json::from_value(json["texts"].clone()).unwrap();
+    let probs = fixture_positive_probabilities(name, "lora_logits");
+    assert_eq!(texts.len(), probs.len(), "{name}: texts and logits");
+    (texts, probs)
+}
+
+/// softmax(`key`)[:, 1] of the fixture's expected tensors (`lora_logits`, `base_logits`).
+pub fn fixture_positive_probabilities(name: &str, key: &str) -> Vec<f64> {
     let tensors = candle_core::safetensors::load(
         fixture(name).join("expected.safetensors"),
         &candle_core::Device::Cpu,
     )
     .unwrap();
-    let logits: Vec<Vec<f32>> = tensors["lora_logits"].to_vec2().unwrap();
-    let probs: Vec<f64> = logits
+    let logits: Vec<Vec<f32>> = tensors[key].to_vec2().unwrap();
+    logits
         .iter()
         .map(|l| {
             let (a, b) = (l[0] as f64, l[1] as f64);
             let m = a.max(b);
             (b - m).exp() / ((a - m).exp() + (b - m).exp())
         })
-        .collect();
-    assert_eq!(texts.len(), probs.len(), "{name}: texts and logits");
-    (texts, probs)
+        .collect()
 }
 
 pub fn copy_dir(from: &Path, to: &Path) {
