@@ -97,7 +97,11 @@ pub fn diff<G: Value, W: Value>(got: &[G], want: &[W]) -> Result<Diff, String> {
 /// [`diff`], panicking with `what` when the lists cannot be compared.
 #[track_caller]
 pub fn diff_of<G: Value, W: Value>(got: &[G], want: &[W], what: &str) -> Diff {
-    diff(got, want).unwrap_or_else(|e| panic!("{what}: {e}"))
+    // A match, not unwrap_or_else: a closure would hide the caller's line from the panic.
+    match diff(got, want) {
+        Ok(d) => d,
+        Err(e) => panic!("{what}: {e}"),
+    }
 }
 
 /// max |got − want|, panicking with `what` when the lists cannot be compared.
