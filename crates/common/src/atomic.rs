@@ -91,6 +91,20 @@ pub fn recover(target: &Path) -> Result<Recovered> {
     Ok(recovered)
 }
 
+/// Removes the folder `path` (missing is fine) so that no reader sees it half-deleted: it is
+/// renamed to a leftover name beside it (`.<name>.tmp-…`), then deleted. Killed midway, the
+/// folder is there whole or not at all, and the leftover goes with the others ([`recover`],
+/// [`is_leftover`]).
+pub fn remove_dir(path: &Path) -> Result<()> {
+    let doomed = sibling(path, "tmp")?;
+    match fs::rename(path, &doomed) {
+        Ok(()) => {}
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(err) => return Err(err).with_context(|| format!("cannot remove {}", path.display())),
+    }
+    fs::remove_dir_all(&doomed).with_context(|| format!("cannot remove {}", doomed.display()))
+}
+
 /// Writes a file through `write`, then renames it over `path`.
 pub fn write_file(path: &Path, write: impl FnOnce(&mut fs::File) -> Result<()>) -> Result<()> {
     if let Some(parent) = path.parent() {
@@ -314,6 +328,20 @@ mod tests {
             recover(&dir.path().join("none/stage")).unwrap(),
             Recovered::default()
         );
+    }
+
+    #[test]
+    fn remove_dir_leaves_nothing_or_a_leftover() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("step-00000002");
+        fs::create_dir_all(target.join("sub")).unwrap();
+        fs::write(target.join("sub/f"), "x").unwrap();
+        remove_dir(&target).unwrap();
+        assert_eq!(names(dir.path()), Vec::<String>::new());
+        remove_dir(&target).unwrap(); // already gone
+                                      // The name a removal killed midway leaves is a leftover.
+        let doomed = sibling(&target, "tmp").unwrap();
+        assert!(is_leftover(doomed.file_name().unwrap().to_str().unwrap()));
     }
 
     #[test]

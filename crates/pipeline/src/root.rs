@@ -30,7 +30,9 @@ fn leftover_target(name: &str) -> Option<(&str, &str)> {
     if !atomic::is_leftover(name) {
         return None;
     }
-    name.strip_prefix('.').and_then(|rest| rest.split_once('.'))
+    // The tag (`tmp-PID-N`, `old-PID-N`) holds no dot; the name it was for may (`log.jsonl`).
+    name.strip_prefix('.')
+        .and_then(|rest| rest.rsplit_once('.'))
 }
 
 /// A leftover of an interrupted write or commit of something the pipeline writes.
@@ -137,9 +139,39 @@ pub fn check_stage_dir(dir: &Path, stage: StageId) -> Result<()> {
 #[derive(Debug)]
 pub struct HeldRoot {
     root: PathBuf,
-    lock: File,
+    /// The lock: held exclusively by a run that may write; shared (or none) by a run on a root
+    /// it may only read.
+    lock: Option<File>,
+    /// Why this process may not write the root (its lock file cannot be made); None if it may.
+    read_only: Option<std::io::Error>,
     /// This run made the root: if it ends with nothing else in it, it goes again.
     created: bool,
+}
+
+/// Whether an error making the lock file means that this process may not write the root: no
+/// permission (EACCES, EPERM: a root of another user, an immutable folder) or a read-only file
+/// system (EROFS).
+fn denied(err: &std::io::Error) -> bool {
+    use std::io::ErrorKind;
+    matches!(
+        err.kind(),
+        ErrorKind::PermissionDenied | ErrorKind::ReadOnlyFilesystem
+    )
+}
+
+/// The error for a root another run holds, naming it as its lock file says.
+fn in_use(root: &Path, lock: &mut File) -> anyhow::Error {
+    let mut text = String::new();
+    lock.read_to_string(&mut text).ok();
+    let who = match text.trim() {
+        "" => "another run".to_string(),
+        who => who.to_string(),
+    };
+    anyhow::anyhow!(
+        "{} is in use by {who}: one run at a time per artifacts root; wait for it to finish \
+         (or stop it), or pass --set artifacts=PATH",
+        root.display()
+    )
 }
 
 impl HeldRoot {
@@ -154,29 +186,23 @@ impl HeldRoot {
             .with_context(|| format!("cannot create the artifacts root {}", root.display()))?;
         let path = root.join(LOCK_FILE);
         let mut lock = loop {
-            let mut lock = OpenOptions::new()
+            let opened = OpenOptions::new()
                 .read(true)
                 .write(true)
                 .create(true)
                 .truncate(false)
-                .open(&path)
-                .with_context(|| format!("cannot open {}", path.display()))?;
+                .open(&path);
+            let mut lock = match opened {
+                Ok(lock) => lock,
+                Err(err) if denied(&err) => return Self::read_only(root, &path, err),
+                Err(err) => {
+                    return Err(err).with_context(|| format!("cannot open {}", path.display()))
+                }
+            };
             // fs4's lock (flock), named in full: std's inherent File::try_lock needs Rust 1.89.
             match FileExt::try_lock(&lock) {
                 Ok(()) => {}
-                Err(TryLockError::WouldBlock) => {
-                    let mut text = String::new();
-                    lock.read_to_string(&mut text).ok();
-                    let who = match text.trim() {
-                        "" => "another run".to_string(),
-                        who => who.to_string(),
-                    };
-                    bail!(
-                        "{} is in use by {who}: one run at a time per artifacts root; wait for \
-                         it to finish (or stop it), or pass --set artifacts=PATH",
-                        root.display()
-                    );
-                }
+                Err(TryLockError::WouldBlock) => return Err(in_use(root, &mut lock)),
                 Err(TryLockError::Error(err)) => {
                     return Err(err).with_context(|| format!("cannot lock {}", path.display()))
                 }
@@ -193,15 +219,56 @@ impl HeldRoot {
         lock.flush()?;
         let held = HeldRoot {
             root: root.to_path_buf(),
-            lock,
+            lock: Some(lock),
+            read_only: None,
             created,
         };
         held.recover()?;
         Ok(held)
     }
 
+    /// The root of a run that may not write it (`why`: its lock file cannot be made), held for
+    /// reading: a stage that is up to date says so, one that must run fails at
+    /// [`HeldRoot::writable`]. A run in progress there (of a user who may write) still holds
+    /// the lock file, and this run is refused as any second run is; otherwise the lock is
+    /// held shared while this run reads, so that a run that would write waits its turn.
+    /// Nothing is recovered: what killed runs left stays until a run that may write comes.
+    fn read_only(root: &Path, path: &Path, why: std::io::Error) -> Result<HeldRoot> {
+        let lock = match File::open(path) {
+            Ok(mut lock) => match FileExt::try_lock_shared(&lock) {
+                Ok(()) => Some(lock),
+                Err(TryLockError::WouldBlock) => return Err(in_use(root, &mut lock)),
+                Err(TryLockError::Error(err)) => {
+                    return Err(err).with_context(|| format!("cannot lock {}", path.display()))
+                }
+            },
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => None,
+            Err(err) => return Err(err).with_context(|| format!("cannot open {}", path.display())),
+        };
+        Ok(HeldRoot {
+            root: root.to_path_buf(),
+            lock,
+            read_only: Some(why),
+            created: false,
+        })
+    }
+
     pub fn path(&self) -> &Path {
         &self.root
+    }
+
+    /// Whether this run may write the root: an error naming it, why not and what to do if not.
+    pub fn writable(&self) -> Result<()> {
+        match &self.read_only {
+            None => Ok(()),
+            Some(why) => bail!(
+                "the artifacts root {root} is read-only to this run (cannot open {lock} for \
+                 writing: {why}): make it writable (`chmod -R u+w {root}`, or remount it \
+                 read-write), or pass --set artifacts=PATH to write the outputs elsewhere",
+                root = self.root.display(),
+                lock = self.root.join(LOCK_FILE).display()
+            ),
+        }
     }
 
     fn recover(&self) -> Result<()> {
@@ -217,9 +284,11 @@ impl HeldRoot {
             }
         }
         atomic::recover(&self.root.join(CHECKPOINTS_DIR))?;
-        // Checkpoints a killed run was writing or replacing (each `step-N` is committed as a
-        // stage folder is).
+        // The checkpoints of a run killed while removing them after its commit.
         let train = layout.train_checkpoints();
+        atomic::recover(&train)?;
+        // Checkpoints a killed run was writing, replacing or removing (each `step-N` is
+        // committed and removed as a stage folder is).
         if train.is_dir() {
             let mut targets: Vec<String> = Vec::new();
             for entry in fs::read_dir(&train)? {
@@ -242,11 +311,16 @@ impl Drop for HeldRoot {
     fn drop(&mut self) {
         // Removed while still locked (a run that opened it meanwhile notices, see `acquire`),
         // so that the root holds only outputs; a root this run made and left empty goes too.
-        let _ = fs::remove_file(self.root.join(LOCK_FILE));
-        if self.created {
-            let _ = fs::remove_dir(&self.root);
+        // A run that only read leaves the lock file as it found it.
+        if self.read_only.is_none() {
+            let _ = fs::remove_file(self.root.join(LOCK_FILE));
+            if self.created {
+                let _ = fs::remove_dir(&self.root);
+            }
         }
-        let _ = FileExt::unlock(&self.lock);
+        if let Some(lock) = &self.lock {
+            let _ = FileExt::unlock(lock);
+        }
     }
 }
 
@@ -359,8 +433,18 @@ mod tests {
         fs::create_dir_all(root.join(".data.tmp-4242-1")).unwrap();
         // tokens: a half-staged folder of a killed run.
         fs::create_dir_all(root.join(".tokens.tmp-17-3/x")).unwrap();
+        // checkpoints: the log a resumed run was rewriting, a removal of them all and a
+        // checkpoint's removal, each killed midway.
+        let train = root.join("checkpoints/train");
+        fs::create_dir_all(train.join(".step-00000002.tmp-17-5")).unwrap();
+        fs::write(train.join(".log.jsonl.tmp-17-4"), "{").unwrap();
+        fs::write(train.join("log.jsonl"), "{}\n").unwrap();
+        fs::create_dir_all(root.join("checkpoints/.train.tmp-16-2/step-00000004")).unwrap();
         let held = HeldRoot::acquire(&root, "test").unwrap();
-        assert_eq!(names(&root), [LOCK_FILE, "data"]);
+        assert_eq!(names(&root), [LOCK_FILE, "checkpoints", "data"]);
+        assert_eq!(names(&root.join("checkpoints")), ["train"]);
+        assert_eq!(names(&train), ["log.jsonl"]);
+        fs::remove_dir_all(root.join("checkpoints")).unwrap();
         fs::create_dir(root.join("report")).unwrap();
         fs::write(root.join("report/stamp.json"), r#"{"stage":"report"}"#).unwrap();
         assert!(root.join("data/stamp.json").exists());
@@ -368,6 +452,108 @@ mod tests {
         // Leftovers of names the pipeline does not write are someone else's.
         fs::create_dir_all(root.join(".photos.tmp-1-1")).unwrap();
         assert!(HeldRoot::acquire(&root, "test").is_err());
+    }
+
+    /// `dir` read-only to this process as the kernel enforces it (permission bits; for root,
+    /// whom they do not bind, `chattr -R +i`), until `undo` is called; Err when not possible.
+    #[cfg(unix)]
+    fn read_only(dir: &Path, undo: bool) -> std::result::Result<(), String> {
+        use std::os::unix::fs::MetadataExt;
+        let root_user = fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0);
+        let (program, args) = match (root_user, undo) {
+            (true, false) => ("chattr", ["-R", "+i"]),
+            (true, true) => ("chattr", ["-R", "-i"]),
+            (false, false) => ("chmod", ["-R", "a-w"]),
+            (false, true) => ("chmod", ["-R", "u+w"]),
+        };
+        let status = std::process::Command::new(program)
+            .args(args)
+            .arg(dir)
+            .status()
+            .map_err(|e| format!("{program}: {e}"))?;
+        if !status.success() {
+            return Err(format!("{program} {args:?} failed"));
+        }
+        if !undo && fs::write(dir.join("probe"), "").is_ok() {
+            return Err(format!("{} is still writable", dir.display()));
+        }
+        Ok(())
+    }
+
+    /// A root this process may not write to is held for reading: no lock file made, nothing
+    /// recovered, and [`HeldRoot::writable`] says why and what to do; a run holding its lock
+    /// (one that may write) still refuses it.
+    #[cfg(unix)]
+    #[test]
+    fn a_read_only_root_is_held_for_reading_only() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("artifacts");
+        fs::create_dir_all(root.join("data")).unwrap();
+        fs::write(root.join("data/stamp.json"), r#"{"stage":"data-prep"}"#).unwrap();
+        fs::create_dir_all(root.join(".tokens.tmp-17-3")).unwrap();
+        if let Err(why) = read_only(&root, false) {
+            eprintln!("SKIPPED: a_read_only_root_is_held_for_reading_only: {why}");
+            return;
+        }
+        let outcome = (|| {
+            let held = HeldRoot::acquire(&root, "evaluate").unwrap();
+            let err = held.writable().unwrap_err().to_string();
+            let lock = root.join(LOCK_FILE);
+            assert!(
+                err.starts_with(&format!(
+                    "the artifacts root {} is read-only to this run (cannot open {} for writing: ",
+                    root.display(),
+                    lock.display()
+                )) && err.ends_with("or pass --set artifacts=PATH to write the outputs elsewhere"),
+                "{err}"
+            );
+            drop(held);
+            assert_eq!(
+                names(&root),
+                [".tokens.tmp-17-3", "data"],
+                "nothing written"
+            );
+        })
+        .pipe_catch();
+        read_only(&root, true).unwrap();
+        outcome.unwrap();
+
+        // A writer holds it (the lock file is there), then the root turns read-only.
+        let writer = HeldRoot::acquire(&root, "train").unwrap();
+        writer.writable().unwrap();
+        read_only(&root, false).unwrap();
+        let outcome = (|| {
+            let err = HeldRoot::acquire(&root, "evaluate")
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains(&format!("in use by process {} (train)", std::process::id())),
+                "{err}"
+            );
+            drop(writer); // cannot remove its lock file now: a reader takes it shared
+            let reader = HeldRoot::acquire(&root, "evaluate").unwrap();
+            assert!(reader.writable().is_err());
+            // ...which a run that may write respects.
+            read_only(&root, true).unwrap();
+            let err = HeldRoot::acquire(&root, "train").unwrap_err().to_string();
+            assert!(err.contains("is in use by process"), "{err}");
+            drop(reader);
+            HeldRoot::acquire(&root, "train").unwrap();
+        })
+        .pipe_catch();
+        read_only(&root, true).unwrap();
+        outcome.unwrap();
+    }
+
+    /// Runs a closure, catching a panic so that the caller can undo what it did first.
+    trait PipeCatch {
+        fn pipe_catch(self) -> std::thread::Result<()>;
+    }
+
+    impl<F: FnOnce()> PipeCatch for F {
+        fn pipe_catch(self) -> std::thread::Result<()> {
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(self))
+        }
     }
 
     #[test]

@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context as _, Result};
 
 use crate::atomic::StagingDir;
 use crate::config::Config;
@@ -192,7 +192,7 @@ pub fn execute<S: Stage>(
 ) -> Result<Outcome<S::Summary>> {
     let id = stage.id();
     let ctx = Context::new(config);
-    let _held = HeldRoot::acquire(ctx.layout.root(), id.recipe())?;
+    let held = HeldRoot::acquire(ctx.layout.root(), id.recipe())?;
     let dir = ctx.layout.stage_dir(id);
     let (run, inputs) = planned_run(stage, &ctx, true)?;
     let changes = run.changes()?;
@@ -204,6 +204,10 @@ pub fn execute<S: Stage>(
     } else {
         describe_changes(&changes)
     };
+    // A root this run may only read (read-only, another user's) serves stages that are up to
+    // date; one that must run says why it cannot.
+    held.writable()
+        .with_context(|| format!("{reason}: {id} must run and write its outputs"))?;
     // Before the work, which may take a while: why it runs.
     eprintln!("{id}: {reason}: running");
     let staged = StagingDir::new(&dir)?;

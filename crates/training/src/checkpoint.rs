@@ -254,18 +254,18 @@ impl CheckpointStore {
             Ok(())
         })();
         result.with_context(|| format!("writing checkpoint {}", target.display()))?;
+        // Renamed away before deleted: a folder named `step-…` is never half-deleted either.
         for (_, old) in self.complete()?.into_iter().skip(KEEP) {
-            fs::remove_dir_all(&old).ok();
+            atomic::remove_dir(&old).ok();
         }
         Ok(target)
     }
 
     /// Removes every checkpoint (after the stage's outputs are committed).
     pub fn remove_all(&self) -> Result<()> {
-        if self.dir.exists() {
-            fs::remove_dir_all(&self.dir)
-                .with_context(|| format!("cannot remove {}", self.dir.display()))?;
-        }
+        // Renamed away first: killed midway, no half-deleted checkpoint stays under its name
+        // (the leftover goes at the next run's start, `pipeline::root`).
+        atomic::remove_dir(&self.dir)?;
         // `checkpoints/` too, when nothing else is in it (fails harmlessly otherwise).
         if let Some(parent) = self.dir.parent() {
             fs::remove_dir(parent).ok();

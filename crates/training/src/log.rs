@@ -88,7 +88,9 @@ impl JsonLog {
             fs::create_dir_all(parent)
                 .with_context(|| format!("cannot create {}", parent.display()))?;
         }
-        fs::write(&self.path, kept.concat())?;
+        // Replaced whole (written beside it, then renamed): a run killed here must not leave
+        // the lines it keeps half-written or gone.
+        common::atomic::write_bytes(&self.path, kept.concat().as_bytes())?;
         self.file = Some(OpenOptions::new().append(true).open(&self.path)?);
         Ok(())
     }
