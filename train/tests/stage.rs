@@ -403,3 +403,107 @@ fn non_finite_parameters_after_a_step_stop_the_run() {
     assert!(err.starts_with("parameter base_model.model."), "{err}");
     assert!(!train_dir(&c).exists());
 }
+
+/// The `train` binary on the config in `tmp`, with `args`: its exit code, stdout and stderr.
+fn run_binary(cmd: &mut std::process::Command) -> (Option<i32>, String, String) {
+    let out = cmd.output().unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn train_command(tmp: &std::path::Path, args: &[&str]) -> std::process::Command {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_train"));
+    cmd.arg("--config")
+        .arg(tmp.join("pipeline.yaml"))
+        .args(args);
+    cmd
+}
+
+/// A root this process may only read (read-only, another user's): a stage that is up to date
+/// says so and succeeds, one that must run fails naming the root, why and what to do, and
+/// neither writes anything (not even the lock). Read-only as the kernel enforces it: permission
+/// bits, or for root the immutable attribute (EACCES / EPERM), and a read-only bind mount in a
+/// mount namespace of its own (EROFS) where this machine allows one.
+#[test]
+fn a_read_only_root_serves_stages_that_are_up_to_date() {
+    const TEST: &str = "a_read_only_root_serves_stages_that_are_up_to_date";
+    let (tmp, c) = setup(|_| {});
+    train::run(&c, false).unwrap();
+    let before = tree(&c.artifacts);
+    let must_run = |stderr: &str, why: &str| {
+        let root = c.artifacts.display();
+        assert!(
+            stderr.contains(&format!(
+                "error: train: {why}: train must run and write its outputs: the artifacts root \
+                 {root} is read-only to this run (cannot open {root}/.lock for writing: "
+            )) && stderr.contains("or pass --set artifacts=PATH to write the outputs elsewhere"),
+            "{stderr}"
+        );
+    };
+    match ReadOnlyTree::new(&c.artifacts) {
+        Err(why) => report_skip(TEST, &why),
+        Ok(read_only) => {
+            let outcome = train::run(&c, false).unwrap();
+            assert!(matches!(outcome, Outcome::UpToDate { .. }), "{outcome:?}");
+            let (code, stdout, stderr) = run_binary(&mut train_command(tmp.path(), &[]));
+            assert_eq!(code, Some(0), "{stderr}");
+            assert!(stdout.starts_with("train: up to date"), "{stdout}");
+
+            let lr = ["--set", "training.learning_rate=0.02"];
+            let (code, _, stderr) = run_binary(&mut train_command(tmp.path(), &lr));
+            assert_eq!(code, Some(1), "{stderr}");
+            must_run(
+                &stderr,
+                "config changed: training.learning_rate: 0.01 → 0.02",
+            );
+            let (code, _, stderr) = run_binary(&mut train_command(tmp.path(), &["--force"]));
+            assert_eq!(code, Some(1), "{stderr}");
+            must_run(&stderr, "--force");
+            drop(read_only);
+            assert_eq!(tree(&c.artifacts), before, "nothing written");
+        }
+    }
+
+    // A read-only file system: the root bind-mounted read-only onto itself, in a mount
+    // namespace of the run's own (`unshare`; as a user other than root, in a user namespace).
+    let erofs = |args: &[&str]| {
+        let mut cmd = std::process::Command::new("unshare");
+        let root_user = {
+            use std::os::unix::fs::MetadataExt;
+            fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0)
+        };
+        cmd.arg(if root_user { "-m" } else { "-rm" })
+            .args([
+                "sh",
+                "-c",
+                r#"mount --bind "$1" "$1" && mount -o remount,bind,ro "$1" || exit 97; shift; exec "$@""#,
+                "sh",
+            ])
+            .arg(&c.artifacts)
+            .arg(env!("CARGO_BIN_EXE_train"))
+            .arg("--config")
+            .arg(tmp.path().join("pipeline.yaml"))
+            .args(args);
+        run_binary(&mut cmd)
+    };
+    match erofs(&[]) {
+        (Some(0), stdout, _) => {
+            assert!(stdout.starts_with("train: up to date"), "{stdout}");
+            let (code, _, stderr) = erofs(&["--force"]);
+            assert_eq!(code, Some(1), "{stderr}");
+            must_run(&stderr, "--force");
+            assert!(stderr.contains("Read-only file system"), "{stderr}");
+            assert_eq!(tree(&c.artifacts), before, "nothing written");
+        }
+        (code, _, stderr) if code == Some(97) || code.is_none() || stderr.contains("unshare") => {
+            report_skip(
+                TEST,
+                &format!("no read-only bind mount here: {}", stderr.trim()),
+            );
+        }
+        (code, stdout, stderr) => panic!("{code:?}\n{stdout}\n{stderr}"),
+    }
+}

@@ -123,3 +123,107 @@ pub fn summary_of(c: &Config) -> TrainSummary {
 pub fn run_err(c: &Config) -> String {
     format!("{:#}", train::run(c, false).unwrap_err())
 }
+
+/// Every file and folder under `dir`, relative, with the bytes of files.
+pub fn tree(dir: &Path) -> Vec<(PathBuf, Option<Vec<u8>>)> {
+    fn walk(base: &Path, dir: &Path, out: &mut Vec<(PathBuf, Option<Vec<u8>>)>) {
+        for entry in fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            let rel = path.strip_prefix(base).unwrap().to_path_buf();
+            if path.is_dir() {
+                out.push((rel, None));
+                walk(base, &path, out);
+            } else {
+                out.push((rel, Some(fs::read(&path).unwrap())));
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(dir, dir, &mut out);
+    out.sort();
+    out
+}
+
+/// A folder made read-only to this process as the kernel enforces it, undone when dropped:
+/// permission bits (`chmod -R a-w`) for a user other than root; for root, whom they do not
+/// bind, the immutable attribute (`chattr -R +i`, which refuses even root: EPERM).
+pub struct ReadOnlyTree {
+    dir: PathBuf,
+    immutable: bool,
+}
+
+impl ReadOnlyTree {
+    /// Makes `dir` read-only; an error saying why when this machine cannot (no `chattr`, a
+    /// file system without the attribute, no CAP_LINUX_IMMUTABLE).
+    pub fn new(dir: &Path) -> Result<Self, String> {
+        use std::os::unix::fs::MetadataExt;
+        let root_user = fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0);
+        let tree = Self {
+            dir: dir.to_path_buf(),
+            immutable: root_user,
+        };
+        if root_user {
+            let out = std::process::Command::new("chattr")
+                .args(["-R", "+i"])
+                .arg(dir)
+                .output()
+                .map_err(|e| {
+                    format!("running as root, and no chattr to make a folder immutable: {e}")
+                })?;
+            if !out.status.success() {
+                return Err(format!(
+                    "running as root, and `chattr -R +i` failed: {}",
+                    String::from_utf8_lossy(&out.stderr).trim()
+                ));
+            }
+        } else {
+            set_modes(dir, false);
+        }
+        if fs::write(dir.join(".probe"), "").is_ok() {
+            let _ = fs::remove_file(dir.join(".probe"));
+            return Err(format!("{} is still writable", dir.display()));
+        }
+        Ok(tree)
+    }
+}
+
+impl Drop for ReadOnlyTree {
+    fn drop(&mut self) {
+        if self.immutable {
+            let _ = std::process::Command::new("chattr")
+                .args(["-R", "-i"])
+                .arg(&self.dir)
+                .status();
+        } else {
+            set_modes(&self.dir, true);
+        }
+    }
+}
+
+/// `chmod -R a-w` (or `u+w`, with `writable`) of `path`.
+fn set_modes(path: &Path, writable: bool) {
+    use std::os::unix::fs::PermissionsExt;
+    let Ok(meta) = fs::symlink_metadata(path) else {
+        return;
+    };
+    let mode = meta.permissions().mode();
+    let mode = if writable {
+        mode | 0o200
+    } else {
+        mode & !0o222
+    };
+    let _ = fs::set_permissions(path, fs::Permissions::from_mode(mode));
+    if meta.is_dir() {
+        for entry in fs::read_dir(path).into_iter().flatten().flatten() {
+            set_modes(&entry.path(), writable);
+        }
+    }
+}
+
+/// Prints `SKIPPED: <test>: <why>` to the process's stderr, which the harness does not
+/// capture.
+pub fn report_skip(test: &str, why: &str) {
+    use std::io::Write;
+    let line = format!("SKIPPED: {test}: {why}\n");
+    let _ = std::io::stderr().lock().write_all(line.as_bytes());
+}
