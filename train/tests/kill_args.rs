@@ -226,9 +226,10 @@ fn the_kill_binary_takes_libtests_command_line() {
     let kill = match kill_binary() {
         Ok(path) => path,
         Err(why) => {
-            use std::io::Write;
-            let line = format!("SKIPPED: the_kill_binary_takes_libtests_command_line: {why}\n");
-            let _ = std::io::stderr().lock().write_all(line.as_bytes());
+            test_support::report_platform_skip(
+                "the_kill_binary_takes_libtests_command_line",
+                &why,
+            );
             return;
         }
     };

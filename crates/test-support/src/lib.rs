@@ -113,9 +113,10 @@ pub fn report_skip(test: &str, why: &str) {
     write_skip(test, why);
 }
 
-/// A skip that depends on the CPU (an instruction set this machine lacks), not on data: shown
-/// like [`report_skip`], but never a failure, since no setting can make the instructions appear.
-pub fn report_hardware_skip(test: &str, why: &str) {
+/// A skip that depends on this machine, not on data (an instruction set the CPU lacks, a
+/// permission the OS withholds, a test binary not built): shown like [`report_skip`], but never
+/// a failure under `REQUIRE_REAL`, since no data beside the checkout can change it.
+pub fn report_platform_skip(test: &str, why: &str) {
     write_skip(test, why);
 }
 

@@ -29,7 +29,7 @@ fn isas(p: Precision) -> Vec<Isa> {
         v.push(Isa::Avx512);
     } else {
         // Visible in the test output (not captured by libtest): this CPU checks only the fallback.
-        test_support::report_hardware_skip(
+        test_support::report_platform_skip(
             &format!("AVX-512 {p:?} kernels"),
             "this CPU lacks the instructions; only the portable fallback was checked",
         );
