@@ -65,12 +65,14 @@ fn help_lists_every_command_and_version_names_the_version() {
     }
 }
 
-/// Each listed command reaches its own parser: `imdb-lora <command> --help` succeeds and names
-/// `imdb-lora <command>` as its program (a dispatch to the wrong command would name another).
+/// Each listed command reaches its own parser: `imdb-lora <command> --help` succeeds, names
+/// `imdb-lora <command>` as its program, and differs from every other command's help once the
+/// program names are set aside (a command dispatched to another's parser would repeat its help).
 #[test]
 fn every_listed_command_is_dispatched_to_its_own_parser() {
     let listed = listed_commands();
     assert!(listed.len() >= 10, "{listed:?}");
+    let mut seen: Vec<(String, String)> = Vec::new();
     for command in &listed {
         let out = run(&[command, "--help"]);
         let help = text(&out.stdout);
@@ -79,9 +81,15 @@ fn every_listed_command_is_dispatched_to_its_own_parser() {
             "{command} --help: {}",
             text(&out.stderr)
         );
+        let program = format!("imdb-lora {command}");
         assert!(
-            help.contains(&format!("imdb-lora {command}")),
+            help.contains(&program),
             "{command} --help does not name its program:\n{help}"
         );
+        let body = help.replace(&program, "imdb-lora <COMMAND>");
+        if let Some((other, _)) = seen.iter().find(|(_, b)| *b == body) {
+            panic!("{command} --help is {other}'s: dispatched to the wrong parser?\n{help}");
+        }
+        seen.push((command.clone(), body));
     }
 }
