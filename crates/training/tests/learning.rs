@@ -175,25 +175,42 @@ fn assert_same(a: Validation, b: Validation) {
     );
 }
 
-/// `n` reviews of IMDb's train split, half of each label, the first of each in file order.
-fn real_reviews(file: &Path, n: usize) -> (Vec<String>, Vec<u32>) {
+/// `n` reviews of IMDb's train split, half of each label: of each label, the first `n / 2` in
+/// file order after the first `skip` (so `skip` = 0 and `skip` ≥ `n / 2` give disjoint sets).
+fn real_reviews(file: &Path, skip: usize, n: usize) -> (Vec<String>, Vec<u32>) {
     let df = ParquetReader::new(std::fs::File::open(file).unwrap())
         .finish()
         .unwrap();
     let texts = df.column("text").unwrap().str().unwrap();
     let labels = df.column("label").unwrap().i64().unwrap();
     let (mut out, mut out_labels) = (Vec::new(), Vec::new());
-    let mut taken = [0usize; 2];
+    let mut seen = [0usize; 2];
     for (text, label) in texts.iter().zip(labels.iter()) {
         let label = label.unwrap() as usize;
-        if taken[label] < n / 2 {
-            taken[label] += 1;
+        seen[label] += 1;
+        if (skip + 1..=skip + n / 2).contains(&seen[label]) {
             out.push(text.unwrap().to_string());
             out_labels.push(label as u32);
         }
     }
     assert_eq!(out.len(), n, "{} holds too few reviews", file.display());
     (out, out_labels)
+}
+
+/// Reviews as the tokenize stage writes them: MiniLM's tokenizer, 128 tokens.
+fn real_split(model_dir: &Path, (texts, labels): (Vec<String>, Vec<u32>)) -> TokenSplit {
+    let n = texts.len();
+    let encoder = TextEncoder::from_file(&model_dir.join("tokenizer.json"), 128).unwrap();
+    let encoded = encoder.encode(&texts).unwrap();
+    TokenSplit {
+        max_len: 128,
+        pad_token_id: encoder.pad_id(),
+        tokenizer: test_support::MINILM.into(),
+        input_ids: encoded.input_ids,
+        attention_mask: encoded.attention_mask,
+        labels,
+        rows: (0..n as u32).collect(),
+    }
 }
 
 /// The real all-MiniLM-L6-v2 with pipeline.yaml's LoRA (r 8, alpha 32, dropout 0.1 on query
@@ -206,18 +223,7 @@ fn real_minilm_lowers_the_loss_on_real_reviews() {
         test_support::IMDB,
         test_support::IMDB_TRAIN
     ));
-    let (texts, labels) = real_reviews(&file, 32);
-    let encoder = TextEncoder::from_file(&dir.join("tokenizer.json"), 128).unwrap();
-    let encoded = encoder.encode(&texts).unwrap();
-    let split = TokenSplit {
-        max_len: 128,
-        pad_token_id: encoder.pad_id(),
-        tokenizer: test_support::MINILM.into(),
-        input_ids: encoded.input_ids,
-        attention_mask: encoded.attention_mask,
-        labels,
-        rows: (0..32).collect(),
-    };
+    let split = real_split(&dir, real_reviews(&file, 0, 32));
     let ckpt = Checkpoint::open(&dir).unwrap();
     let model =
         SequenceClassifier::new(&ckpt, Some(&lora(8, 32.0)), SEED, &Device::Cpu, DType::F32)
@@ -235,5 +241,42 @@ fn real_minilm_lowers_the_loss_on_real_reviews() {
     assert!(
         after.loss < 0.9 * before.loss && after.accuracy >= 0.8,
         "{after:?} after 8 steps, {before:?} before"
+    );
+}
+
+/// The same in bf16 (`training.dtype: bf16`: frozen weights in bf16 on the CPU's bf16 kernels;
+/// the LoRA matrices, head and optimizer in f32), judged on reviews it did not train on: 12
+/// steps (3 epochs) on the same 32 reviews lower the loss of the next 32 of the train split (16
+/// of each label, none of them trained on) by more than 10%. Measured: loss 0.690 → 0.544,
+/// accuracy 0.50 → 0.78 (8 steps gave only 0.690 → 0.628 on them).
+#[test]
+fn real_minilm_in_bf16_lowers_the_loss_on_reviews_it_did_not_train_on() {
+    let dir = test_support::require!(test_support::real_model(test_support::MINILM, true));
+    let file = test_support::require!(test_support::real_dataset_file(
+        test_support::IMDB,
+        test_support::IMDB_TRAIN
+    ));
+    let (trained, held_out) = (real_reviews(&file, 0, 32), real_reviews(&file, 16, 32));
+    assert!(
+        held_out.0.iter().all(|t| !trained.0.contains(t)),
+        "no validation review is among the training reviews"
+    );
+    let (train, validation) = (real_split(&dir, trained), real_split(&dir, held_out));
+    let ckpt = Checkpoint::open(&dir).unwrap();
+    let model =
+        SequenceClassifier::new(&ckpt, Some(&lora(8, 32.0)), SEED, &Device::Cpu, DType::BF16)
+            .unwrap();
+    let before = evaluate(&model, &validation);
+    let mut s = settings(3e-3, 8, 3);
+    s.schedule = ScheduleKind::Constant;
+    let outcome = run(&model, &train, &validation, &s);
+    let after = outcome.last;
+    eprintln!(
+        "real MiniLM in bf16, 32 reviews: on 32 others {before:?} before, {after:?} after 12 steps"
+    );
+    assert_eq!(outcome.steps, 12);
+    assert!(
+        after.loss < 0.9 * before.loss && after.accuracy >= 0.7,
+        "held-out reviews: {after:?} after 12 steps, {before:?} before"
     );
 }
