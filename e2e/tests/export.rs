@@ -40,13 +40,16 @@ fn the_export_classifies_as_evaluate_did_and_reruns_only_when_needed() {
         Predictions::read_parquet(&stage_dir(&c, StageId::Evaluate).join(PREDICTIONS_FILE))
             .unwrap();
     assert_eq!(evaluated.prob_positive.len(), n);
-    for (row, (l, p)) in logits.iter().zip(&evaluated.prob_positive).enumerate() {
-        let ours = 1.0 / (1.0 + (l[0] as f64 - l[1] as f64).exp());
-        assert!(
-            (ours - p).abs() < 1e-5,
-            "review {row}: export {ours} vs evaluate {p}"
-        );
-    }
+    let ours: Vec<f64> = logits
+        .iter()
+        .map(|l| 1.0 / (1.0 + (l[0] as f64 - l[1] as f64).exp()))
+        .collect();
+    test_support::compare::assert_close(
+        &ours,
+        &evaluated.prob_positive,
+        1e-5,
+        "P(positive), the export's vs evaluate's",
+    );
 
     // Nothing changed: up to date. A report setting is not the export's: still up to date.
     assert!(matches!(

@@ -20,16 +20,9 @@ use pipeline::{Config, Layout, Split, StageId};
 const SAME: f64 = 1e-6;
 
 /// The same probabilities, row for row, and as many (a `zip` alone passes on an empty list).
+#[track_caller]
 fn assert_same_probabilities(got: &[f64], want: &[f64], tolerance: f64, what: &str) {
-    assert_eq!(got.len(), want.len(), "{what}: number of probabilities");
-    assert!(!want.is_empty(), "{what}: nothing to compare");
-    for (i, (a, b)) in got.iter().zip(want).enumerate() {
-        assert!(
-            (a - b).abs() < tolerance,
-            "{what}: row {i}: {a} vs {b} (|diff| {:e})",
-            (a - b).abs()
-        );
-    }
+    test_support::compare::assert_close(got, want, tolerance, what);
 }
 
 fn data_split(c: &Config, split: Split) -> Reviews {

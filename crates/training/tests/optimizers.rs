@@ -48,11 +48,9 @@ fn run(kind: OptimizerSettings, steps: usize) -> Vec<f32> {
     values(&p)
 }
 
+#[track_caller]
 fn assert_close(got: &[f32], want: &[f64], tol: f64, what: &str) {
-    assert_eq!(got.len(), want.len(), "{what}: length");
-    for (i, (g, w)) in got.iter().zip(want).enumerate() {
-        assert!((*g as f64 - w).abs() <= tol, "{what}[{i}]: {g} vs {w}");
-    }
+    test_support::compare::assert_close(got, want, tol, what);
 }
 
 fn adamw(beta1: f64, beta2: f64, eps: f64, weight_decay: f64) -> OptimizerSettings {
@@ -271,11 +269,9 @@ fn lrs(kind: ScheduleKind, base_lr: f64, warmup_steps: u64, total_steps: u64, n:
     (0..n).map(|t| s.lr(t)).collect()
 }
 
+#[track_caller]
 fn assert_lrs(got: &[f64], want: &[f64], what: &str) {
-    assert_eq!(got.len(), want.len());
-    for (i, (g, w)) in got.iter().zip(want).enumerate() {
-        assert!((g - w).abs() <= 1e-15, "{what}[{i}]: {g} vs {w}");
-    }
+    test_support::compare::assert_close(got, want, 1e-15, what);
 }
 
 #[test]
