@@ -200,6 +200,15 @@ impl Weights {
         }
     }
 
+    /// What computes them on `device`, as the stages print it (`cpu int8 avx512-vnni`).
+    pub(crate) fn runs_on(self, device: &Device) -> String {
+        let weights = match self {
+            Weights::Dtype(dtype) => lora_classifier::FrozenWeights::Float(dtype),
+            Weights::Int8 => lora_classifier::FrozenWeights::Int8,
+        };
+        lora_classifier::runs_on(device, weights, lora_classifier::Kernels::from_env())
+    }
+
     /// As the evaluate stamp records it.
     pub(crate) fn name(self) -> &'static str {
         match self {

@@ -28,6 +28,8 @@ pub const CODE: &str = env!("STAGE_IDENTITY");
 pub struct Evaluation {
     pub metrics: Box<metrics::Metrics>,
     pub reviews_per_s: f64,
+    /// What computed the frozen layers (`cpu int8 avx512-vnni`, …).
+    pub runs_on: String,
 }
 
 /// The stage, with the model and adapter chosen on the command line (or this run's).
@@ -101,6 +103,8 @@ impl Stage for Evaluate {
             self.device.clone(),
             self.weights,
         )?;
+        let runs_on = self.weights.runs_on(&self.device);
+        println!("evaluate: runs on {runs_on}");
         let mut splits = vec![Split::Test];
         if config.evaluate.validation {
             splits.push(Split::Validation);
@@ -182,17 +186,19 @@ impl Stage for Evaluate {
         Ok(Evaluation {
             metrics: Box::new(metrics),
             reviews_per_s,
+            runs_on,
         })
     }
 
     fn describe(&self, e: &Evaluation) -> Vec<String> {
         vec![format!(
-            "accuracy {:.4}, ROC-AUC {}, {:.1} reviews/s",
+            "accuracy {:.4}, ROC-AUC {}, {:.1} reviews/s on {}",
             e.metrics.accuracy,
             e.metrics
                 .roc_auc
                 .map_or("n/a".into(), |a| format!("{a:.4}")),
-            e.reviews_per_s
+            e.reviews_per_s,
+            e.runs_on
         )]
     }
 }

@@ -153,11 +153,15 @@ fn gather(config: &Config, layout: &Layout) -> Result<ReportInputs> {
     let training = kv(vec![
         ("parameters", train.parameters_line.clone()),
         (
-            "device / dtype",
-            format!(
-                "{} / {} ({} threads)",
-                train.device, train.dtype, train.threads
-            ),
+            "runs on",
+            if train.runs_on.is_empty() {
+                format!(
+                    "{} / {} ({} threads)",
+                    train.device, train.dtype, train.threads
+                )
+            } else {
+                format!("{} ({} threads)", train.runs_on, train.threads)
+            },
         ),
         ("wall time", format!("{:.1} s", train.wall_time_s)),
         (

@@ -170,6 +170,12 @@ impl Stage for Train<'_> {
         .context("adding LoRA to the model (the lora.* keys)")?;
         let counts = classifier.parameter_counts();
         let threads = candle_core::utils::get_num_threads();
+        let runs_on = lora_classifier::runs_on(
+            &self.device,
+            lora_classifier::FrozenWeights::Float(self.dtype),
+            lora_classifier::Kernels::from_env(),
+        );
+        println!("train: runs on {runs_on}");
         println!("train: {counts}");
         println!(
             "train: device {}, frozen weights {}, {threads} CPU threads; {} training and {} validation reviews",
@@ -240,6 +246,7 @@ impl Stage for Train<'_> {
             best_val_accuracy: outcome.best.accuracy,
             device: self.device_name.clone(),
             dtype: dtype_name(self.dtype).into(),
+            runs_on,
             threads,
             resumed_from_step: outcome.resumed_from_step,
             model_revision: model.revision.clone(),

@@ -82,6 +82,17 @@ fn trains_end_to_end_then_is_up_to_date() {
         "f32"
     };
     assert_eq!(summary.dtype, auto);
+    // What ran, named: the native bf16 kernels where the CPU has them.
+    let native = if auto == "bf16" {
+        "cpu bf16 avx512-bf16"
+    } else {
+        "cpu f32 "
+    };
+    assert!(
+        summary.runs_on.starts_with(native),
+        "runs_on {:?}, expected {native}…",
+        summary.runs_on
+    );
     assert_eq!(summary.resumed_from_step, None);
     assert!(
         summary.parameters_line.starts_with("trainable params: "),

@@ -49,6 +49,7 @@ mod lora;
 mod ops;
 #[cfg(test)]
 mod ops_tests;
+mod runs_on;
 mod runtime;
 #[cfg(test)]
 mod test_util;
@@ -67,6 +68,7 @@ use checkpoint::{Config, Loader};
 pub use export::{ExportDtype, ExportOptions, Truncation, EXPORT_FILES, LABELS};
 use lora::{Part, PartMut};
 use ops::{Ctx, KeyMask, MASKED};
+pub use runs_on::{runs_on, FrozenWeights};
 pub use runtime::tune_cpu_runtime;
 
 /// LoRA hyper-parameters, as in PEFT's LoraConfig.

@@ -34,6 +34,10 @@ pub struct TrainSummary {
     pub device: String,
     /// The frozen base weights' dtype (LoRA weights and optimizer state are f32).
     pub dtype: String,
+    /// What computed the frozen layers: device, dtype and kernel (`cpu bf16 avx512-bf16`,
+    /// `cuda bf16`); empty in summaries written before it was recorded.
+    #[serde(default)]
+    pub runs_on: String,
     /// CPU threads candle used.
     pub threads: usize,
     /// The optimizer step of the checkpoint this run resumed from, if it did.
