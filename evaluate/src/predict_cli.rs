@@ -1,4 +1,10 @@
 //! The `predict` command line: the `predict` binary and `imdb-lora predict` parse and run it here.
+//! Texts from the arguments, a file or stdin are printed; `--input`/`--output` classify a
+//! parquet, JSON Lines or CSV file into another ([`batch`]).
+
+pub mod batch;
+pub mod input;
+pub mod shard;
 
 use std::io::{BufRead, IsTerminal};
 use std::path::PathBuf;
@@ -14,6 +20,10 @@ use pipeline::predictions::ExamplePrediction;
 /// standard input (one per line). Uses this run's model and adapter unless
 /// --model/--adapter name others; `--model artifacts/export` (no adapter) uses
 /// the merged export.
+///
+/// With --input and --output, classifies a parquet, JSON Lines or CSV file a
+/// chunk at a time into a parquet or JSON Lines file, optionally one shard of
+/// it (--shard); see docs/batch-predict.md.
 #[derive(Parser)]
 #[command(name = "predict", version)]
 pub struct Cli {
@@ -21,6 +31,8 @@ pub struct Cli {
     common: pipeline::cli::ConfigArgs,
     #[command(flatten)]
     choice: ModelChoice,
+    #[command(flatten)]
+    files: batch::FileArgs,
     /// Read texts from this file, one per line.
     #[arg(long, value_name = "PATH", conflicts_with = "texts")]
     file: Option<PathBuf>,
@@ -44,6 +56,25 @@ where
         let Some(config) = args.common.load()? else {
             return Ok(());
         };
+        if args.files.input.is_some() {
+            let s = batch::run(&config, &args.choice, &args.files)?;
+            let what = if s.shard == shard::Shard::ALL {
+                format!("{} reviews", s.rows)
+            } else {
+                format!("{} of {} reviews (shard {})", s.rows, s.input_rows, s.shard)
+            };
+            let cut = match s.truncated {
+                0 => String::new(),
+                n => format!("; {n} longer than model.max_len tokens, cut"),
+            };
+            println!(
+                "predict: {what} → {} in {:.1} s ({:.1} reviews/s){cut}",
+                s.output.display(),
+                s.seconds,
+                s.rows as f64 / s.seconds.max(1e-9)
+            );
+            return Ok(());
+        }
         let texts: Vec<String> = if !args.texts.is_empty() {
             args.texts.clone()
         } else if let Some(path) = &args.file {

@@ -3,6 +3,9 @@
 //! The training step is the train stage's: forward with dropout, cross-entropy, backward, and
 //! the AdamW update of `training`; inference is the merged model without autograd, as evaluate
 //! runs it. Random token ids with a full mask (the time does not depend on the ids).
+//! `--predict-files` measures `predict --input` on files instead ([`predict_files`]).
+
+mod predict_files;
 
 use std::ffi::OsString;
 use std::time::Instant;
@@ -57,6 +60,18 @@ struct Args {
     /// composed: force the composed candle ops (the reference) instead of the fused kernels.
     #[arg(long, default_value = "auto")]
     kernels: String,
+    /// Instead of the step benchmarks: `predict --input` (a child process) on synthetic parquet
+    /// files of this many short reviews each, e.g. 2000,200000: its peak RSS and reviews/s,
+    /// beside evaluate's in-process reviews/s on the first size's reviews. --device, --dtype and
+    /// --int8 apply; evaluate.batch_size is the pipeline's default.
+    #[arg(long, value_delimiter = ',', value_name = "ROWS,...")]
+    predict_files: Vec<usize>,
+    /// Words per synthetic review of --predict-files (each has half to 1.5 times this many).
+    #[arg(long, default_value_t = 16)]
+    review_words: usize,
+    /// predict's --chunk-rows for --predict-files.
+    #[arg(long, default_value_t = 4096)]
+    chunk_rows: usize,
 }
 
 pub fn main(argv: impl Iterator<Item = OsString>) {
@@ -106,6 +121,9 @@ fn time(args: &Args, mut f: impl FnMut(u64) -> Result<()>) -> Result<Timing> {
 }
 
 fn run(args: &Args) -> Result<()> {
+    if !args.predict_files.is_empty() {
+        return predict_files::run(args);
+    }
     if args.steps == 0 || args.batch == 0 || args.seq == 0 {
         bail!("--steps, --batch and --seq must be at least 1")
     }
