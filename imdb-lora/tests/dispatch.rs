@@ -34,7 +34,10 @@ fn no_command_or_an_unknown_one_is_a_usage_error() {
         assert_eq!(out.status.code(), Some(2), "{args:?}");
         assert!(out.stdout.is_empty(), "{args:?}: {}", text(&out.stdout));
         let err = text(&out.stderr);
-        assert!(err.contains("Usage: imdb-lora <COMMAND>"), "{args:?}: {err}");
+        assert!(
+            err.contains("Usage: imdb-lora <COMMAND>"),
+            "{args:?}: {err}"
+        );
         if let Some(name) = args.first() {
             assert!(
                 err.contains(&format!("unknown command \"{name}\"")),
@@ -47,7 +50,14 @@ fn no_command_or_an_unknown_one_is_a_usage_error() {
 #[test]
 fn help_lists_every_command_and_version_names_the_version() {
     let listed = listed_commands();
-    for stage in ["data-prep", "tokenize", "train", "evaluate", "report", "export"] {
+    for stage in [
+        "data-prep",
+        "tokenize",
+        "train",
+        "evaluate",
+        "report",
+        "export",
+    ] {
         assert!(listed.iter().any(|c| c == stage), "{stage} in {listed:?}");
     }
     for args in [["help"], ["-h"]] {

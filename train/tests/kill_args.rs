@@ -226,10 +226,7 @@ fn the_kill_binary_takes_libtests_command_line() {
     let kill = match kill_binary() {
         Ok(path) => path,
         Err(why) => {
-            test_support::report_platform_skip(
-                "the_kill_binary_takes_libtests_command_line",
-                &why,
-            );
+            test_support::report_platform_skip("the_kill_binary_takes_libtests_command_line", &why);
             return;
         }
     };

@@ -163,7 +163,10 @@ pub fn fitted_scale<G: Value, W: Value>(got: &[G], want: &[W], what: &str) -> f6
         gw += g * w;
         ww += w * w;
     }
-    assert!(ww > 0.0, "{what}: the reference is all zeros: nothing to fit");
+    assert!(
+        ww > 0.0,
+        "{what}: the reference is all zeros: nothing to fit"
+    );
     gw / ww
 }
 
@@ -203,7 +206,9 @@ mod tests {
 
     #[test]
     fn lengths_must_match_and_not_be_empty() {
-        assert!(diff(&[1.0f32], &[1.0, 2.0]).unwrap_err().contains("lengths"));
+        assert!(diff(&[1.0f32], &[1.0, 2.0])
+            .unwrap_err()
+            .contains("lengths"));
         assert!(diff::<f32, f32>(&[], &[]).unwrap_err().contains("nothing"));
     }
 

@@ -127,9 +127,7 @@ fn max_diff(a: &[Vec<f32>], b: &[Vec<f32>]) -> f32 {
     a.iter()
         .zip(b)
         .enumerate()
-        .map(|(i, (x, y))| {
-            test_support::compare::max_abs_diff(x, y, &format!("tensor {i}")) as f32
-        })
+        .map(|(i, (x, y))| test_support::compare::max_abs_diff(x, y, &format!("tensor {i}")) as f32)
         .fold(0.0, f32::max)
 }
 
