@@ -45,6 +45,8 @@ pub struct Classifier {
     /// None: the model is a classifier as it is (an export, LoRA merged, head included).
     pub adapter_dir: Option<PathBuf>,
     device: Device,
+    /// What computes the frozen layers (`cpu bf16 avx512-bf16`), as the stages print it.
+    runs_on: String,
 }
 
 impl Classifier {
@@ -97,6 +99,7 @@ impl Classifier {
             model,
             model_dir,
             adapter_dir: Some(adapter_dir),
+            runs_on: weights.runs_on(&device),
             device,
         })
     }
@@ -113,8 +116,14 @@ impl Classifier {
             model,
             model_dir: checkpoint.dir().to_path_buf(),
             adapter_dir: None,
+            runs_on: weights.runs_on(&device),
             device,
         })
+    }
+
+    /// What computes the frozen layers: device, dtype and kernel (`cpu int8 avx512-vnni`).
+    pub fn runs_on(&self) -> &str {
+        &self.runs_on
     }
 
     /// P(positive) for each row of `input_ids`/`attention_mask` ([n, max_len]).

@@ -97,6 +97,8 @@ where
         }
         let choice = args.choice.clone();
         let classifier = Classifier::load(&config, &choice)?;
+        // On stderr: stdout holds only the predictions (a table or JSON lines).
+        eprintln!("predict: runs on {}", classifier.runs_on());
         let encoder = crate::encoder_for(&config, args.choice.model.as_deref())?;
         let probs = classifier.classify_texts(&encoder, &texts, config.evaluate.batch_size)?;
         for (text, p) in texts.iter().zip(probs) {

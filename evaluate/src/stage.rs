@@ -103,7 +103,7 @@ impl Stage for Evaluate {
             self.device.clone(),
             self.weights,
         )?;
-        let runs_on = self.weights.runs_on(&self.device);
+        let runs_on = classifier.runs_on().to_string();
         println!("evaluate: runs on {runs_on}");
         let mut splits = vec![Split::Test];
         if config.evaluate.validation {

@@ -186,6 +186,12 @@ fn json_prints_one_object_per_line() {
     let want = expected_probs(root, &texts);
     let o = predict(root, &["--json", texts[0], texts[1]], None);
     assert!(o.status.success(), "{}", stderr(&o));
+    // What ran is said on stderr, so stdout holds only the JSON lines.
+    assert!(
+        stderr(&o).contains("predict: runs on cpu "),
+        "{}",
+        stderr(&o)
+    );
     let out = stdout(&o);
     let lines: Vec<&str> = out.lines().collect();
     assert_eq!(lines.len(), 2, "{out}");

@@ -149,11 +149,21 @@ fn run(args: &Args) -> Result<()> {
         models::random_batch(model.ckpt.vocab_size(), args.batch, args.seq, 0, &device)?;
     let mask = Tensor::ones((args.batch, args.seq), DType::U32, &device)?;
     let run = |name: &str| args.only.as_deref().is_none_or(|o| o == name);
+    let runs_on = lora_classifier::runs_on(
+        &device,
+        if args.int8 {
+            lora_classifier::FrozenWeights::Int8
+        } else {
+            lora_classifier::FrozenWeights::Float(dtype)
+        },
+        kernels,
+    );
     let line = |bench: &str, t: &Timing, extra: serde_json::Value| {
         let mut v = serde_json::json!({
             "bench": bench, "model": model.name, "device": device_name,
             "dtype": if args.int8 { "int8" } else { models::dtype_name(dtype) },
             "kernels": args.kernels,
+            "runs_on": runs_on,
             "batch": args.batch, "seq": args.seq, "steps": args.steps,
             "samples_per_s": round(t.samples_per_s, 2), "ms_per_step": round(t.ms_per_step, 3),
         });

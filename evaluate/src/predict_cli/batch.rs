@@ -149,6 +149,7 @@ pub fn run(config: &Config, choice: &ModelChoice, args: &FileArgs) -> Result<Sum
 
     let started = Instant::now();
     let classifier = Classifier::load(config, choice)?;
+    progress.println(&format!("predict: runs on {}", classifier.runs_on()));
     let encoder = crate::encoder_for(config, choice.model.as_deref())?;
     let threshold = config.evaluate.threshold;
     let mut truncated = 0;
