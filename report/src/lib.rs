@@ -24,7 +24,8 @@ mod style;
 mod summary;
 
 pub use font::{register_font, FontSource, FONT_ENV};
-/// The training history's schema is the artifact's own (one definition, in `pipeline`).
+/// The training history's rows: the training loop's own records (`choices::HistoryRecord`, one
+/// definition from the loop to `history.parquet`).
 pub use pipeline::history::{HistoryRow, RowKind};
 
 use figures::FIGURES;

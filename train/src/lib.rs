@@ -225,8 +225,7 @@ impl Stage for Train<'_> {
             .with_context(|| format!("cannot copy {}", live_log.display()))?;
 
         classifier.save_adapter(&out.join(ADAPTER_DIR))?;
-        let rows: Vec<_> = outcome.history.iter().map(settings::history_row).collect();
-        history::write_parquet(&rows, &out.join(HISTORY_FILE))?;
+        history::write_parquet(&outcome.history, &out.join(HISTORY_FILE))?;
         let summary = TrainSummary {
             trainable_parameters: counts.trainable,
             total_parameters: counts.all,

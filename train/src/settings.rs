@@ -1,10 +1,8 @@
-//! `pipeline.yaml`'s `seed`, `lora` and `training` sections as the libraries' settings, and
-//! the training library's records as the history artifact's rows.
+//! `pipeline.yaml`'s `seed`, `lora` and `training` sections as the libraries' settings.
 
 use lora_classifier::LoraSettings;
 use pipeline::config::{Config, KeepAdapter, OptimizerKind};
-use pipeline::history::{HistoryRow, RowKind};
-use training::{OptimizerSettings, Record, RecordKind, TrainSettings};
+use training::{OptimizerSettings, TrainSettings};
 
 /// PyTorch's RMSprop defaults for what the config does not set.
 const RMSPROP_ALPHA: f64 = 0.99;
@@ -56,24 +54,6 @@ pub fn train_settings(config: &Config) -> TrainSettings {
         eval_every_steps: t.eval_every_steps.map(|n| n as u64),
         checkpoint_every_steps: t.checkpoint_every_steps as u64,
         keep_best: t.keep == KeepAdapter::Best,
-    }
-}
-
-/// A run's record as a row of `history.parquet`.
-pub fn history_row(r: &Record) -> HistoryRow {
-    HistoryRow {
-        kind: match r.kind {
-            RecordKind::Step => RowKind::Step,
-            RecordKind::Eval => RowKind::Eval,
-            RecordKind::Epoch => RowKind::Epoch,
-        },
-        epoch: r.epoch,
-        step: r.step,
-        train_loss: r.train_loss,
-        learning_rate: r.learning_rate,
-        samples_per_s: r.samples_per_s,
-        val_loss: r.val_loss,
-        val_accuracy: r.val_accuracy,
     }
 }
 

@@ -19,44 +19,12 @@ use std::path::Path;
 
 use anyhow::Result;
 use polars::prelude::*;
-use serde::{Deserialize, Serialize};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum RowKind {
-    Step,
-    Epoch,
-    /// A validation in the middle of an epoch.
-    Eval,
-}
-
-impl RowKind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            RowKind::Step => "step",
-            RowKind::Epoch => "epoch",
-            RowKind::Eval => "eval",
-        }
-    }
-
-    pub fn parse(text: &str) -> Option<RowKind> {
-        [RowKind::Step, RowKind::Epoch, RowKind::Eval]
-            .into_iter()
-            .find(|k| k.as_str() == text)
-    }
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct HistoryRow {
-    pub kind: RowKind,
-    pub epoch: u32,
-    pub step: u64,
-    pub train_loss: f64,
-    pub learning_rate: Option<f64>,
-    pub samples_per_s: Option<f64>,
-    pub val_loss: Option<f64>,
-    pub val_accuracy: Option<f64>,
-}
+/// A row: the training loop's record itself (`choices::HistoryRecord`, one type from the loop
+/// through its checkpoints to this file).
+pub use choices::HistoryRecord as HistoryRow;
+/// A row's `kind`, spelled `step`, `eval` or `epoch`.
+pub use choices::RecordKind as RowKind;
 
 pub const HISTORY_FILE: &str = "history.parquet";
 
@@ -99,13 +67,8 @@ pub fn read_parquet(path: &Path) -> Result<Vec<HistoryRow>> {
         .into_iter()
         .enumerate()
         .map(|(row, k)| {
-            RowKind::parse(&k).ok_or_else(|| {
-                table.bad_value(
-                    "kind",
-                    row,
-                    format!("unknown row kind {k:?} (expected step, epoch or eval)"),
-                )
-            })
+            k.parse::<RowKind>()
+                .map_err(|err| table.bad_value("kind", row, err.to_string()))
         })
         .collect::<Result<Vec<_>>>()?;
     let (epochs, steps, losses) = (

@@ -3,8 +3,9 @@
 //! Each checkpoint is a folder `step-NNNNNNNN/` (the optimizer steps done) holding
 //! - `tensors.safetensors`: `param/<name>` (the trainable tensors), `optim/<key>` (the
 //!   optimizer state) and, when the best adapter is kept, `best/<name>`;
-//! - `history.json`: the history so far, each number as its f64 bit pattern (resuming bit for
-//!   bit needs every bit; the best epoch and the epoch's running loss are derived from it);
+//! - `history.json`: the history so far, the records as serde writes them (every float reads
+//!   back bit for bit, as resuming bit for bit needs: the best epoch and the epoch's running
+//!   loss are derived from it);
 //! - `state.json`: the fingerprint, the position (epoch, next batch) and the optimizer's count.
 //!
 //! A checkpoint is staged under a temporary name and renamed into place (`common::atomic`), so a
@@ -19,13 +20,15 @@ use serde::{Deserialize, Serialize};
 
 use common::atomic::{self, StagingDir};
 
-use crate::history::{Record, RecordKind};
+use crate::history::Record;
 use crate::observer::Skipped;
 
 const STATE_FILE: &str = "state.json";
 const TENSORS_FILE: &str = "tensors.safetensors";
 const HISTORY_FILE: &str = "history.json";
-const FORMAT: u32 = 2;
+/// 3: `history.json` holds the records' floats as numbers (2 held their bit patterns). A
+/// checkpoint of this run in another format is unusable: skipped for an older one.
+const FORMAT: u32 = 3;
 /// How many complete checkpoints to keep.
 const KEEP: usize = 2;
 
@@ -55,51 +58,6 @@ pub struct Snapshot {
     pub optimizer: Vec<(String, Tensor)>,
     pub best: Vec<(String, Tensor)>,
     pub history: Vec<Record>,
-}
-
-/// A [`Record`] with every number as its f64 bit pattern: JSON text round-trips them exactly.
-#[derive(Debug, Serialize, Deserialize)]
-struct StoredRecord {
-    kind: RecordKind,
-    epoch: u32,
-    step: u64,
-    train_loss: u64,
-    learning_rate: Option<u64>,
-    samples_per_s: Option<u64>,
-    val_loss: Option<u64>,
-    val_accuracy: Option<u64>,
-}
-
-impl From<&Record> for StoredRecord {
-    fn from(r: &Record) -> Self {
-        let bits = |v: Option<f64>| v.map(f64::to_bits);
-        Self {
-            kind: r.kind,
-            epoch: r.epoch,
-            step: r.step,
-            train_loss: r.train_loss.to_bits(),
-            learning_rate: bits(r.learning_rate),
-            samples_per_s: bits(r.samples_per_s),
-            val_loss: bits(r.val_loss),
-            val_accuracy: bits(r.val_accuracy),
-        }
-    }
-}
-
-impl From<StoredRecord> for Record {
-    fn from(r: StoredRecord) -> Self {
-        let value = |v: Option<u64>| v.map(f64::from_bits);
-        Self {
-            kind: r.kind,
-            epoch: r.epoch,
-            step: r.step,
-            train_loss: f64::from_bits(r.train_loss),
-            learning_rate: value(r.learning_rate),
-            samples_per_s: value(r.samples_per_s),
-            val_loss: value(r.val_loss),
-            val_accuracy: value(r.val_accuracy),
-        }
-    }
 }
 
 /// The checkpoint folder of one training run.
@@ -158,8 +116,14 @@ impl CheckpointStore {
     fn read(&self, path: &Path, device: &Device) -> Result<Option<Snapshot>> {
         let text = fs::read_to_string(path.join(STATE_FILE))?;
         let state: StateFile = serde_json::from_str(&text)?;
-        if state.format != FORMAT || state.fingerprint != self.fingerprint {
+        if state.fingerprint != self.fingerprint {
             return Ok(None);
+        }
+        if state.format != FORMAT {
+            bail!(
+                "written in checkpoint format {}, this build reads format {FORMAT}",
+                state.format
+            );
         }
         let tensors = candle_core::safetensors::load(path.join(TENSORS_FILE), device)?;
         let (mut params, mut optimizer, mut best) = (Vec::new(), Vec::new(), Vec::new());
@@ -180,9 +144,8 @@ impl CheckpointStore {
             }
         }
         let text = fs::read_to_string(path.join(HISTORY_FILE))?;
-        let stored: Vec<StoredRecord> = serde_json::from_str(&text)
+        let history: Vec<Record> = serde_json::from_str(&text)
             .with_context(|| format!("{HISTORY_FILE} is not a run's history"))?;
-        let history: Vec<Record> = stored.into_iter().map(Record::from).collect();
         if let Some(row) = history.iter().position(|r| !r.is_finite()) {
             bail!("{HISTORY_FILE}: row {row} holds a non-finite loss");
         }
@@ -201,7 +164,7 @@ impl CheckpointStore {
             let state = fs::read_to_string(path.join(STATE_FILE))
                 .ok()
                 .and_then(|text| serde_json::from_str::<StateFile>(&text).ok());
-            if state.is_some_and(|s| s.fingerprint == self.fingerprint) {
+            if state.is_some_and(|s| s.fingerprint == self.fingerprint && s.format == FORMAT) {
                 return Ok(Some(path));
             }
         }
@@ -242,8 +205,7 @@ impl CheckpointStore {
             })
             .collect();
             candle_core::safetensors::save(&tensors, staged.path().join(TENSORS_FILE))?;
-            let stored: Vec<StoredRecord> = snapshot.history.iter().map(Into::into).collect();
-            atomic::write_json(&staged.path().join(HISTORY_FILE), &stored)?;
+            atomic::write_json(&staged.path().join(HISTORY_FILE), &snapshot.history)?;
             let state = StateFile {
                 format: FORMAT,
                 fingerprint: self.fingerprint.clone(),
@@ -277,6 +239,7 @@ impl CheckpointStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::history::RecordKind;
 
     fn snapshot(step: u64) -> Snapshot {
         let t = Tensor::new(&[step as f32, 1.5], &Device::Cpu).unwrap();
@@ -399,5 +362,132 @@ mod tests {
             .to_string();
         assert_eq!(err, "history.json: row 0 holds a non-finite loss");
         assert!(store.latest(&Device::Cpu, |_, _| {}).unwrap().is_none());
+    }
+
+    /// A checkpoint of this run written in format 2 (floats as bit patterns) is skipped for an
+    /// older one, saying why.
+    #[test]
+    fn checkpoints_of_an_older_format_are_skipped() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = CheckpointStore::new(&tmp.path().join("ckpt"), "run");
+        store.write(&snapshot(2)).unwrap();
+        let old = store.write(&snapshot(4)).unwrap();
+        let state = fs::read_to_string(old.join(STATE_FILE)).unwrap();
+        let state = state.replace(&format!("\"format\": {FORMAT}"), "\"format\": 2");
+        fs::write(old.join(STATE_FILE), state).unwrap();
+        fs::write(
+            old.join(HISTORY_FILE),
+            r#"[{"kind":"Epoch","epoch":1,"step":4,"train_loss":4599075939470750516,
+                "learning_rate":null,"samples_per_s":null,"val_loss":null,"val_accuracy":null}]"#,
+        )
+        .unwrap();
+        let mut unusable = Vec::new();
+        let (path, _) = store
+            .latest(&Device::Cpu, |p, why| match why {
+                Skipped::Unusable(err) => unusable.push((p.to_path_buf(), err.to_string())),
+                Skipped::Foreign => panic!("{} is this run's", p.display()),
+            })
+            .unwrap()
+            .unwrap();
+        assert!(path.ends_with("step-00000002"), "{}", path.display());
+        assert_eq!(
+            unusable,
+            vec![(
+                old.clone(),
+                format!("written in checkpoint format 2, this build reads format {FORMAT}")
+            )]
+        );
+        assert!(store
+            .latest_path()
+            .unwrap()
+            .unwrap()
+            .ends_with("step-00000002"));
+    }
+
+    fn bits(r: &Record) -> (RecordKind, u32, u64, [Option<u64>; 5]) {
+        let floats = [
+            Some(r.train_loss),
+            r.learning_rate,
+            r.samples_per_s,
+            r.val_loss,
+            r.val_accuracy,
+        ];
+        (r.kind, r.epoch, r.step, floats.map(|v| v.map(f64::to_bits)))
+    }
+
+    /// Every NaN-free f64 in every field of a record comes back bit for bit from a checkpoint
+    /// and from `history.parquet`: the edge cases, then bit patterns drawn at random.
+    #[test]
+    fn history_records_survive_checkpoints_and_parquet_exactly() {
+        let mut values = vec![
+            0.0,
+            -0.0,
+            0.1 + 0.2,
+            1.0 / 3.0,
+            f64::MIN_POSITIVE,
+            f64::from_bits(1),
+            -f64::from_bits(0x000f_ffff_ffff_ffff),
+            f64::EPSILON,
+            f64::MAX,
+            f64::MIN,
+            2f64.powi(-1000),
+            1e23,
+            5e-324,
+            f64::INFINITY,
+            f64::NEG_INFINITY,
+        ];
+        for n in 0u64.. {
+            if values.len() == 400 {
+                break;
+            }
+            let v = f64::from_bits(common::hash::splitmix64(0x5eed + n));
+            if !v.is_nan() {
+                values.push(v);
+            }
+        }
+        let kinds = [RecordKind::Step, RecordKind::Eval, RecordKind::Epoch];
+        let history: Vec<Record> = (0..values.len())
+            .map(|i| {
+                let at = |k: usize| values[(i + k * 97) % values.len()];
+                let some = |k: usize| (i % 7 != k).then(|| at(k));
+                Record {
+                    kind: kinds[i % 3],
+                    epoch: [0, 1, u32::MAX][i % 3],
+                    step: [0, i as u64, u64::MAX][(i / 3) % 3],
+                    train_loss: at(0),
+                    learning_rate: some(1),
+                    samples_per_s: some(2),
+                    val_loss: some(3),
+                    val_accuracy: some(4),
+                }
+            })
+            .collect();
+        let expected: Vec<_> = history.iter().map(bits).collect();
+
+        // Resuming refuses a history with a non-finite loss (it was damaged): read what was
+        // written,
+        let tmp = tempfile::tempdir().unwrap();
+        let store = CheckpointStore::new(&tmp.path().join("ckpt"), "run");
+        let mut snap = snapshot(2);
+        snap.history = history.clone();
+        let dir = store.write(&snap).unwrap();
+        let text = fs::read_to_string(dir.join(HISTORY_FILE)).unwrap();
+        let back: Vec<Record> = serde_json::from_str(&text).unwrap();
+        assert_eq!(back.iter().map(bits).collect::<Vec<_>>(), expected);
+        // and the finite ones through the store itself.
+        let finite: Vec<Record> = history.iter().filter(|r| r.is_finite()).cloned().collect();
+        assert!(finite.len() > 100, "{}", finite.len());
+        snap.history = finite.clone();
+        store.write(&snap).unwrap();
+        let (_, read) = store.latest(&Device::Cpu, |_, _| {}).unwrap().unwrap();
+        assert_eq!(
+            read.history.iter().map(bits).collect::<Vec<_>>(),
+            finite.iter().map(bits).collect::<Vec<_>>()
+        );
+
+        let path = tmp.path().join(pipeline::history::HISTORY_FILE);
+        pipeline::history::write_parquet(&history, &path).unwrap();
+        let back = pipeline::history::read_parquet(&path).unwrap();
+        assert_eq!(back.iter().map(bits).collect::<Vec<_>>(), expected);
     }
 }

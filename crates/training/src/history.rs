@@ -1,40 +1,11 @@
 //! What a run records as it goes: one [`Record`] per optimizer step, per mid-epoch validation
 //! and per epoch end. The loop derives the best epoch and each epoch's mean loss from it, a
 //! checkpoint keeps it, and the caller gets it back (the train stage writes it as an artifact).
+//!
+//! The record is `choices::HistoryRecord`, the one type of a history record from the loop to
+//! `history.parquet` (the pipeline's `history::HistoryRow` is the same type).
 
-use serde::{Deserialize, Serialize};
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub enum RecordKind {
-    /// One optimizer step: its training loss, learning rate and throughput.
-    Step,
-    /// A validation every `eval_every_steps` steps.
-    Eval,
-    /// The validation at an epoch's end, with the epoch's mean training loss.
-    Epoch,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Record {
-    pub kind: RecordKind,
-    /// 1-based.
-    pub epoch: u32,
-    /// Optimizer steps done when it was recorded.
-    pub step: u64,
-    /// The step's loss; for validation records, the epoch's mean step loss so far.
-    pub train_loss: f64,
-    pub learning_rate: Option<f64>,
-    pub samples_per_s: Option<f64>,
-    pub val_loss: Option<f64>,
-    pub val_accuracy: Option<f64>,
-}
-
-impl Record {
-    /// Every loss it holds is finite (a run stops before recording anything else).
-    pub fn is_finite(&self) -> bool {
-        self.train_loss.is_finite() && self.val_loss.is_none_or(f64::is_finite)
-    }
-}
+pub use choices::{HistoryRecord as Record, RecordKind};
 
 /// The epoch records' best (lowest validation loss, the earliest on ties) and last.
 pub fn best_and_last(history: &[Record]) -> Option<(&Record, &Record)> {
