@@ -235,7 +235,21 @@ struct Run<'a> {
     best: Vec<Tensor>,
 }
 
-impl Run<'_> {
+impl<'a> Run<'a> {
+    /// A run at its beginning: the model's trainable tensors as they are, a fresh optimizer.
+    fn new(model: &'a SequenceClassifier, settings: &TrainSettings) -> Result<Self> {
+        let params = model.trainable();
+        Ok(Self {
+            model,
+            names: params.iter().map(|(n, _)| n.clone()).collect(),
+            vars: params.iter().map(|(_, v)| v.clone()).collect(),
+            optimizer: Optimizer::new(settings.optimizer, params)?,
+            step: 0,
+            history: Vec::new(),
+            best: Vec::new(),
+        })
+    }
+
     fn restore(&mut self, snap: Snapshot) -> Result<()> {
         let mut params: HashMap<_, _> = snap.params.into_iter().collect();
         for (name, var) in self.names.iter().zip(&self.vars) {
@@ -304,7 +318,9 @@ impl Run<'_> {
 /// Trains `model`'s trainable tensors on `train`, validating on `validation`.
 ///
 /// Resumes from the newest complete checkpoint in `store` made with the same fingerprint;
-/// reports what happens to `observer`.
+/// reports what happens to `observer`. The steps: [`Loop::resume_or_start`], then
+/// [`Loop::epoch`] for each epoch left (each optimizer step followed by
+/// [`Loop::validate_if_due`] and [`Loop::checkpoint_if_due`]), then [`Loop::finish`].
 pub fn train(
     model: &SequenceClassifier,
     train: &Examples,
@@ -318,48 +334,128 @@ pub fn train(
     if train.is_empty() || validation.is_empty() {
         bail!("the train and validation splits must not be empty");
     }
-    let params = model.trainable();
-    let mut run = Run {
-        model,
-        names: params.iter().map(|(n, _)| n.clone()).collect(),
-        vars: params.iter().map(|(_, v)| v.clone()).collect(),
-        optimizer: Optimizer::new(settings.optimizer, params)?,
-        step: 0,
-        history: Vec::new(),
-        best: Vec::new(),
-    };
-    let (n, bs) = (train.len(), settings.batch_size);
-    let per_epoch = settings.steps_per_epoch(n);
-    let schedule = settings.schedule_for(n);
-
-    let (mut epoch0, mut batch0, mut resumed_from_step) = (0, 0, None);
-    store.clean_partial()?;
-    let mut unusable_skipped = 0;
-    let latest = store.latest(device, |path, why| {
-        unusable_skipped += matches!(why, Skipped::Unusable(_)) as usize;
-        observer.on(Event::CheckpointSkipped { path, why });
-    })?;
-    match latest {
-        Some((path, snap)) => {
-            let position = snap.position.clone();
-            (epoch0, batch0) = (position.epoch, position.batch);
-            run.restore(snap)
-                .with_context(|| format!("resuming from {}", path.display()))?;
-            resumed_from_step = Some(run.step);
-            observer.on(Event::Resumed {
-                path: &path,
-                position: &position,
-                batches: per_epoch,
-            });
+    let mut run = Run::new(model, settings)?;
+    let course = Loop::new(train, validation, settings, device, store);
+    let start = course.resume_or_start(&mut run, observer)?;
+    let mut throughput = Throughput::default();
+    for epoch in start.epoch..course.epochs {
+        if course.finished(&run) {
+            // A resumed run that had reached its end.
+            break;
         }
-        None => observer.on(Event::Started { unusable_skipped }),
+        let first_batch = if epoch == start.epoch { start.batch } else { 0 };
+        let ended = course.epoch(&mut run, epoch, first_batch, &mut throughput, observer)?;
+        observer.on(Event::EpochFinished {
+            epoch: epoch as u32 + 1,
+        });
+        if ended {
+            break;
+        }
+    }
+    course.finish(run, &throughput, start.resumed_from_step, started)
+}
+
+/// What a run works with and toward: its data, settings and checkpoints, and the step counts
+/// and schedule derived from them. It does not change while the run goes.
+struct Loop<'a> {
+    train: &'a Examples<'a>,
+    validation: &'a Examples<'a>,
+    settings: &'a TrainSettings,
+    device: &'a Device,
+    store: &'a CheckpointStore,
+    schedule: Schedule,
+    /// Optimizer steps per epoch, and in the whole run.
+    per_epoch: u64,
+    total: u64,
+    /// The epochs those steps span.
+    epochs: u64,
+}
+
+/// Where a run begins: the 0-based epoch and its next batch.
+struct Start {
+    epoch: u64,
+    batch: u64,
+    resumed_from_step: Option<u64>,
+}
+
+/// The rows this process trained on and the seconds its steps took.
+#[derive(Default)]
+struct Throughput {
+    samples: usize,
+    seconds: f64,
+}
+
+impl<'a> Loop<'a> {
+    fn new(
+        train: &'a Examples<'a>,
+        validation: &'a Examples<'a>,
+        settings: &'a TrainSettings,
+        device: &'a Device,
+        store: &'a CheckpointStore,
+    ) -> Self {
+        let n = train.len();
+        let per_epoch = settings.steps_per_epoch(n);
+        let total = settings.total_steps(n);
+        Self {
+            train,
+            validation,
+            settings,
+            device,
+            store,
+            schedule: settings.schedule_for(n),
+            per_epoch,
+            total,
+            epochs: total.div_ceil(per_epoch.max(1)),
+        }
     }
 
-    // A non-finite loss, gradient, parameter or validation loss stops the run: training on
-    // would only spread the NaN, and nothing of it may be saved as an adapter. Checkpoints
-    // written before it stay (they hold finite state; resuming skips any that do not).
-    let stop = |what: String| -> anyhow::Error {
-        let kept = match store.latest_path() {
+    /// Restores `run` from the newest usable checkpoint of this run, if any (after removing
+    /// leftovers of killed writes); else it starts from the beginning.
+    fn resume_or_start(&self, run: &mut Run, observer: &mut dyn Observer) -> Result<Start> {
+        self.store.clean_partial()?;
+        let mut unusable_skipped = 0;
+        let latest = self.store.latest(self.device, |path, why| {
+            unusable_skipped += matches!(why, Skipped::Unusable(_)) as usize;
+            observer.on(Event::CheckpointSkipped { path, why });
+        })?;
+        let Some((path, snap)) = latest else {
+            observer.on(Event::Started { unusable_skipped });
+            return Ok(Start {
+                epoch: 0,
+                batch: 0,
+                resumed_from_step: None,
+            });
+        };
+        let position = snap.position.clone();
+        run.restore(snap)
+            .with_context(|| format!("resuming from {}", path.display()))?;
+        observer.on(Event::Resumed {
+            path: &path,
+            position: &position,
+            batches: self.per_epoch,
+        });
+        Ok(Start {
+            epoch: position.epoch,
+            batch: position.batch,
+            resumed_from_step: Some(run.step),
+        })
+    }
+
+    /// Whether the run is done: all its steps taken, or stopped early.
+    fn finished(&self, run: &Run) -> bool {
+        run.step >= self.total
+            || self
+                .settings
+                .early_stopping_patience
+                .is_some_and(|p| stops_early(&run.history, p))
+    }
+
+    /// The error that stops a run. A non-finite loss, gradient, parameter or validation loss
+    /// stops it: training on would only spread the NaN, and nothing of it may be saved as an
+    /// adapter. Checkpoints written before it stay (they hold finite state; resuming skips
+    /// any that do not).
+    fn stop(&self, what: String) -> anyhow::Error {
+        let kept = match self.store.latest_path() {
             Ok(Some(p)) => format!("the last good checkpoint, {}, is kept", p.display()),
             _ => "no checkpoint was written yet".to_string(),
         };
@@ -367,184 +463,224 @@ pub fn train(
             "{what}: stopping without saving an adapter; {kept}. Lower the learning rate, or \
              clip the gradient norm"
         )
-    };
-    let check_validation = |v: &Validation, step: u64, epoch_no: u32| -> Result<()> {
-        if v.loss.is_finite() {
-            return Ok(());
-        }
-        Err(stop(format!(
-            "the validation loss is {} after step {step} (epoch {epoch_no})",
-            v.loss
-        )))
-    };
+    }
 
-    let (mut trained_samples, mut step_seconds) = (0usize, 0f64);
-    let total = settings.total_steps(n);
-    let epochs = total.div_ceil(per_epoch.max(1));
-    let accumulate = settings.gradient_accumulation_steps.max(1) as u64;
-    let step_rows = settings.rows_per_step();
-    let finished = |run: &Run| {
-        run.step >= total
-            || settings
-                .early_stopping_patience
-                .is_some_and(|p| stops_early(&run.history, p))
-    };
-    'epochs: for epoch in epoch0..epochs {
-        if finished(&run) {
-            // A resumed run that had reached its end.
-            break;
-        }
+    /// Epoch `epoch` (0-based) from batch `first_batch`: each optimizer step, recorded, then
+    /// the validation and checkpoint due after it. Returns whether the run ended in it.
+    fn epoch(
+        &self,
+        run: &mut Run,
+        epoch: u64,
+        first_batch: u64,
+        throughput: &mut Throughput,
+        observer: &mut dyn Observer,
+    ) -> Result<bool> {
+        let n = self.train.len();
         let epoch_no = epoch as u32 + 1;
-        let order = epoch_permutation(settings.seed, epoch, n);
-        let start = if epoch == epoch0 { batch0 } else { 0 };
+        let step_rows = self.settings.rows_per_step();
+        let order = epoch_permutation(self.settings.seed, epoch, n);
         observer.on(Event::EpochStarted {
             epoch: epoch_no,
-            epochs: epochs as usize,
-            batches: per_epoch,
-            first_batch: start,
+            epochs: self.epochs as usize,
+            batches: self.per_epoch,
+            first_batch,
         });
-        for b in start..per_epoch {
+        for b in first_batch..self.per_epoch {
             let rows = &order[b as usize * step_rows..((b as usize + 1) * step_rows).min(n)];
             let t0 = Instant::now();
-            let lr = schedule.lr(run.step);
+            let lr = self.schedule.lr(run.step);
             let at = format!("step {} (epoch {epoch_no}, batch {})", run.step + 1, b + 1);
-            // Each batch's mean loss weighted by its share of the step's rows: the gradients
-            // add up to those of the mean loss over all of them, as one batch would give.
-            let (mut grads, mut loss_value) = (None, 0f64);
-            for (k, batch) in rows.chunks(bs).enumerate() {
-                let (ids, mask) = train.inputs(batch, device)?;
-                let labels = train.labels(batch, device)?;
-                let mode = Mode::Train {
-                    dropout_seed: dropout_seed(settings.seed, run.step * accumulate + k as u64),
-                };
-                let logits = model.forward(&ids, &mask, mode)?;
-                let loss = candle_nn::loss::cross_entropy(&logits, &labels)?;
-                let value = loss.to_scalar::<f32>()? as f64;
-                if !value.is_finite() {
-                    return Err(stop(format!("the training loss is {value} at {at}")));
-                }
-                let share = batch.len() as f64 / rows.len() as f64;
-                loss_value += value * share;
-                let these = if share == 1.0 {
-                    loss.backward()?
-                } else {
-                    (loss * share)?.backward()?
-                };
-                grads = Some(match grads {
-                    None => these,
-                    Some(sum) => add_grads(sum, &these, &run.vars)?,
-                });
-            }
-            let mut grads = grads.context("a step with no rows")?;
-            let gradients = run.vars.iter().map(|v| grads.get(v.as_tensor()).cloned());
-            if let Some(name) = first_non_finite(&run.names, gradients)? {
-                return Err(stop(format!(
-                    "the gradient of {name} is NaN or infinite at {at}"
-                )));
-            }
-            if let Some(max_norm) = settings.max_grad_norm {
-                clip_grad_norm(&mut grads, &run.vars, max_norm)?;
-            }
-            run.optimizer.step(&grads, lr)?;
-            let values = run.vars.iter().map(|v| Some(v.as_tensor().clone()));
-            if let Some(name) = first_non_finite(&run.names, values)? {
-                return Err(stop(format!(
-                    "parameter {name} is NaN or infinite after {at}"
-                )));
-            }
-            run.step += 1;
+            let loss = self.optimizer_step(run, rows, lr, &at)?;
             let seconds = t0.elapsed().as_secs_f64();
-            let samples_per_s = rows.len() as f64 / seconds.max(1e-9);
-            trained_samples += rows.len();
-            step_seconds += seconds;
+            throughput.samples += rows.len();
+            throughput.seconds += seconds;
             run.history.push(Record {
                 kind: RecordKind::Step,
                 epoch: epoch_no,
                 step: run.step,
-                train_loss: loss_value,
+                train_loss: loss,
                 learning_rate: Some(lr),
-                samples_per_s: Some(samples_per_s),
+                samples_per_s: Some(rows.len() as f64 / seconds.max(1e-9)),
                 val_loss: None,
                 val_accuracy: None,
             });
             observer.on(Event::Step(run.history.last().expect("just pushed")));
+            let epoch_end = self.validate_if_due(run, epoch_no, b, observer)?;
+            self.checkpoint_if_due(run, epoch, b, epoch_end, observer)?;
+            if epoch_end && self.finished(run) {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
 
-            let step = run.step;
-            let position = |epoch, batch, run: &Run| Position {
+    /// One optimizer step on `rows` at learning rate `lr` (`at` names it in errors): the
+    /// batches' forward and backward passes, their gradients added up, clipped, and the
+    /// optimizer's update; a non-finite loss, gradient or parameter stops the run. Returns
+    /// the step's loss.
+    fn optimizer_step(&self, run: &mut Run, rows: &[usize], lr: f64, at: &str) -> Result<f64> {
+        let settings = self.settings;
+        let accumulate = settings.gradient_accumulation_steps.max(1) as u64;
+        // Each batch's mean loss weighted by its share of the step's rows: the gradients add
+        // up to those of the mean loss over all of them, as one batch would give.
+        let (mut grads, mut loss_value) = (None, 0f64);
+        for (k, batch) in rows.chunks(settings.batch_size).enumerate() {
+            let (ids, mask) = self.train.inputs(batch, self.device)?;
+            let labels = self.train.labels(batch, self.device)?;
+            let mode = Mode::Train {
+                dropout_seed: dropout_seed(settings.seed, run.step * accumulate + k as u64),
+            };
+            let logits = run.model.forward(&ids, &mask, mode)?;
+            let loss = candle_nn::loss::cross_entropy(&logits, &labels)?;
+            let value = loss.to_scalar::<f32>()? as f64;
+            if !value.is_finite() {
+                return Err(self.stop(format!("the training loss is {value} at {at}")));
+            }
+            let share = batch.len() as f64 / rows.len() as f64;
+            loss_value += value * share;
+            let these = if share == 1.0 {
+                loss.backward()?
+            } else {
+                (loss * share)?.backward()?
+            };
+            grads = Some(match grads {
+                None => these,
+                Some(sum) => add_grads(sum, &these, &run.vars)?,
+            });
+        }
+        let mut grads = grads.context("a step with no rows")?;
+        let gradients = run.vars.iter().map(|v| grads.get(v.as_tensor()).cloned());
+        if let Some(name) = first_non_finite(&run.names, gradients)? {
+            return Err(self.stop(format!("the gradient of {name} is NaN or infinite at {at}")));
+        }
+        if let Some(max_norm) = settings.max_grad_norm {
+            clip_grad_norm(&mut grads, &run.vars, max_norm)?;
+        }
+        run.optimizer.step(&grads, lr)?;
+        let values = run.vars.iter().map(|v| Some(v.as_tensor().clone()));
+        if let Some(name) = first_non_finite(&run.names, values)? {
+            return Err(self.stop(format!("parameter {name} is NaN or infinite after {at}")));
+        }
+        run.step += 1;
+        Ok(loss_value)
+    }
+
+    /// After batch `b` of epoch `epoch_no` (1-based): validates where due (the epoch's end,
+    /// which is also where the run ends, or every `eval_every_steps` steps) and, at an
+    /// epoch's end, keeps the adapter if its epoch is the best so far. Returns whether the
+    /// epoch ended (an early stop mid-epoch ends it).
+    fn validate_if_due(
+        &self,
+        run: &mut Run,
+        epoch_no: u32,
+        b: u64,
+        observer: &mut dyn Observer,
+    ) -> Result<bool> {
+        let (settings, step) = (self.settings, run.step);
+        // The epoch ends at its last batch, or where the run ends (max_steps).
+        let mut epoch_end = b + 1 == self.per_epoch || step >= self.total;
+        let mid_eval = settings
+            .eval_every_steps
+            .is_some_and(|k| step.is_multiple_of(k));
+        if epoch_end || mid_eval {
+            let kind = if epoch_end {
+                RecordKind::Epoch
+            } else {
+                RecordKind::Eval
+            };
+            let (bs, device) = (settings.batch_size, self.device);
+            let v = run.validate(kind, epoch_no, self.validation, bs, device, observer)?;
+            if !v.loss.is_finite() {
+                return Err(self.stop(format!(
+                    "the validation loss is {} after step {step} (epoch {epoch_no})",
+                    v.loss
+                )));
+            }
+            if self.finished(run) && !epoch_end {
+                // Stopped early mid-epoch: this validation closes the run's last epoch.
+                run.history.last_mut().expect("just pushed").kind = RecordKind::Epoch;
+                epoch_end = true;
+            }
+            observer.on(Event::Validated(run.history.last().expect("just pushed")));
+        }
+        if epoch_end
+            && settings.keep_best
+            && best_and_last(&run.history).is_some_and(|(b, _)| b.epoch == epoch_no)
+        {
+            run.best = copies(&run.vars)?;
+        }
+        Ok(epoch_end)
+    }
+
+    /// After batch `b` of epoch `epoch` (0-based): writes a checkpoint at the epoch's end
+    /// (resuming at the next epoch) and every `checkpoint_every_steps` steps.
+    fn checkpoint_if_due(
+        &self,
+        run: &Run,
+        epoch: u64,
+        b: u64,
+        epoch_end: bool,
+        observer: &mut dyn Observer,
+    ) -> Result<()> {
+        let step = run.step;
+        let next = if epoch_end {
+            Some((epoch + 1, 0))
+        } else {
+            step.is_multiple_of(self.settings.checkpoint_every_steps)
+                .then_some((epoch, b + 1))
+        };
+        if let Some((epoch, batch)) = next {
+            let position = Position {
                 global_step: step,
                 epoch,
                 batch,
                 optimizer_steps: run.optimizer.steps(),
             };
-            // The epoch ends at its last batch, or where the run ends (max_steps).
-            let mut epoch_end = b + 1 == per_epoch || step >= total;
-            let mid_eval = settings
-                .eval_every_steps
-                .is_some_and(|k| step.is_multiple_of(k));
-            if epoch_end || mid_eval {
-                let kind = if epoch_end {
-                    RecordKind::Epoch
-                } else {
-                    RecordKind::Eval
-                };
-                let v = run.validate(kind, epoch_no, validation, bs, device, observer)?;
-                check_validation(&v, step, epoch_no)?;
-                if finished(&run) && !epoch_end {
-                    // Stopped early mid-epoch: this validation closes the run's last epoch.
-                    run.history.last_mut().expect("just pushed").kind = RecordKind::Epoch;
-                    epoch_end = true;
-                }
-                observer.on(Event::Validated(run.history.last().expect("just pushed")));
-            }
-            let checkpoint = if epoch_end {
-                if settings.keep_best
-                    && best_and_last(&run.history).is_some_and(|(b, _)| b.epoch == epoch_no)
-                {
-                    run.best = copies(&run.vars)?;
-                }
-                Some(position(epoch + 1, 0, &run))
-            } else {
-                step.is_multiple_of(settings.checkpoint_every_steps)
-                    .then(|| position(epoch, b + 1, &run))
-            };
-            if let Some(position) = checkpoint {
-                let dir = store.write(&run.snapshot(position)?)?;
-                observer.on(Event::CheckpointWritten { dir: &dir, step });
-            }
-            if epoch_end && finished(&run) {
-                observer.on(Event::EpochFinished { epoch: epoch_no });
-                break 'epochs;
-            }
+            let dir = self.store.write(&run.snapshot(position)?)?;
+            observer.on(Event::CheckpointWritten { dir: &dir, step });
         }
-        observer.on(Event::EpochFinished { epoch: epoch_no });
+        Ok(())
     }
 
-    let (best_row, last_row) = best_and_last(&run.history).context("training ran no epoch")?;
-    let (best_epoch, best, last) = (
-        best_row.epoch,
-        validation_of(best_row),
-        validation_of(last_row),
-    );
-    let mut adapter_epoch = last_row.epoch;
-    if settings.keep_best && best_epoch != adapter_epoch && run.best.len() == run.vars.len() {
-        for (var, t) in run.vars.iter().zip(&run.best) {
-            var.set(t)?;
+    /// The outcome of a run that ended: its best and last validations, and the kept adapter
+    /// (the best epoch's, for `keep_best`) set into the model.
+    fn finish(
+        &self,
+        run: Run,
+        throughput: &Throughput,
+        resumed_from_step: Option<u64>,
+        started: Instant,
+    ) -> Result<TrainOutcome> {
+        let (best_row, last_row) = best_and_last(&run.history).context("training ran no epoch")?;
+        let (best_epoch, best, last) = (
+            best_row.epoch,
+            validation_of(best_row),
+            validation_of(last_row),
+        );
+        let mut adapter_epoch = last_row.epoch;
+        if self.settings.keep_best
+            && best_epoch != adapter_epoch
+            && run.best.len() == run.vars.len()
+        {
+            for (var, t) in run.vars.iter().zip(&run.best) {
+                var.set(t)?;
+            }
+            adapter_epoch = best_epoch;
         }
-        adapter_epoch = best_epoch;
+        Ok(TrainOutcome {
+            steps: run.step,
+            best_epoch,
+            best,
+            last,
+            adapter_epoch,
+            samples_per_s: if throughput.seconds > 0.0 {
+                throughput.samples as f64 / throughput.seconds
+            } else {
+                0.0
+            },
+            wall_time_s: started.elapsed().as_secs_f64(),
+            resumed_from_step,
+            history: run.history,
+        })
     }
-    Ok(TrainOutcome {
-        steps: run.step,
-        best_epoch,
-        best,
-        last,
-        adapter_epoch,
-        samples_per_s: if step_seconds > 0.0 {
-            trained_samples as f64 / step_seconds
-        } else {
-            0.0
-        },
-        wall_time_s: started.elapsed().as_secs_f64(),
-        resumed_from_step,
-        history: run.history,
-    })
 }
