@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context as _, Result};
 use candle_core::{DType, Device};
 use lora_classifier::{Checkpoint, SequenceClassifier};
+use pipeline::encode::check_max_len;
 pub use pipeline::graph::ADAPTER_DIR;
 use pipeline::history::{self, HISTORY_FILE};
 pub use pipeline::runner::Outcome;
@@ -75,14 +76,13 @@ fn check_split(
     if split.is_empty() {
         bail!("{} holds no examples: check the data settings and rerun `just data-prep` and `just tokenize`", path.display());
     }
-    if split.max_len > ckpt.max_positions() {
-        bail!(
-            "{} has {} tokens per review, beyond the model's {} positions: lower model.max_len",
-            path.display(),
-            split.max_len,
-            ckpt.max_positions()
-        );
-    }
+    // The tokens' width is the model.max_len they were made with (a stale one is refused
+    // before this, naming the stage to rerun).
+    check_max_len(
+        split.max_len,
+        ckpt.max_positions(),
+        &format!("{model_source:?}"),
+    )?;
     let vocab = ckpt.vocab_size();
     if let Some(&bad) = split.input_ids.iter().find(|&&id| id as usize >= vocab) {
         bail!(
@@ -145,14 +145,6 @@ impl Stage for Train<'_> {
         let (config, model) = (ctx.config, &ctx.config.model);
         // Every check before any training.
         let ckpt = Checkpoint::open(&self.model_dir)?;
-        if model.max_len > ckpt.max_positions() {
-            bail!(
-                "model.max_len {} is beyond the {} positions of the model {:?}: lower model.max_len and rerun `just tokenize`",
-                model.max_len,
-                ckpt.max_positions(),
-                model.source
-            );
-        }
         let read = |split: Split| -> Result<TokenSplit> {
             let path = ctx.artifact(StageId::Tokenize, pipeline::Layout::tokens_file(split));
             let tokens = TokenSplit::read(&path)?;

@@ -4,6 +4,7 @@
 //! One definition for the tokenize stage and for inference on new texts, so a
 //! review is encoded the same way in training and in `predict`.
 
+use std::fmt;
 use std::path::Path;
 
 use anyhow::{anyhow, bail, ensure, Context, Result};
@@ -35,6 +36,20 @@ pub struct TextEncoder {
     prefix_cut: bool,
 }
 
+/// Refuses a `model.max_len` beyond the `positions` of the model (`model` names it). The one
+/// check of the key against a model, where the two meet: [`TextEncoder::for_model`] (tokenize,
+/// evaluate and predict encode with it) and the train stage, which reads the tokens made with
+/// it.
+pub fn check_max_len(max_len: usize, positions: usize, model: &dyn fmt::Display) -> Result<()> {
+    if max_len > positions {
+        bail!(
+            "model.max_len {max_len} is beyond the {positions} positions of the model {model}: \
+             lower model.max_len to at most {positions}"
+        );
+    }
+    Ok(())
+}
+
 /// Encoded texts, row-major [n, max_len].
 #[derive(Debug, Clone, PartialEq)]
 pub struct Encoded {
@@ -57,11 +72,9 @@ impl TextEncoder {
         let positions = ["max_position_embeddings", "n_positions"]
             .iter()
             .find_map(|key| config.get(*key)?.as_u64());
-        if let Some(positions) = positions.filter(|&p| max_len as u64 > p) {
-            bail!(
-                "model.max_len {max_len} exceeds the {positions} positions of the model ({})",
-                config_path.display()
-            );
+        if let Some(positions) = positions {
+            let positions = usize::try_from(positions).unwrap_or(usize::MAX);
+            check_max_len(max_len, positions, &model_dir.display())?;
         }
         let path = model_dir.join("tokenizer.json");
         if !path.exists() {
@@ -298,4 +311,19 @@ fn pad_token(tokenizer: &Tokenizer) -> Option<(u32, String)> {
     ["[PAD]", "<pad>", GPT2_EOS]
         .into_iter()
         .find_map(|t| tokenizer.token_to_id(t).map(|id| (id, t.to_string())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn max_len_beyond_the_positions_names_the_key() {
+        check_max_len(64, 64, &"m").unwrap();
+        assert_eq!(
+            check_max_len(65, 64, &"\"m\"").unwrap_err().to_string(),
+            "model.max_len 65 is beyond the 64 positions of the model \"m\": lower model.max_len \
+             to at most 64"
+        );
+    }
 }
