@@ -27,17 +27,18 @@ build:
 
 # Each stage that runs appends its wall and CPU time and the load average to
 # <artifacts>/timings.jsonl (`just results` reads them).
-# Run every stage in order: data-prep → tokenize → train → evaluate → report → export.
+# Run every stage in pipeline order (the list: `imdb-lora stages`), each as `imdb-lora <stage>`.
 all *ARGS: build
     #!/usr/bin/env bash
     set -euo pipefail
-    root=$({{run}} {{bin}}/data-prep --config {{config}} "$@" --print-config | sed -n "s/^artifacts: //p" | tr -d "'\"")
-    stages=(data-prep:data tokenize:tokens train:train evaluate:evaluate report:report export:export)
-    for stage_dir in "${stages[@]}"; do
-        stage=${stage_dir%%:*} dir=${stage_dir#*:}
+    # "<stage> <folder>" lines in pipeline order, from the registry (crates/pipeline/src/graph.rs).
+    stages=$({{bin}}/imdb-lora stages)
+    # The artifacts root, as any stage reads the config (the first one, here).
+    root=$({{run}} {{bin}}/imdb-lora "${stages%% *}" --config {{config}} "$@" --print-config | sed -n "s/^artifacts: //p" | tr -d "'\"")
+    while read -r stage dir <&3; do
         scripts/timed.sh "$root/timings.jsonl" "$stage" --stamp "$root/$dir/stamp.json" -- \
-            {{run}} {{bin}}/$stage --config {{config}} "$@"
-    done
+            {{run}} {{bin}}/imdb-lora "$stage" --config {{config}} "$@"
+    done 3<<<"$stages"
 
 # Load IMDb, sample train, split test into test/validation → artifacts/data.
 data-prep *ARGS: build
@@ -77,11 +78,13 @@ smoke: build
     set -euo pipefail
     sets=(--set artifacts=artifacts-smoke --set data.max_train=200 --set data.max_validation=200
           --set data.max_test=400 --set training.epochs=1 --set training.checkpoint_every_steps=5)
-    for stage in data-prep tokenize train evaluate report export; do
-        {{run}} "{{bin}}/$stage" --config {{config}} "${sets[@]}"
-    done
-    {{run}} "{{bin}}/predict" --config {{config}} "${sets[@]}" "A wonderful, moving film." "Dull and far too long."
-    {{run}} "{{bin}}/predict" --config {{config}} "${sets[@]}" --model artifacts-smoke/export --json "A wonderful, moving film."
+    # Every stage in pipeline order, from the registry (`imdb-lora stages`: "<stage> <folder>" lines).
+    stages=$("{{bin}}/imdb-lora" stages)
+    while read -r stage _ <&3; do
+        {{run}} "{{bin}}/imdb-lora" "$stage" --config {{config}} "${sets[@]}"
+    done 3<<<"$stages"
+    {{run}} "{{bin}}/imdb-lora" predict --config {{config}} "${sets[@]}" "A wonderful, moving film." "Dull and far too long."
+    {{run}} "{{bin}}/imdb-lora" predict --config {{config}} "${sets[@]}" --model artifacts-smoke/export --json "A wonderful, moving film."
 
 # Build the stages and imdb-lora with CUDA for Hopper GPUs → target/cuda/release (toolkit from PyPI wheels in .cuda/).
 build-cuda:

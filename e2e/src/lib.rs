@@ -9,7 +9,6 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use pipeline::config::{DeviceSetting, DtypeSetting, ImageFormat};
-use pipeline::runner::Outcome;
 use pipeline::{Config, Layout, StageId};
 use polars::prelude::*;
 
@@ -85,26 +84,16 @@ pub fn tiny_config(artifacts: &Path, data: &Path) -> Config {
     c
 }
 
-/// Runs every stage in order, as `just all` does; returns the stages that did work (the
-/// others reported up to date).
+/// Runs every stage of the registry in order, each as `imdb-lora <stage>` does with no options
+/// (as `just all` does); returns the stages that did work (the others reported up to date).
 pub fn run_chain(c: &Config) -> Result<Vec<StageId>> {
-    fn ran<S>(outcome: Outcome<S>) -> bool {
-        matches!(outcome, Outcome::Ran { .. })
+    let mut did = Vec::new();
+    for stage in StageId::ALL {
+        if (imdb_lora::status::stage(stage).run)(c).with_context(|| stage.to_string())? {
+            did.push(stage);
+        }
     }
-    let choice = evaluate::ModelChoice::default();
-    let did = [
-        ran(data_prep::run(c, false).context("data-prep")?),
-        ran(tokenize::run(c, false).context("tokenize")?),
-        ran(train::run(c, false).context("train")?),
-        ran(evaluate::run(c, &choice, false).context("evaluate")?),
-        ran(report::stage::run(c, false).context("report")?),
-        ran(export::run(c, false).context("export")?),
-    ];
-    Ok(StageId::ALL
-        .into_iter()
-        .zip(did)
-        .filter_map(|(stage, ran)| ran.then_some(stage))
-        .collect())
+    Ok(did)
 }
 
 /// Every file under the artifacts root by relative path (`/`-separated), with its bytes.

@@ -110,8 +110,9 @@ impl Run {
         })
     }
 
-    fn wall_s(&self, stage: &str) -> Option<f64> {
-        self.timings.get(stage)?["wall_s"].as_f64()
+    /// The stage's wall time from its timing line (scripts/timed.sh names it as the stage).
+    fn wall_s(&self, stage: StageId) -> Option<f64> {
+        self.timings.get(stage.recipe())?["wall_s"].as_f64()
     }
 
     /// The run's date, commit, machine and load, from its timing lines.
@@ -174,13 +175,17 @@ fn results_table(runs: &[Run]) -> String {
     };
     let first = &runs[0];
     let reviews = first.data.train.count + first.data.validation.count + first.data.test.count;
-    row("data-prep".into(), &|r| seconds(r.wall_s("data-prep")));
-    row(format!("tokenize ({} reviews)", thousands(reviews)), &|r| {
-        seconds(r.wall_s("tokenize"))
+    row(StageId::DataPrep.to_string(), &|r| {
+        seconds(r.wall_s(StageId::DataPrep))
     });
     row(
+        format!("{} ({} reviews)", StageId::Tokenize, thousands(reviews)),
+        &|r| seconds(r.wall_s(StageId::Tokenize)),
+    );
+    row(
         format!(
-            "train, {} epoch{} + validation after each",
+            "{}, {} epoch{} + validation after each",
+            StageId::Train,
             first.train.epochs,
             if first.train.epochs == 1 { "" } else { "s" }
         ),
@@ -191,18 +196,23 @@ fn results_table(runs: &[Run]) -> String {
     });
     row(
         format!(
-            "evaluate, {} test reviews (whole stage)",
+            "{}, {} test reviews (whole stage)",
+            StageId::Evaluate,
             thousands(first.data.test.count)
         ),
-        &|r| match r.wall_s("evaluate") {
+        &|r| match r.wall_s(StageId::Evaluate) {
             Some(s) => format!("{s:.0} s ({:.1} reviews/s)", r.data.test.count as f64 / s),
             None => "–".into(),
         },
     );
-    row("report".into(), &|r| seconds(r.wall_s("report")));
+    row(StageId::Report.to_string(), &|r| {
+        seconds(r.wall_s(StageId::Report))
+    });
     row("whole chain".into(), &|r| {
-        let stages = ["data-prep", "tokenize", "train", "evaluate", "report"];
-        let all: Option<f64> = stages.iter().map(|s| r.wall_s(s)).sum();
+        // Every stage but export: the chain the notebook's figures (docs/results.md) compare
+        // with, which has no export step.
+        let chain = StageId::ALL.into_iter().filter(|&s| s != StageId::Export);
+        let all: Option<f64> = chain.map(|s| r.wall_s(s)).sum();
         all.map_or("–".into(), |s| format!("{:.1} min", s / 60.0))
     });
     for (i, _) in first.epochs().iter().enumerate() {

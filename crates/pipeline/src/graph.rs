@@ -1,8 +1,10 @@
-//! The pipeline graph, declared once: for each stage its folder, the config keys its outputs
-//! depend on, the inputs it takes from outside the artifacts, the upstream artifacts it reads
-//! and the files it writes (think `dvc.yaml`). The stage runner, the stamps, the upstream
-//! checks, `just status` and README's stage table all read it; a stage that writes what it
-//! does not declare fails.
+//! The pipeline graph, declared once: the stages' registry ([`StageId::ALL`], the one list of
+//! them, which `imdb-lora`'s commands and help, `status`, `results`, the e2e chain and the
+//! justfile's `all` and `smoke` iterate) and for each stage its name, its one-line summary,
+//! its folder, the config keys its outputs depend on, the inputs it takes from outside the
+//! artifacts, the upstream artifacts it reads and the files it writes (think `dvc.yaml`). The
+//! stage runner, the stamps, the upstream checks, `just status` and README's stage table all
+//! read it; a stage that writes what it does not declare fails.
 
 use std::fmt;
 
@@ -36,7 +38,8 @@ impl StageId {
         &STAGES[self as usize]
     }
 
-    /// The `just` recipe (and binary) that runs the stage.
+    /// Its name: the command that runs it (`imdb-lora <recipe>`), its `just` recipe, and its
+    /// thin alias binary.
     pub fn recipe(self) -> &'static str {
         self.spec().recipe
     }
@@ -161,7 +164,7 @@ pub struct StageSpec {
     pub id: StageId,
     pub recipe: &'static str,
     pub dir: &'static str,
-    /// What it makes, for people.
+    /// What it makes, in one line for people (`imdb-lora --help` lists it).
     pub about: &'static str,
     /// Config keys (a section name stands for every key in it) whose values decide its
     /// outputs: a changed one reruns the stage, and stages reading it refuse it until then.
@@ -414,7 +417,7 @@ pub const STAGES: [StageSpec; 6] = [
         id: Export,
         recipe: "export",
         dir: "export",
-        about: "the merged Hugging Face checkpoint (LoRA folded in) that plain transformers loads",
+        about: "the adapter merged into the model: a Hugging Face checkpoint",
         keys: &[
             "model.source",
             "model.revision",

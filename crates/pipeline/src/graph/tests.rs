@@ -51,6 +51,32 @@ fn every_setting_is_a_key_of_some_stage_or_says_why_not() {
 }
 
 #[test]
+fn each_stage_has_its_own_name_and_a_one_line_summary() {
+    for stage in StageId::ALL {
+        let spec = stage.spec();
+        assert_eq!(StageId::from_recipe(spec.recipe), Some(stage));
+        assert_eq!(stage.to_string(), spec.recipe);
+        // A command name the justfile's `for` loops and `imdb-lora <stage>` can take as is.
+        assert!(
+            !spec.recipe.is_empty()
+                && spec
+                    .recipe
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c == '-'),
+            "{:?}",
+            spec.recipe
+        );
+        assert!(
+            !spec.about.is_empty() && !spec.about.contains('\n'),
+            "{}: {:?}",
+            spec.recipe,
+            spec.about
+        );
+    }
+    assert_eq!(StageId::from_recipe("predict"), None);
+}
+
+#[test]
 fn stages_read_only_declared_outputs_of_earlier_stages() {
     for (i, spec) in STAGES.iter().enumerate() {
         assert_eq!(spec.id as usize, i, "STAGES is in StageId order");
