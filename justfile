@@ -129,8 +129,8 @@ bench *ARGS:
     cargo build --release --workspace --bin imdb-lora
     scripts/timed.sh "${BENCH_FILE:-bench.jsonl}" bench -- {{just_executable()}} bench-lines "${BENCH_FILE:-bench.jsonl}" "$@"
 
-# predict --input on synthetic parquet files of 2,000 and 200,000 short reviews (a child process):
-# its peak RSS and reviews/s, beside evaluate's in-process reviews/s; JSON lines (docs/batch-predict.md).
+# (On synthetic parquet files of 2,000 and 200,000 short reviews, in a child process; JSON lines.)
+# Batch predict's peak RSS and reviews/s beside evaluate's in-process reviews/s (docs/batch-predict.md).
 bench-predict *ARGS:
     cargo build --release --workspace --bin imdb-lora
     {{run}} {{bin}}/imdb-lora bench --predict-files 2000,200000 "$@"
