@@ -1,6 +1,7 @@
 """Reads the JSON lines of `imdb-lora bench` and scripts/torch_bench.py (one run, on one
 machine) and prints each of our figures as a ratio against each reference: PyTorch + PEFT f32
-and bf16 autocast, ONNX Runtime f32 and int8 dynamic quantization. Repeated lines keep their
+and bf16 autocast, PyTorch inference with the merged model's weights in bf16, ONNX Runtime f32
+and int8 dynamic quantization. Repeated lines keep their
 best (the machine is shared: the least CPU time per step, the most samples per second).
 Standard library only; `just bench` pipes into it.
 
@@ -26,7 +27,7 @@ for raw in sys.stdin:
 ours = sorted(k for k in best if k[1] == "ours")
 refs = sorted(k for k in best if k[1] != "ours")
 print("\nratios (ours ÷ reference; best of the repeats; > 1 means ours is faster)")
-print(f"{'bench':<11} {'ours':<5} {'reference':<19} {'samples/s':>20} {'ratio':>6} {'CPU s/step':>14} {'ratio':>6}")
+print(f"{'bench':<11} {'ours':<5} {'reference':<27} {'samples/s':>20} {'ratio':>6} {'CPU s/step':>14} {'ratio':>6}")
 for o in ours:
     for r in refs:
         if (o[0], o[3:]) != (r[0], r[3:]):
@@ -34,5 +35,5 @@ for o in ours:
         a, b = best[o], best[r]
         wall = a["samples_per_s"] / b["samples_per_s"]
         cpu = b["cpu_s_per_step"] / a["cpu_s_per_step"]
-        print(f"{o[0]:<11} {o[2]:<5} {r[1] + ' ' + r[2]:<19} {a['samples_per_s']:>9.1f} vs {b['samples_per_s']:>6.1f}"
+        print(f"{o[0]:<11} {o[2]:<5} {r[1] + ' ' + r[2]:<27} {a['samples_per_s']:>9.1f} vs {b['samples_per_s']:>6.1f}"
               f" {wall:>5.2f}× {a['cpu_s_per_step']:>6.3f} vs {b['cpu_s_per_step']:>5.3f} {cpu:>5.2f}×")

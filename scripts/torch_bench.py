@@ -14,9 +14,11 @@ quantization (onnxruntime.quantization.quantize_dynamic, QInt8 weights), with th
 --model: minilm (all-MiniLM-L6-v2 from the HF cache: $HF_HOME, else ../shared/hf-home beside the
 repository), minilm-shape / bert-base / bert-large (randomly initialised, as `imdb-lora bench` does: the time
 does not depend on the weights), or a checkpoint folder. --dtype bf16 runs under
-torch.autocast (f32 master weights, bf16 matmuls), PyTorch's usual mixed precision.
+torch.autocast (f32 master weights, bf16 matmuls), PyTorch's usual mixed precision, and
+inference a second time with the merged model cast to bf16 (`model.to(torch.bfloat16)`, impl
+`pytorch-bf16-weights`): PyTorch's fastest bf16 inference, the anchor a user would pick.
 """
-import argparse, glob, json, os, time
+import argparse, copy, glob, json, os, time
 
 # Idle threads sleep instead of spinning (OpenMP here, ONNX Runtime's pool below): on a shared
 # machine spinning counts as CPU time, and CPU seconds per step is the figure compared.
@@ -145,5 +147,13 @@ with torch.inference_mode(), autocast:
     merged = model.merge_and_unload().eval()
     if args.only in (None, "inference"):
         bench("inference", lambda: merged(input_ids=ids, attention_mask=mask).logits.float().cpu())
+if args.dtype == "bf16" and args.only in (None, "inference"):
+    # The other bf16 anchor a user would pick: the whole merged model cast to bf16 (weights and
+    # activations in bf16, no autocast), PyTorch's fastest bf16 inference on CPUs whose oneDNN
+    # has AMX or AVX512-BF16 kernels.
+    with torch.inference_mode():
+        bf16_model = copy.deepcopy(merged).to(torch.bfloat16)  # merged stays f32 for ONNX
+        bench("inference", lambda: bf16_model(input_ids=ids, attention_mask=mask).logits.float().cpu(),
+              impl="pytorch-bf16-weights", dtype="bf16")
 if args.onnx:
     onnx_benchmarks(merged)
