@@ -152,8 +152,9 @@ bench-lines out *ARGS:
         {{run}} {{bin}}/imdb-lora bench --int8 "$@" | tee -a "$round"
         if [ -n "$py" ] && "$py" -c "import torch, transformers, peft" 2>/dev/null; then
             onnx=$("$py" -c "import onnxruntime, onnx" 2>/dev/null && echo --onnx || true)
+            openvino=$("$py" -c "import openvino, nncf" 2>/dev/null && echo --openvino || true)
             {{run}} "$py" scripts/torch_bench.py --threads "$(nproc)" $onnx "$@" | tee -a "$round"
-            {{run}} "$py" scripts/torch_bench.py --threads "$(nproc)" --dtype bf16 "$@" | tee -a "$round"
+            {{run}} "$py" scripts/torch_bench.py --threads "$(nproc)" --dtype bf16 $openvino "$@" | tee -a "$round"
         fi
     done
     cat "$round" >> "$out"

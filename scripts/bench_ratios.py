@@ -1,7 +1,8 @@
 """Reads the JSON lines of `imdb-lora bench` and scripts/torch_bench.py (one run, on one
-machine) and prints each of our figures as a ratio against each reference: PyTorch + PEFT f32
-and bf16 autocast, PyTorch inference with the merged model's weights in bf16, ONNX Runtime f32
-and int8 dynamic quantization. Repeated lines keep their
+machine) and prints each of our figures as a ratio against each reference of the same dtype:
+PyTorch + PEFT f32 and bf16 autocast, PyTorch inference with the merged model's weights in bf16,
+ONNX Runtime f32 and int8 dynamic quantization, OpenVINO at its default precision (the line says
+which it picked) and NNCF int8; `*` marks the best anchor of each dtype. Repeated lines keep their
 best (the machine is shared: the least CPU time per step, the most samples per second).
 Standard library only; `just bench` pipes into it.
 
@@ -26,14 +27,16 @@ for raw in sys.stdin:
 
 ours = sorted(k for k in best if k[1] == "ours")
 refs = sorted(k for k in best if k[1] != "ours")
-print("\nratios (ours ÷ reference; best of the repeats; > 1 means ours is faster)")
+print("\nratios (ours ÷ reference of the same dtype; best of the repeats; > 1 means ours is faster;")
+print("* marks the best anchor of that dtype, the one a goal compares with)")
 print(f"{'bench':<11} {'ours':<5} {'reference':<27} {'samples/s':>20} {'ratio':>6} {'CPU s/step':>14} {'ratio':>6}")
 for o in ours:
-    for r in refs:
-        if (o[0], o[3:]) != (r[0], r[3:]):
-            continue
+    same = [r for r in refs if (o[0], o[2], o[3:]) == (r[0], r[2], r[3:])]
+    top = max(same, key=lambda r: best[r]["samples_per_s"], default=None)
+    for r in same:
         a, b = best[o], best[r]
         wall = a["samples_per_s"] / b["samples_per_s"]
         cpu = b["cpu_s_per_step"] / a["cpu_s_per_step"]
-        print(f"{o[0]:<11} {o[2]:<5} {r[1] + ' ' + r[2]:<27} {a['samples_per_s']:>9.1f} vs {b['samples_per_s']:>6.1f}"
+        mark = "*" if r == top and len(same) > 1 else " "
+        print(f"{o[0]:<11} {o[2]:<5} {mark}{r[1] + ' ' + r[2]:<26} {a['samples_per_s']:>9.1f} vs {b['samples_per_s']:>6.1f}"
               f" {wall:>5.2f}× {a['cpu_s_per_step']:>6.3f} vs {b['cpu_s_per_step']:>5.3f} {cpu:>5.2f}×")

@@ -2,7 +2,7 @@
 alpha 32, dropout 0.1 on query and value), batch, optimizer (AdamW) and timing, printed as the
 same JSON lines, on the CPU or a GPU.
 
-    python3 -m venv .venv-bench && .venv-bench/bin/pip install torch transformers peft onnxruntime onnx onnxscript
+    python3 -m venv .venv-bench && .venv-bench/bin/pip install torch transformers peft onnxruntime onnx onnxscript openvino nncf
     .venv-bench/bin/python scripts/torch_bench.py                    # MiniLM, CPU, f32
     .venv-bench/bin/python scripts/torch_bench.py --onnx             # + ONNX Runtime f32 and int8
     python3 scripts/torch_bench.py --device cuda --dtype bf16 --model bert-base --batch 32
@@ -10,6 +10,9 @@ same JSON lines, on the CPU or a GPU.
 --onnx (CPU): after PyTorch's benchmarks, exports the same merged model (f32) with
 torch.onnx.export and times ONNX Runtime's inference on it, then on its int8 dynamic
 quantization (onnxruntime.quantization.quantize_dynamic, QInt8 weights), with the same threads.
+
+--openvino (CPU): OpenVINO's inference on the same merged model at its default precision (bf16
+on CPUs with AMX or AVX512-BF16 kernels; the line names it) and after NNCF int8 quantization.
 
 --model: minilm (all-MiniLM-L6-v2 from the HF cache: $HF_HOME, else ../shared/hf-home beside the
 repository), minilm-shape / bert-base / bert-large (randomly initialised, as `imdb-lora bench` does: the time
@@ -40,6 +43,8 @@ p.add_argument("--steps", type=int, default=10)
 p.add_argument("--warmup", type=int, default=2)
 p.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
 p.add_argument("--onnx", action="store_true", help="also ONNX Runtime f32 and int8 (CPU)")
+p.add_argument("--openvino", action="store_true",
+               help="also OpenVINO at its default precision and NNCF int8 (CPU; needs openvino, nncf)")
 p.add_argument("--only", choices=["train_step", "inference"], help="run only this benchmark")
 args = p.parse_args()
 if args.threads:
@@ -139,6 +144,36 @@ def onnx_benchmarks(merged):
               version=("onnxruntime", ort.__version__), extra={"max_abs_diff_vs_torch_f32": round(diff, 5)})
 
 
+def openvino_benchmarks(merged):
+    """OpenVINO on the merged model (f32 weights in): its default precision (it picks bf16 where
+    the CPU has AMX or AVX512-BF16 kernels; the line says which, from the compiled model's
+    INFERENCE_PRECISION_HINT), then NNCF post-training int8 quantization of the same model,
+    calibrated on the benchmark batch. Each line carries max |logits − PyTorch f32|."""
+    import nncf
+    import openvino as ov
+
+    merged = merged.float().eval()
+    example = {"input_ids": ids.cpu(), "attention_mask": mask.cpu()}
+    with torch.no_grad():
+        want = merged(**example).logits.float().numpy()
+        f32_model = ov.convert_model(merged, example_input=example)
+    int8_model = nncf.quantize(f32_model, nncf.Dataset([{k: v.numpy() for k, v in example.items()}]),
+                               subset_size=1)
+    core = ov.Core()
+    feeds = {k: v.numpy() for k, v in example.items()}
+    for dtype, m in [("default", f32_model), ("int8", int8_model)]:
+        compiled = core.compile_model(m, "CPU", {"INFERENCE_NUM_THREADS": torch.get_num_threads()})
+        precision = str(compiled.get_property("INFERENCE_PRECISION_HINT"))
+        precision = {"<Type: 'bfloat16'>": "bf16", "<Type: 'float32'>": "f32"}.get(precision, precision)
+        request = compiled.create_infer_request()
+        diff = float(abs(request.infer(feeds)[0] - want).max())
+        bench("inference", lambda: request.infer(feeds), impl="openvino",
+              dtype=precision if dtype == "default" else "int8",
+              version=("openvino", ov.__version__),
+              extra={"precision_hint": precision, "max_abs_diff_vs_torch_f32": round(diff, 5),
+                     **({"nncf": nncf.__version__} if dtype == "int8" else {})})
+
+
 if args.only in (None, "train_step"):
     model.train()
     bench("train_step", train_step)
@@ -157,3 +192,5 @@ if args.dtype == "bf16" and args.only in (None, "inference"):
               impl="pytorch-bf16-weights", dtype="bf16")
 if args.onnx:
     onnx_benchmarks(merged)
+if args.openvino and args.only in (None, "inference"):
+    openvino_benchmarks(merged)
