@@ -75,8 +75,8 @@ fn trains_end_to_end_then_is_up_to_date() {
         (10, 2, 18, 8)
     );
     assert_eq!(summary.device, "cpu");
-    // `training.dtype: auto`: bf16 where this CPU has AVX512-BF16 kernels, else f32.
-    let auto = if lora_classifier::cpu_has_native_bf16() {
+    // `training.dtype: auto`: bf16 where this CPU has AVX512-BF16 kernels and no AMX, else f32.
+    let auto = if lora_classifier::cpu_has_native_bf16() && !lora_classifier::cpu_has_amx_bf16() {
         "bf16"
     } else {
         "f32"

@@ -175,6 +175,24 @@ pub fn cpu_has_native_bf16() -> bool {
     cpu::Isa::detect(cpu::Precision::Bf16) == cpu::Isa::Avx512
 }
 
+/// Whether this CPU has AMX tiles for bf16 (Intel Xeon since Sapphire Rapids: CPUID leaf 7,
+/// EDX bit 22). Our bf16 kernels do not use them yet, and on such a CPU the AVX512-BF16 path is
+/// slower than f32 (issue #31), which `training.dtype: auto` takes into account.
+pub fn cpu_has_amx_bf16() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        // SAFETY: CPUID is available on every x86_64 CPU; leaf 7 is valid when the maximum
+        // basic leaf (leaf 0's EAX) is at least 7.
+        unsafe {
+            use std::arch::x86_64::__cpuid_count;
+            if __cpuid_count(0, 0).eax >= 7 {
+                return __cpuid_count(7, 0).edx & (1 << 22) != 0;
+            }
+        }
+    }
+    false
+}
+
 /// Environment variable that makes the CPU's bf16 and int8 layers run the portable code
 /// (`portable`) as on a CPU without AVX512-BF16 / AVX512-VNNI.
 pub const CPU_ISA_ENV: &str = cpu::ISA_ENV;
