@@ -182,7 +182,9 @@ pub fn cpu_has_amx_bf16() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
         // SAFETY: CPUID is available on every x86_64 CPU; leaf 7 is valid when the maximum
-        // basic leaf (leaf 0's EAX) is at least 7.
+        // basic leaf (leaf 0's EAX) is at least 7. (A safe fn in newer Rust than our MSRV, 1.89,
+        // where it is unsafe: hence the allowance.)
+        #[allow(unused_unsafe)]
         unsafe {
             use std::arch::x86_64::__cpuid_count;
             if __cpuid_count(0, 0).eax >= 7 {
