@@ -3,7 +3,6 @@
 //! commit undone at the next run, with nothing rerun.
 
 use std::fs;
-use std::path::Path;
 
 use e2e::{changed, parquet_source, run_chain, snapshot, tiny_config};
 use pipeline::root::HeldRoot;
@@ -16,25 +15,7 @@ fn setup() -> (tempfile::TempDir, Config) {
     (tmp, c)
 }
 
-/// Every file and folder under `dir`, relative, with the bytes of files.
-fn tree(dir: &Path) -> Vec<(String, Option<Vec<u8>>)> {
-    fn walk(base: &Path, dir: &Path, out: &mut Vec<(String, Option<Vec<u8>>)>) {
-        for entry in fs::read_dir(dir).unwrap() {
-            let path = entry.unwrap().path();
-            let rel = path.strip_prefix(base).unwrap().display().to_string();
-            if path.is_dir() {
-                out.push((rel, None));
-                walk(base, &path, out);
-            } else {
-                out.push((rel, Some(fs::read(&path).unwrap())));
-            }
-        }
-    }
-    let mut out = Vec::new();
-    walk(dir, dir, &mut out);
-    out.sort();
-    out
-}
+use test_support::tree;
 
 fn data_prep_error(c: &Config) -> String {
     format!("{:#}", data_prep::run(c, false).unwrap_err())

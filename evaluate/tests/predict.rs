@@ -16,17 +16,7 @@ const PREDICT: &str = env!("CARGO_BIN_EXE_predict");
 
 /// A config file whose model is the fixture's tiny BERT, artifacts under `root` (empty).
 fn config_file(root: &Path) -> PathBuf {
-    let mut c = pipeline::Config {
-        artifacts: root.join("artifacts"),
-        ..Default::default()
-    };
-    c.model.source = bert_base().display().to_string();
-    c.model.max_len = 24;
-    c.training.device = pipeline::config::DeviceSetting::Cpu;
-    c.training.dtype = pipeline::config::DtypeSetting::F32;
-    let path = root.join("pipeline.yaml");
-    std::fs::write(&path, c.to_yaml()).unwrap();
-    path
+    write_config(root, &predict_config(root))
 }
 
 /// Runs predict with the fixture model and adapter, `args` after them, `stdin` piped in.

@@ -46,19 +46,10 @@ fn texts() -> Vec<String> {
 /// A config on the fixture's tiny BERT: 24 tokens, batches of 3 (several per chunk, shortest
 /// first), a threshold between the fixture's probabilities so that both labels occur.
 fn config_file(root: &Path) -> PathBuf {
-    let mut c = pipeline::Config {
-        artifacts: root.join("artifacts"),
-        ..Default::default()
-    };
-    c.model.source = bert_base().display().to_string();
-    c.model.max_len = 24;
-    c.training.device = pipeline::config::DeviceSetting::Cpu;
-    c.training.dtype = pipeline::config::DtypeSetting::F32;
+    let mut c = predict_config(root);
     c.evaluate.batch_size = 3;
     c.evaluate.threshold = 0.33;
-    let path = root.join("pipeline.yaml");
-    fs::write(&path, c.to_yaml()).unwrap();
-    path
+    write_config(root, &c)
 }
 
 /// predict with the fixture's model and adapter, `args` after them, `env` set (and the job

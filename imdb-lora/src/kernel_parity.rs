@@ -166,8 +166,8 @@ pub fn compare(
         Ok((vars, opt))
     };
     let (fused_vars, mut fused_opt) = copies(Kernels::Auto)?;
-    let (composed_vars, mut composed_opt) = copies(Kernels::Composed)?;
     if fused_opt.runs_fused() {
+        let (composed_vars, mut composed_opt) = copies(Kernels::Composed)?;
         for _ in 0..2 {
             for (vars, opt) in [
                 (&fused_vars, &mut fused_opt),

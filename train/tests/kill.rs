@@ -282,7 +282,7 @@ fn resume_skips_a_checkpoint_with_non_finite_state() {
 fn a_second_run_on_a_held_root_is_refused() {
     let (tmp, c) = setup(|_| {});
     let (holder, _) = stopped_at_checkpoint(tmp.path(), &c, 2);
-    let before = tree(tmp.path());
+    let before = test_support::tree(tmp.path());
     let lock = fs::read_to_string(c.artifacts.join(pipeline::root::LOCK_FILE)).unwrap();
     assert_eq!(lock, format!("process {} (train)\n", holder.id()));
 
@@ -297,7 +297,11 @@ fn a_second_run_on_a_held_root_is_refused() {
         )),
         "{stderr}"
     );
-    assert_eq!(tree(tmp.path()), before, "the refused run wrote nothing");
+    assert_eq!(
+        test_support::tree(tmp.path()),
+        before,
+        "the refused run wrote nothing"
+    );
 
     holder.kill();
     let stdout = resume(tmp.path());

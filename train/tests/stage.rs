@@ -443,7 +443,7 @@ fn a_read_only_root_serves_stages_that_are_up_to_date() {
     const TEST: &str = "a_read_only_root_serves_stages_that_are_up_to_date";
     let (tmp, c) = setup(|_| {});
     train::run(&c, false).unwrap();
-    let before = tree(&c.artifacts);
+    let before = test_support::tree(&c.artifacts);
     let must_run = |stderr: &str, why: &str| {
         let root = c.artifacts.display();
         assert!(
@@ -474,7 +474,7 @@ fn a_read_only_root_serves_stages_that_are_up_to_date() {
             assert_eq!(code, Some(1), "{stderr}");
             must_run(&stderr, "--force");
             drop(read_only);
-            assert_eq!(tree(&c.artifacts), before, "nothing written");
+            assert_eq!(test_support::tree(&c.artifacts), before, "nothing written");
         }
     }
 
@@ -507,7 +507,7 @@ fn a_read_only_root_serves_stages_that_are_up_to_date() {
             assert_eq!(code, Some(1), "{stderr}");
             must_run(&stderr, "--force");
             assert!(stderr.contains("Read-only file system"), "{stderr}");
-            assert_eq!(tree(&c.artifacts), before, "nothing written");
+            assert_eq!(test_support::tree(&c.artifacts), before, "nothing written");
         }
         (code, _, stderr) if code == Some(97) || code.is_none() || stderr.contains("unshare") => {
             report_skip(

@@ -16,8 +16,8 @@ mod common;
 use candle_core::{DType, Device, Tensor};
 use candle_nn::loss::cross_entropy;
 use candle_nn::ops::softmax_last_dim;
-use common::{max_diff, values, Fixture};
-use lora_classifier::{cpu_kernels, Kernels, Mode, SequenceClassifier, CPU_ISA_ENV};
+use common::{again_with_portable_kernels, max_diff, values, Fixture};
+use lora_classifier::{Kernels, Mode, SequenceClassifier};
 use test_support::compare::{assert_detects, diff_of, fitted_scale};
 
 const ARCHS: [&str; 2] = ["bert-tiny-lora", "gpt2-tiny-lora"];
@@ -93,32 +93,6 @@ fn assert_gradient(got: &Tensor, want: &Tensor, rel_tol: f64, what: &str) {
         "{what}: gradient scaled by {s} (tolerance 1 ± {GRAD_SCALE_TOL})"
     );
     assert_detects(GRAD_MISSCALE, GRAD_SCALE_TOL, DETECT, what);
-}
-
-/// Runs this test binary's `test` again with the portable kernels forced, checks it passed
-/// there, and says so in the test output (the child's pass would otherwise be invisible).
-fn again_with_portable_kernels(test: &str) {
-    if std::env::var(CPU_ISA_ENV).as_deref() == Ok("portable") {
-        assert_eq!(cpu_kernels("bf16"), Some("portable"));
-        assert_eq!(cpu_kernels("int8"), Some("portable"));
-        return;
-    }
-    let out = std::process::Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", test, "--test-threads", "1"])
-        .env(CPU_ISA_ENV, "portable")
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success() && text.contains("1 passed"),
-        "{test} with {CPU_ISA_ENV}=portable:\n{text}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    use std::io::Write;
-    let _ = writeln!(
-        std::io::stderr().lock(),
-        "{test}: passed again with {CPU_ISA_ENV}=portable (the kernels of a CPU without AVX512-BF16/VNNI)"
-    );
 }
 
 /// bf16 weights against PEFT's f32 answer: probabilities, loss, every gradient (also in

@@ -14,15 +14,17 @@
 //! checks nothing. The real model comes from the HF cache (skipped, with a printed reason,
 //! where it cannot be had; a failure with `REQUIRE_REAL=1`).
 
+mod common;
+
 use std::path::PathBuf;
 use std::sync::OnceLock;
 
 use candle_core::{DType, Device, IndexOp, Tensor};
 use candle_nn::loss::cross_entropy;
 use candle_nn::ops::softmax_last_dim;
+use common::{again_with_portable_kernels, values};
 use lora_classifier::{
     Checkpoint, ExportDtype, ExportOptions, Kernels, Mode, SequenceClassifier, Truncation,
-    CPU_ISA_ENV,
 };
 use test_support::compare::{assert_close, assert_close_relative, assert_detects, diff_of};
 
@@ -64,15 +66,6 @@ fn minilm() -> Result<&'static Checkpoint, String> {
         })
         .as_ref()
         .map_err(Clone::clone)
-}
-
-fn values(t: &Tensor) -> Vec<f32> {
-    t.to_dtype(DType::F32)
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1()
-        .unwrap()
 }
 
 /// P(positive) of each row.
@@ -174,30 +167,6 @@ fn check(got: &Tensor, want: &Tensor, base: &Tensor, checks: &[(Quantity, f64)],
             "{what}: {q:?} off by {:.2e} (tolerance {tol:.0e}); the adapter moves it by {adapter:.3}",
             d.max_abs
         );
-    }
-}
-
-/// Runs this test binary's `test` again with the portable bf16/int8 kernels forced (those of a
-/// CPU without AVX512-BF16/VNNI), and checks that it passed there; nothing inside that child.
-fn again_with_portable_kernels(test: &str) {
-    if std::env::var(CPU_ISA_ENV).as_deref() == Ok("portable") {
-        return;
-    }
-    let out = std::process::Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", test, "--test-threads", "1", "--nocapture"])
-        .env(CPU_ISA_ENV, "portable")
-        .output()
-        .unwrap();
-    let (stdout, stderr) = (
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr),
-    );
-    assert!(
-        out.status.success() && stdout.contains("1 passed"),
-        "{test} with {CPU_ISA_ENV}=portable:\n{stdout}\n{stderr}"
-    );
-    for line in stderr.lines().filter(|l| l.contains(" off by ")) {
-        eprintln!("portable kernels: {line}");
     }
 }
 

@@ -84,11 +84,7 @@ enum OutputFormat {
 
 impl OutputFormat {
     fn of(path: &Path) -> Result<Self> {
-        let ext = path
-            .extension()
-            .and_then(|e| e.to_str())
-            .map(str::to_ascii_lowercase);
-        Ok(match ext.as_deref() {
+        Ok(match super::input::extension(path).as_deref() {
             Some("parquet" | "pq") => Self::Parquet,
             Some("jsonl" | "ndjson") => Self::Jsonl,
             _ => bail!(

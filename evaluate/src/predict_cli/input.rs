@@ -21,13 +21,16 @@ pub enum InputFormat {
     Csv,
 }
 
+/// A file's extension in lower case: what decides the input and output formats.
+pub fn extension(path: &Path) -> Option<String> {
+    path.extension()
+        .and_then(|e| e.to_str())
+        .map(str::to_ascii_lowercase)
+}
+
 impl InputFormat {
     pub fn of(path: &Path) -> Result<Self> {
-        let ext = path
-            .extension()
-            .and_then(|e| e.to_str())
-            .map(str::to_ascii_lowercase);
-        Ok(match ext.as_deref() {
+        Ok(match extension(path).as_deref() {
             Some("parquet" | "pq") => Self::Parquet,
             Some("jsonl" | "ndjson") => Self::Jsonl,
             Some("csv") => Self::Csv,

@@ -134,6 +134,27 @@ pub fn tiny_config(root: &Path) -> Config {
     c
 }
 
+/// What predict's tests run on: the fixture's tiny BERT (24 tokens), the CPU in f32 (held to
+/// the fixtures at 1e-5), artifacts under `root` (empty: predict is given --model/--adapter).
+pub fn predict_config(root: &Path) -> Config {
+    let mut c = Config {
+        artifacts: root.join("artifacts"),
+        ..Default::default()
+    };
+    c.model.source = bert_base().display().to_string();
+    c.model.max_len = 24;
+    c.training.device = pipeline::config::DeviceSetting::Cpu;
+    c.training.dtype = pipeline::config::DtypeSetting::F32;
+    c
+}
+
+/// Writes `c` to `root/pipeline.yaml`; its path.
+pub fn write_config(root: &Path, c: &Config) -> PathBuf {
+    let path = root.join("pipeline.yaml");
+    std::fs::write(&path, c.to_yaml()).unwrap();
+    path
+}
+
 pub fn prepare(c: &Config) {
     data_prep::run(c, false).expect("data-prep");
     tokenize::run(c, false).expect("tokenize");

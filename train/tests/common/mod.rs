@@ -124,26 +124,6 @@ pub fn run_err(c: &Config) -> String {
     format!("{:#}", train::run(c, false).unwrap_err())
 }
 
-/// Every file and folder under `dir`, relative, with the bytes of files.
-pub fn tree(dir: &Path) -> Vec<(PathBuf, Option<Vec<u8>>)> {
-    fn walk(base: &Path, dir: &Path, out: &mut Vec<(PathBuf, Option<Vec<u8>>)>) {
-        for entry in fs::read_dir(dir).unwrap() {
-            let path = entry.unwrap().path();
-            let rel = path.strip_prefix(base).unwrap().to_path_buf();
-            if path.is_dir() {
-                out.push((rel, None));
-                walk(base, &path, out);
-            } else {
-                out.push((rel, Some(fs::read(&path).unwrap())));
-            }
-        }
-    }
-    let mut out = Vec::new();
-    walk(dir, dir, &mut out);
-    out.sort();
-    out
-}
-
 /// A folder made read-only to this process as the kernel enforces it, undone when dropped:
 /// permission bits (`chmod -R a-w`) for a user other than root; for root, whom they do not
 /// bind, the immutable attribute (`chattr -R +i`, which refuses even root: EPERM).

@@ -95,3 +95,38 @@ pub fn assert_close(a: &Tensor, b: &Tensor, tol: f32, what: &str) {
 pub fn scalar(t: &Tensor) -> f32 {
     t.to_dtype(DType::F32).unwrap().to_vec0::<f32>().unwrap()
 }
+
+/// Runs this test binary's `test` again with the portable bf16/int8 kernels forced (those of a
+/// CPU without AVX512-BF16/VNNI), checks that it passed there, and says so in the test output
+/// (the child's pass would otherwise be invisible), with the child's " off by " lines. Inside
+/// that child it only checks that the portable kernels are the ones running.
+pub fn again_with_portable_kernels(test: &str) {
+    use lora_classifier::{cpu_kernels, CPU_ISA_ENV};
+    use std::io::Write;
+    if std::env::var(CPU_ISA_ENV).as_deref() == Ok("portable") {
+        assert_eq!(cpu_kernels("bf16"), Some("portable"));
+        assert_eq!(cpu_kernels("int8"), Some("portable"));
+        return;
+    }
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", test, "--test-threads", "1", "--nocapture"])
+        .env(CPU_ISA_ENV, "portable")
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(
+        out.status.success() && stdout.contains("1 passed"),
+        "{test} with {CPU_ISA_ENV}=portable:\n{stdout}\n{stderr}"
+    );
+    let mut err = std::io::stderr().lock();
+    for line in stderr.lines().filter(|l| l.contains(" off by ")) {
+        let _ = writeln!(err, "portable kernels: {line}");
+    }
+    let _ = writeln!(
+        err,
+        "{test}: passed again with {CPU_ISA_ENV}=portable (the kernels of a CPU without AVX512-BF16/VNNI)"
+    );
+}
