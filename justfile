@@ -68,6 +68,16 @@ export *ARGS: build
 predict *TEXTS: build
     {{run}} {{bin}}/predict --config {{config}} "$@"
 
+# e.g. just exp --grid training.learning_rate=2e-4,5e-4 --grid lora.r=8,16 --set model.truncation=head_tail
+# Each run gets its own root under experiments/<name>/runs/; `imdb-lora exp run --help` has the options.
+# Run every combination of the --grid values; stages whose settings agree are shared, done ones skipped.
+exp *ARGS: build
+    {{run}} {{bin}}/imdb-lora exp run --config {{config}} "$@"
+
+# Compare an experiment's runs: a table (--format text|md|csv) and experiments/<name>/runs.{png,svg}.
+exp-show *ARGS: build
+    {{run}} {{bin}}/imdb-lora exp show "$@"
+
 # For every stage: up to date, or what changed (a key old → new, an input, the code, an output); runs nothing.
 status *ARGS: build
     {{run}} {{bin}}/imdb-lora status --config {{config}} "$@"

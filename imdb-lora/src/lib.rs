@@ -2,6 +2,7 @@
 //! tools run on, the kernel parity check, and `status`'s view of every stage). The stages
 //! themselves are their own crates.
 
+pub mod exp;
 pub mod kernel_parity;
 pub mod models;
 pub mod status;

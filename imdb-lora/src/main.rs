@@ -35,6 +35,11 @@ const TOOLS: &[Tool] = &[
         main: |a| evaluate::predict_cli::main(a),
     },
     Tool {
+        name: "exp",
+        about: "experiments over settings: `exp run --grid KEY=V1,V2`, `exp show`",
+        main: |a| imdb_lora::exp::main(a),
+    },
+    Tool {
         name: "status",
         about: "for every stage: up to date, or what changed (runs nothing)",
         main: |a| status::main(a),

@@ -23,6 +23,8 @@ pub mod stage;
 mod style;
 mod summary;
 
+/// An experiment's runs compared in one figure (`imdb-lora exp show`).
+pub use figures::experiment::{render as render_experiment, RunCurves};
 pub use font::{register_font, FontSource, FONT_ENV};
 /// The training history's rows: the training loop's own records (`choices::HistoryRecord`, one
 /// definition from the loop to `history.parquet`).

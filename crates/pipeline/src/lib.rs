@@ -6,6 +6,7 @@ pub mod cli;
 pub mod config;
 pub mod data;
 pub mod encode;
+pub mod experiment;
 pub mod graph;
 pub mod history;
 pub mod hub;

@@ -2,6 +2,7 @@
 
 mod accuracy;
 mod confusion;
+pub(crate) mod experiment;
 mod loss;
 mod probabilities;
 mod roc;
@@ -103,31 +104,56 @@ impl Figure {
         out_dir: &Path,
     ) -> Result<PathBuf> {
         let path = out_dir.join(self.file_name(format));
-        let (w, h) = self.size();
-        let encoded = match format {
-            ImageFormat::Png => {
-                let mut rgb = vec![0u8; w as usize * h as usize * 3];
-                {
-                    let root =
-                        CrispText(BitMapBackend::with_buffer(&mut rgb, (w, h))).into_drawing_area();
-                    self.draw(&root, inputs)?;
-                    root.present()?;
-                }
-                png(&rgb, w, h)?
-            }
-            ImageFormat::Svg => {
-                let mut svg = String::new();
-                {
-                    let root = SVGBackend::with_string(&mut svg, (w, h)).into_drawing_area();
-                    self.draw(&root, inputs)?;
-                    root.present()?;
-                }
-                svg.into_bytes()
-            }
-        };
-        pipeline::atomic::write_bytes(&path, &encoded)?;
+        save(&(self, inputs), self.size(), format, &path)?;
         Ok(path)
     }
+}
+
+/// Something drawn into a figure file: a report figure, the experiment comparison.
+pub(crate) trait Drawing {
+    fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> Result<()>
+    where
+        DB::ErrorType: 'static;
+}
+
+impl Drawing for (Figure, &ReportInputs) {
+    fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> Result<()>
+    where
+        DB::ErrorType: 'static,
+    {
+        self.0.draw(root, self.1)
+    }
+}
+
+/// Draws `drawing` at `(w, h)` pixels in memory and writes it to `path` atomically.
+pub(crate) fn save(
+    drawing: &impl Drawing,
+    (w, h): (u32, u32),
+    format: ImageFormat,
+    path: &Path,
+) -> Result<()> {
+    let encoded = match format {
+        ImageFormat::Png => {
+            let mut rgb = vec![0u8; w as usize * h as usize * 3];
+            {
+                let root =
+                    CrispText(BitMapBackend::with_buffer(&mut rgb, (w, h))).into_drawing_area();
+                drawing.draw(&root)?;
+                root.present()?;
+            }
+            png(&rgb, w, h)?
+        }
+        ImageFormat::Svg => {
+            let mut svg = String::new();
+            {
+                let root = SVGBackend::with_string(&mut svg, (w, h)).into_drawing_area();
+                drawing.draw(&root)?;
+                root.present()?;
+            }
+            svg.into_bytes()
+        }
+    };
+    pipeline::atomic::write_bytes(path, &encoded)
 }
 
 /// An RGB image as PNG, encoded as plotters' own file output encodes it.
