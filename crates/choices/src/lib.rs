@@ -80,6 +80,10 @@ macro_rules! choice {
     };
 }
 
+/// `lora.target_modules: all-linear`, PEFT's value for every linear layer but the output one:
+/// the config holds it as the one-name list `[all-linear]`, the model expands it by architecture.
+pub const ALL_LINEAR: &str = "all-linear";
+
 /// A spelling no variant has.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UnknownChoice {

@@ -241,6 +241,17 @@ impl Checkpoint {
         }
     }
 
+    /// PEFT's `all-linear` for the model type: the names of every linear layer but the
+    /// classifier (BERT's `dense` is the attention output, intermediate, output and pooler
+    /// layers; GPT-2's Conv1D layers count as linear, as PEFT counts them).
+    pub fn all_linear_target_modules(&self) -> Vec<String> {
+        let names: &[&str] = match self.config {
+            Config::Bert(_) => &["query", "key", "value", "dense"],
+            Config::Gpt2(_) => &["c_attn", "c_proj", "c_fc"],
+        };
+        names.iter().map(|n| n.to_string()).collect()
+    }
+
     /// BERT: `pad_token_id` (default 0). GPT-2 has no pad token: `pad_token_id` if the config
     /// sets one, else eos (50256), which is what the pipeline pads with.
     pub fn pad_token_id(&self) -> u32 {

@@ -179,7 +179,8 @@ impl SequenceClassifier {
         Ok(model)
     }
 
-    /// Adds LoRA branches to the loaded model (empty targets: the checkpoint's defaults).
+    /// Adds LoRA branches to the loaded model (empty targets: the checkpoint's defaults;
+    /// [`ALL_LINEAR`](crate::ALL_LINEAR) alone: every linear layer but the head, as PEFT expands it).
     /// Separate from loading, so that an adapter's errors are told from the checkpoint's.
     pub(crate) fn add_lora(
         &mut self,
@@ -190,6 +191,9 @@ impl SequenceClassifier {
         let mut s = s.clone();
         if s.target_modules.is_empty() {
             s.target_modules = ckpt.default_target_modules();
+        } else if s.target_modules == [crate::ALL_LINEAR] {
+            // Expanded, as PEFT saves it: the adapter's config lists the names.
+            s.target_modules = ckpt.all_linear_target_modules();
         }
         let arch = self.arch_name();
         lora::apply(self.parts_mut(), &s, seed, arch)?;

@@ -71,4 +71,4 @@ pub use kernels::{
 };
 pub use runs_on::{runs_on, FrozenWeights};
 pub use runtime::tune_cpu_runtime;
-pub use settings::{LoraBias, LoraSettings};
+pub use settings::{LoraBias, LoraSettings, ALL_LINEAR};

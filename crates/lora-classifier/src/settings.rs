@@ -1,5 +1,7 @@
 //! The LoRA hyper-parameters of a model, as PEFT's `LoraConfig` (PEFT's `tuners/lora/config.py`).
 
+pub use choices::ALL_LINEAR;
+
 /// LoRA hyper-parameters, as in PEFT's LoraConfig.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LoraSettings {
@@ -8,7 +10,8 @@ pub struct LoraSettings {
     pub dropout: f64,
     pub bias: LoraBias,
     /// PEFT's list matching: a module matches when its path equals a name or ends with "." +
-    /// name. Empty: the checkpoint's `default_target_modules()` (as PEFT does).
+    /// name. Empty: the checkpoint's `default_target_modules()` (as PEFT does); [`ALL_LINEAR`]
+    /// alone: its `all_linear_target_modules()` (PEFT's `all-linear`).
     pub target_modules: Vec<String>,
     /// A LayerNorm on the LoRA branch output before scaling (not a PEFT option; see `lora.rs`).
     pub layer_norm: bool,

@@ -335,3 +335,74 @@ fn bad_forward_inputs() {
         .to_string();
     assert!(err.contains("attention_mask"), "{err}");
 }
+
+/// PEFT's `all-linear`: every linear layer but the classifier, the same branches (names and
+/// seeded values) as the names written out, which the saved adapter lists as PEFT saves them.
+#[test]
+fn all_linear_is_every_linear_layer_but_the_head() {
+    for (model, names) in [
+        (
+            "bert-tiny-lora/base",
+            &["query", "key", "value", "dense"][..],
+        ),
+        ("gpt2-tiny-lora/base", &["c_attn", "c_proj", "c_fc"][..]),
+    ] {
+        let ckpt = Checkpoint::open(&fixtures().join(model)).unwrap();
+        let build = |targets: &[&str]| {
+            SequenceClassifier::new(&ckpt, Some(&settings(targets)), 5, &Device::Cpu, DType::F32)
+                .unwrap()
+        };
+        let (all, listed) = (build(&[lora_classifier::ALL_LINEAR]), build(names));
+        assert_eq!(
+            all.lora_settings().unwrap().target_modules,
+            names,
+            "{model}"
+        );
+        let values = |m: &SequenceClassifier| -> Vec<(String, Vec<f32>)> {
+            m.trainable()
+                .into_iter()
+                .map(|(n, v)| (n, v.flatten_all().unwrap().to_vec1().unwrap()))
+                .collect()
+        };
+        let got = values(&all);
+        assert_eq!(got, values(&listed), "{model}");
+        // More than the architecture's default: the attention output and the MLP too.
+        let default = values(&build(&[]));
+        assert!(
+            got.len() > default.len(),
+            "{model}: {} vs {}",
+            got.len(),
+            default.len()
+        );
+        // Besides the LoRA matrices only the head trains, as with the default, and no LoRA
+        // branch sits on the head (`classifier` / `score`).
+        let others = |v: &[(String, Vec<f32>)]| -> Vec<String> {
+            v.iter()
+                .filter(|(n, _)| !n.contains("lora_"))
+                .map(|(n, _)| n.clone())
+                .collect()
+        };
+        assert_eq!(others(&got), others(&default), "{model}");
+        assert!(
+            got.iter().all(|(n, _)| !(n.contains("lora_")
+                && (n.contains("classifier") || n.contains("score")))),
+            "{model}: a LoRA branch on the head"
+        );
+        let tmp = tempfile::tempdir().unwrap();
+        all.save_adapter(tmp.path()).unwrap();
+        let config: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(tmp.path().join("adapter_config.json")).unwrap(),
+        )
+        .unwrap();
+        let mut saved: Vec<&str> = config["target_modules"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_str().unwrap())
+            .collect();
+        saved.sort();
+        let mut want = names.to_vec();
+        want.sort();
+        assert_eq!(saved, want, "{model}");
+    }
+}

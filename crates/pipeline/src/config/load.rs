@@ -145,7 +145,10 @@ impl Config {
         unit_interval("lora.dropout", self.lora.dropout)?;
         if let Some(targets) = &self.lora.target_modules {
             if targets.is_empty() || targets.iter().any(|t| t.trim().is_empty()) {
-                bail!("key `lora.target_modules`: expected a non-empty list of module names, or null for the architecture's default");
+                bail!("key `lora.target_modules`: expected a non-empty list of module names, `{ALL_LINEAR}`, or null for the architecture's default");
+            }
+            if targets.len() > 1 && targets.iter().any(|t| t == ALL_LINEAR) {
+                bail!("key `lora.target_modules`: `{ALL_LINEAR}` stands alone (write `lora.target_modules: {ALL_LINEAR}`), not in a list of names");
             }
         }
         let t = &self.training;

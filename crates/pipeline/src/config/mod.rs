@@ -69,12 +69,53 @@ pub struct LoraConfig {
     pub alpha: f64,
     pub dropout: f64,
     pub bias: LoraBias,
-    /// `null` = the architecture's default (BERT: query, value; GPT-2: c_attn).
+    /// `null` = the architecture's default (BERT: query, value; GPT-2: c_attn); `all-linear`
+    /// (PEFT's value) = every linear layer but the classifier, held as the one-name list
+    /// `[all-linear]`; else a list of module names.
+    #[serde(with = "target_modules")]
     pub target_modules: Option<Vec<String>>,
     /// LayerNorm on the LoRA branch output (the seed notebook's option; not in PEFT).
     pub layer_norm: bool,
     pub use_rslora: bool,
 }
+
+/// `lora.target_modules` as YAML writes it: null, PEFT's string `all-linear`, or a list.
+mod target_modules {
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    pub use choices::ALL_LINEAR;
+
+    #[derive(Serialize, Deserialize)]
+    #[serde(untagged)]
+    enum Written {
+        One(String),
+        List(Vec<String>),
+    }
+
+    pub fn serialize<S: Serializer>(value: &Option<Vec<String>>, s: S) -> Result<S::Ok, S::Error> {
+        match value.as_deref() {
+            Some([one]) if one == ALL_LINEAR => s.serialize_str(ALL_LINEAR),
+            _ => value.serialize(s),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<String>>, D::Error> {
+        match Option::<Written>::deserialize(d).map_err(|_| {
+            serde::de::Error::custom(
+                "expected a list of module names, `all-linear`, or null for the architecture's default",
+            )
+        })? {
+            None => Ok(None),
+            Some(Written::List(list)) => Ok(Some(list)),
+            Some(Written::One(name)) if name == ALL_LINEAR => Ok(Some(vec![name])),
+            Some(Written::One(name)) => Err(serde::de::Error::custom(format!(
+                "`{name}`: expected a list of module names (`[{name}]`), `{ALL_LINEAR}`, or null"
+            ))),
+        }
+    }
+}
+
+pub use choices::ALL_LINEAR;
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]

@@ -44,6 +44,40 @@ fn the_repository_pipeline_yaml_parses_and_holds_every_key() {
 }
 
 #[test]
+fn target_modules_take_pefts_all_linear_and_write_it_back() {
+    let c = load("lora:\n  target_modules: all-linear\n", &[]).unwrap();
+    assert_eq!(c.lora.target_modules, Some(vec![ALL_LINEAR.to_string()]));
+    assert!(
+        c.to_yaml().contains("target_modules: all-linear"),
+        "{}",
+        c.to_yaml()
+    );
+    assert_eq!(load(&c.to_yaml(), &[]).unwrap(), c);
+    let listed = load("", &["lora.target_modules=[all-linear]"]).unwrap();
+    assert_eq!(listed.lora.target_modules, c.lora.target_modules);
+    for (yaml, says) in [
+        (
+            "lora:\n  target_modules: query\n",
+            "`query`: expected a list of module names (`[query]`)",
+        ),
+        (
+            "lora:\n  target_modules: [query, all-linear]\n",
+            "`all-linear` stands alone",
+        ),
+        (
+            "lora:\n  target_modules: 3\n",
+            "expected a list of module names, `all-linear`, or null",
+        ),
+    ] {
+        let err = format!("{:#}", load(yaml, &[]).unwrap_err());
+        assert!(
+            err.contains("lora.target_modules") && err.contains(says),
+            "{yaml}: {err}"
+        );
+    }
+}
+
+#[test]
 fn overrides_take_yaml_values() {
     let c = load(
         "training:\n  epochs: 2\n",
