@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use pipeline::experiment::{Experiment, RunRecord};
 use pipeline::train_summary::{TrainSummary, SUMMARY_FILE};
-use pipeline::{history, predictions, Layout, StageId};
+use pipeline::{history, predictions, Config, Layout, StageId};
 use report::{ImageFormat, RunCurves};
 use serde_json::Value;
 
@@ -46,6 +46,8 @@ pub struct Table {
 /// What a run left, as far as it got.
 struct Results {
     record: RunRecord,
+    /// Its train stage has checkpoints: training began (it is running, or was stopped).
+    checkpoints: bool,
     summary: Option<TrainSummary>,
     history: Vec<history::HistoryRow>,
     metrics: Option<metrics::Metrics>,
@@ -71,7 +73,13 @@ fn results(exp: &Experiment, record: RunRecord) -> Result<Results> {
     } else {
         Vec::new()
     };
+    let config: Config = serde_json::from_value(record.config.clone())
+        .with_context(|| format!("run {}: its record's config", record.name))?;
+    let checkpoints = Layout::new(&exp.stage_root(StageId::Train, &config))
+        .train_checkpoints()
+        .is_dir();
     Ok(Results {
+        checkpoints,
         summary: read_json(&train.join(SUMMARY_FILE))?,
         history,
         metrics: read_json(
@@ -185,12 +193,16 @@ pub fn show(exp: &Experiment) -> Result<(Table, Vec<RunCurves>)> {
         row.push(four(m.map(|m| m.accuracy)));
         row.push(four(m.and_then(|m| m.roc_auc)));
         row.push(four(m.map(|m| m.classification_report.macro_avg.f1_score)));
-        row.push(s.map_or("—".into(), |s| format!("{:.0}", s.wall_time_s)));
+        // A resumed training's summary times only the part after the checkpoint.
+        row.push(s.map_or("—".into(), |s| match s.resumed_from_step {
+            Some(step) => format!("{:.0} (after step {step})", s.wall_time_s),
+            None => format!("{:.0}", s.wall_time_s),
+        }));
         row.push(s.map_or("—".into(), |s| format!("{:.1}", s.samples_per_s)));
         let state = match (s, m) {
             (_, Some(_)) => "done",
             (Some(_), None) => "trained",
-            (None, None) if !run.history.is_empty() => "training",
+            (None, None) if run.checkpoints => "training or stopped",
             _ => "not run",
         };
         row.push(state.to_string());
