@@ -14,14 +14,14 @@ use common::format::thousands;
 use pipeline::atomic::write_json;
 use pipeline::data::{DataSummary, SplitSummary, SUMMARY_FILE};
 pub use pipeline::runner::Outcome;
-use pipeline::runner::{self, Context, Inputs, Stage, StageInputs};
+use pipeline::runner::{self, Context, Inputs, Recorded, Stage, StageInputs};
 use pipeline::stamp::hash_bytes;
 use pipeline::{Config, Layout, Split, StageId};
 
 /// The source identity of this stage's code (its build script computes it).
 pub const CODE: &str = env!("STAGE_IDENTITY");
 
-/// The stage; the source is resolved when its inputs are hashed.
+/// The stage; the source is resolved when it says where its inputs are.
 #[derive(Default)]
 pub struct DataPrep {
     source: Option<source::Source>,
@@ -39,10 +39,10 @@ impl StageInputs for DataPrep {
     fn inputs(&mut self, ctx: &Context) -> Result<Inputs> {
         let data = &ctx.config.data;
         let source = source::resolve(&data.source, &data.revision)?;
-        let sources = source.input_hashes()?;
+        let files = source.files()?;
         self.source = Some(source);
         Ok(Inputs {
-            sources,
+            sources: vec![files],
             ..Inputs::default()
         })
     }
@@ -52,7 +52,7 @@ impl Stage for DataPrep {
     type Summary = DataSummary;
 
     /// Reads the source, splits it and writes the splits and their summary.
-    fn run(&mut self, ctx: &Context, inputs: &Inputs, out: &Path) -> Result<DataSummary> {
+    fn run(&mut self, ctx: &Context, inputs: &Recorded, out: &Path) -> Result<DataSummary> {
         let config = ctx.config;
         let source = self.source.as_ref().expect("inputs() resolved the source");
         let loaded = source.load()?;

@@ -6,7 +6,6 @@
 //! then pos) and numeric id, so a folder and its tarball give the same rows
 //! whatever order the file system or archive lists them in.
 
-use std::collections::BTreeMap;
 use std::fs::{self, File};
 use std::io::{BufReader, Read};
 use std::path::{Component, Path, PathBuf};
@@ -17,9 +16,8 @@ use anyhow::{anyhow, bail, ensure, Context, Result};
 use flate2::read::GzDecoder;
 use pipeline::cli::Progress;
 use pipeline::data::Reviews;
-use pipeline::stamp::{hash_bytes, hash_file};
+use pipeline::sources::{Content, SourceFiles};
 use polars::prelude::*;
-use sha2::{Digest, Sha256};
 
 /// The files of the `stanfordnlp/imdb` layout, in the hub repo and in local folders.
 const HUB_FILES: [&str; 2] = [
@@ -170,42 +168,33 @@ impl Source {
         }
     }
 
-    /// Content hashes of the source, by stable names for the stamp: a single
-    /// file's hash is its sha256 (as `sha256sum` prints it).
-    pub fn input_hashes(&self) -> Result<BTreeMap<String, String>> {
-        let mut inputs = BTreeMap::new();
-        match self {
-            Source::Parquet { train, test, .. } => {
-                for (split, files) in [("train", train), ("test", test)] {
-                    let hashes = files
-                        .iter()
-                        .map(|f| hash_file(f))
-                        .collect::<Result<Vec<_>>>()?;
-                    let hash = match hashes.as_slice() {
-                        [one] => one.clone(),
-                        many => hash_bytes(many.join("\n").as_bytes()),
-                    };
-                    inputs.insert(format!("source/{split}"), hash);
-                }
-            }
+    /// Where the reviews are, by stable names for the stamp (the runner hashes them): each
+    /// split's parquet shards, each split's review files of a folder (only those count:
+    /// README, urls_*.txt or unsup/ may change freely), or the tarball.
+    pub fn files(&self) -> Result<SourceFiles> {
+        let parts = match self {
+            Source::Parquet { train, test, .. } => vec![
+                ("train".to_string(), Content::Shards(train.clone())),
+                ("test".to_string(), Content::Shards(test.clone())),
+            ],
             Source::Folder(root) => {
-                // Only the review files count: README, urls_*.txt or unsup/ may change freely.
                 let files = list_folder(root)?;
-                for (split_index, split) in SPLITS.iter().enumerate() {
-                    let mut hasher = Sha256::new();
-                    for (place, path) in files.iter().filter(|(p, _)| p.split == split_index) {
-                        let bytes = read_review_file(path)?;
-                        hasher.update(format!("{}\0{}\0", place.rel_path(), bytes.len()));
-                        hasher.update(&bytes);
-                    }
-                    inputs.insert(format!("source/{split}"), hex::encode(hasher.finalize()));
-                }
+                SPLITS
+                    .iter()
+                    .enumerate()
+                    .map(|(split_index, split)| {
+                        let reviews = files
+                            .iter()
+                            .filter(|(p, _)| p.split == split_index)
+                            .map(|(place, path)| (place.rel_path(), path.clone()))
+                            .collect();
+                        (split.to_string(), Content::Tree(reviews))
+                    })
+                    .collect()
             }
-            Source::Tarball(path) => {
-                inputs.insert("source/archive".into(), hash_file(path)?);
-            }
-        }
-        Ok(inputs)
+            Source::Tarball(path) => vec![("archive".to_string(), Content::File(path.clone()))],
+        };
+        Ok(SourceFiles::dataset(parts))
     }
 
     /// Reads and checks every review.

@@ -9,7 +9,6 @@ mod stage;
 pub use pipeline::runner::Outcome;
 pub use stage::{run, Evaluate, Evaluation, CODE};
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -20,6 +19,7 @@ use pipeline::cli::Progress;
 use pipeline::config::EvaluateDtype;
 use pipeline::encode::TextEncoder;
 use pipeline::graph::{Source, ADAPTER_DIR};
+use pipeline::sources::SourceFiles;
 use pipeline::stamp;
 use pipeline::{Config, Layout, StageId};
 
@@ -250,7 +250,11 @@ fn device_and_weights(config: &Config) -> Result<(Device, Weights)> {
 fn resolve_model_dir(config: &Config, choice: &ModelChoice) -> Result<PathBuf> {
     match &choice.model {
         Some(dir) => Ok(dir.clone()),
-        None => pipeline::hub::model_dir(&config.model.source, &config.model.revision, true, true),
+        None => pipeline::hub::model_dir(
+            &config.model.source,
+            &config.model.revision,
+            StageId::Evaluate.spec().sources,
+        ),
     }
 }
 
@@ -298,7 +302,7 @@ fn trained_adapter(config: &Config, model_dir: &Path, model_chosen: bool) -> Res
     if let Some(reason) = stamp.damage(&train_dir)? {
         bail!("{} is incomplete ({reason}): {fix}", train_dir.display());
     }
-    let hashes = model_hashes(model_dir)?;
+    let hashes = SourceFiles::model(model_dir)?.hashes()?;
     for (name, hash) in stamp.inputs_under(Source::Model.prefix()) {
         if hashes.get(name).map(String::as_str) != Some(hash) {
             bail!(
@@ -310,16 +314,6 @@ fn trained_adapter(config: &Config, model_dir: &Path, model_chosen: bool) -> Res
         }
     }
     Ok(adapter)
-}
-
-/// The model's config and weights by stamp name → sha256.
-fn model_hashes(model_dir: &Path) -> Result<BTreeMap<String, String>> {
-    let mut hashes = BTreeMap::new();
-    for (name, path) in pipeline::hub::model_files(model_dir)? {
-        let hash = stamp::hash_file(&path).with_context(|| format!("hashing {name}"))?;
-        hashes.insert(name, hash);
-    }
-    Ok(hashes)
 }
 
 /// softmax(logits)[1] for two logits, computed stably in f64.
@@ -334,7 +328,8 @@ pub fn encoder_for(config: &Config, model_dir: Option<&Path>) -> Result<TextEnco
     let dir = match model_dir {
         Some(dir) => dir.to_path_buf(),
         None => {
-            pipeline::hub::model_dir(&config.model.source, &config.model.revision, false, true)?
+            let sources = [Source::Tokenizer];
+            pipeline::hub::model_dir(&config.model.source, &config.model.revision, &sources)?
         }
     };
     Ok(

@@ -10,15 +10,12 @@ use pipeline::atomic;
 use pipeline::cli::Progress;
 use pipeline::graph::{Read, ADAPTER_DIR};
 use pipeline::predictions::{self, ExamplePrediction, Predictions};
-use pipeline::runner::{self, Context, Inputs, Outcome, Stage, StageInputs};
-use pipeline::stamp::hash_file;
+use pipeline::runner::{self, Context, Inputs, Outcome, Recorded, Stage, StageInputs};
+use pipeline::sources::SourceFiles;
 use pipeline::tokens::TokenSplit;
 use pipeline::{Config, Layout, Split, StageId};
 
-use crate::{
-    device_and_weights, encoder_for, model_hashes, resolve_model_dir, Classifier, ModelChoice,
-    Weights,
-};
+use crate::{device_and_weights, encoder_for, resolve_model_dir, Classifier, ModelChoice, Weights};
 
 /// The source identity of this stage's code (its build script computes it).
 pub const CODE: &str = env!("STAGE_IDENTITY");
@@ -63,15 +60,12 @@ impl StageInputs for Evaluate {
     fn inputs(&mut self, ctx: &Context) -> Result<Inputs> {
         self.model_dir = resolve_model_dir(ctx.config, &self.choice)?;
         let mut inputs = Inputs {
-            sources: model_hashes(&self.model_dir)?,
+            sources: vec![
+                SourceFiles::model(&self.model_dir)?,
+                SourceFiles::tokenizer(&self.model_dir)?,
+            ],
             ..Inputs::default()
         };
-        let tokenizer = self.model_dir.join("tokenizer.json");
-        if tokenizer.exists() {
-            inputs
-                .sources
-                .insert("tokenizer/tokenizer.json".into(), hash_file(&tokenizer)?);
-        }
         (self.device, self.weights) = device_and_weights(ctx.config)?;
         // The device does not decide the probabilities; the weights' format does.
         inputs
@@ -91,7 +85,7 @@ impl StageInputs for Evaluate {
 impl Stage for Evaluate {
     type Summary = Evaluation;
 
-    fn run(&mut self, ctx: &Context, _: &Inputs, out: &Path) -> Result<Evaluation> {
+    fn run(&mut self, ctx: &Context, _: &Recorded, out: &Path) -> Result<Evaluation> {
         let config = ctx.config;
         let adapter_dir = match &self.choice.adapter {
             Some(dir) => dir.clone(),

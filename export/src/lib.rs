@@ -9,10 +9,10 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context as _, Result};
 use candle_core::{DType, Device};
 use lora_classifier::{Checkpoint, ExportOptions, SequenceClassifier};
-use pipeline::graph::{Source, ADAPTER_DIR, EXPORT_FILES};
+use pipeline::graph::{ADAPTER_DIR, EXPORT_FILES};
 pub use pipeline::runner::Outcome;
-use pipeline::runner::{self, Context, Inputs, Stage, StageInputs};
-use pipeline::stamp::hash_file;
+use pipeline::runner::{self, Context, Inputs, Recorded, Stage, StageInputs};
+use pipeline::sources::SourceFiles;
 use pipeline::{hub, Config, StageId};
 
 /// The source identity of this stage's code (its build script computes it).
@@ -28,7 +28,7 @@ pub struct Exported {
     pub weights_bytes: u64,
 }
 
-/// The stage; the model folder is resolved when its inputs are hashed.
+/// The stage; the model folder is resolved when it says where its inputs are.
 #[derive(Default)]
 pub struct Export {
     model_dir: PathBuf,
@@ -45,25 +45,22 @@ impl StageInputs for Export {
 
     fn inputs(&mut self, ctx: &Context) -> Result<Inputs> {
         let model = &ctx.config.model;
-        self.model_dir = hub::model_dir(&model.source, &model.revision, true, true)?;
-        let mut inputs = Inputs::default();
-        for (name, path) in hub::model_files(&self.model_dir)? {
-            let hash = hash_file(&path).with_context(|| format!("hashing {}", path.display()))?;
-            inputs.sources.insert(name, hash);
-        }
-        let tokenizer = self.model_dir.join("tokenizer.json");
-        inputs.sources.insert(
-            format!("{}tokenizer.json", Source::Tokenizer.prefix()),
-            hash_file(&tokenizer).with_context(|| format!("hashing {}", tokenizer.display()))?,
-        );
-        Ok(inputs)
+        let sources = self.id().spec().sources;
+        self.model_dir = hub::model_dir(&model.source, &model.revision, sources)?;
+        Ok(Inputs {
+            sources: vec![
+                SourceFiles::model(&self.model_dir)?,
+                SourceFiles::tokenizer(&self.model_dir)?,
+            ],
+            ..Inputs::default()
+        })
     }
 }
 
 impl Stage for Export {
     type Summary = Exported;
 
-    fn run(&mut self, ctx: &Context, _: &Inputs, out: &Path) -> Result<Exported> {
+    fn run(&mut self, ctx: &Context, _: &Recorded, out: &Path) -> Result<Exported> {
         let config = ctx.config;
         let adapter = ctx.layout.stage_dir(StageId::Train).join(ADAPTER_DIR);
         let ckpt = Checkpoint::open(&self.model_dir)?;

@@ -9,6 +9,7 @@ use std::path::PathBuf;
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor};
 use clap::Parser;
+use pipeline::graph::Source;
 
 #[derive(Parser)]
 #[command(
@@ -50,9 +51,9 @@ fn run(args: &Args) -> Result<()> {
     if args.out.exists() {
         bail!("{} exists: give a new folder", args.out.display())
     }
-    let dir = pipeline::hub::model_dir(&args.model, "main", true, false)?;
+    let dir = pipeline::hub::model_dir(&args.model, "main", &[Source::Model])?;
     let mut tensors: HashMap<String, Tensor> = HashMap::new();
-    for (name, path) in pipeline::hub::model_files(&dir)? {
+    for (name, path) in pipeline::sources::model_files(&dir)? {
         if !name.ends_with(".safetensors") {
             continue;
         }

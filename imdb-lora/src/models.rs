@@ -9,6 +9,7 @@ use std::path::Path;
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor};
 use lora_classifier::{Checkpoint, LoraBias, LoraSettings};
+use pipeline::graph::Source;
 use rand::{Rng, SeedableRng};
 
 /// all-MiniLM-L6-v2, the pipeline's default model.
@@ -48,7 +49,7 @@ pub fn open(spec: &str) -> Result<Model> {
         });
     }
     let source = if spec == "minilm" { MINILM } else { spec };
-    let dir = pipeline::hub::model_dir(source, "main", true, false)
+    let dir = pipeline::hub::model_dir(source, "main", &[Source::Model])
         .with_context(|| format!("model {spec}"))?;
     Ok(Model {
         ckpt: Checkpoint::open(&dir)?,

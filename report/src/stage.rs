@@ -7,7 +7,7 @@ use anyhow::{Context as _, Result};
 use pipeline::data::{DataSummary, SplitSummary};
 use pipeline::history;
 use pipeline::predictions::{self, ExamplePrediction, Predictions};
-use pipeline::runner::{self, Context, Inputs, Outcome, Stage, StageInputs};
+use pipeline::runner::{self, Context, Inputs, Outcome, Recorded, Stage, StageInputs};
 use pipeline::train_summary::TrainSummary;
 use pipeline::{Config, Layout, StageId};
 
@@ -54,7 +54,7 @@ impl Stage for Report {
     /// The files written, figures first.
     type Summary = Vec<PathBuf>;
 
-    fn run(&mut self, ctx: &Context, _: &Inputs, out: &Path) -> Result<Vec<PathBuf>> {
+    fn run(&mut self, ctx: &Context, _: &Recorded, out: &Path) -> Result<Vec<PathBuf>> {
         let inputs = gather(ctx.config, &ctx.layout)?;
         crate::render(&inputs, out)
     }

@@ -16,8 +16,8 @@ use pipeline::atomic;
 use pipeline::data::Reviews;
 use pipeline::encode::TextEncoder;
 pub use pipeline::runner::Outcome;
-use pipeline::runner::{self, Context, Inputs, Stage, StageInputs};
-use pipeline::stamp::hash_file;
+use pipeline::runner::{self, Context, Inputs, Recorded, Stage, StageInputs};
+use pipeline::sources::SourceFiles;
 pub use pipeline::tokens::SUMMARY_FILE;
 use pipeline::tokens::{TokenSplit, TokenSplitSummary};
 use pipeline::{hub, Config, Layout, Split, StageId};
@@ -48,7 +48,7 @@ impl TokensSummary {
 /// The source identity of this stage's code (its build script computes it).
 pub const CODE: &str = env!("STAGE_IDENTITY");
 
-/// The stage; the model folder is resolved when its inputs are hashed.
+/// The stage; the model folder is resolved when it says where its inputs are.
 #[derive(Default)]
 pub struct Tokenize {
     model_dir: PathBuf,
@@ -65,13 +65,12 @@ impl StageInputs for Tokenize {
 
     fn inputs(&mut self, ctx: &Context) -> Result<Inputs> {
         let model = &ctx.config.model;
-        self.model_dir = hub::model_dir(&model.source, &model.revision, false, true)?;
-        let tokenizer = self.model_dir.join("tokenizer.json");
-        let mut inputs = Inputs::default();
-        inputs
-            .sources
-            .insert("tokenizer/tokenizer.json".into(), hash_file(&tokenizer)?);
-        Ok(inputs)
+        let sources = self.id().spec().sources;
+        self.model_dir = hub::model_dir(&model.source, &model.revision, sources)?;
+        Ok(Inputs {
+            sources: vec![SourceFiles::tokenizer(&self.model_dir)?],
+            ..Inputs::default()
+        })
     }
 }
 
@@ -79,7 +78,7 @@ impl Stage for Tokenize {
     type Summary = TokensSummary;
 
     /// `data/{split}.parquet` → `tokens/{split}.safetensors` and the summary.
-    fn run(&mut self, ctx: &Context, _: &Inputs, out: &Path) -> Result<TokensSummary> {
+    fn run(&mut self, ctx: &Context, _: &Recorded, out: &Path) -> Result<TokensSummary> {
         let model = &ctx.config.model;
         let encoder = TextEncoder::for_model(&self.model_dir, model.max_len)?
             .with_truncation(model.truncation);

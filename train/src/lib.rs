@@ -18,7 +18,8 @@ use pipeline::encode::check_max_len;
 pub use pipeline::graph::ADAPTER_DIR;
 use pipeline::history::{self, HISTORY_FILE};
 pub use pipeline::runner::Outcome;
-use pipeline::runner::{self, Context, Inputs, Stage, StageInputs};
+use pipeline::runner::{self, Context, Inputs, Recorded, Stage, StageInputs};
+use pipeline::sources::SourceFiles;
 use pipeline::stamp;
 use pipeline::tokens::TokenSplit;
 use pipeline::train_summary::{TrainSummary, SUMMARY_FILE};
@@ -32,8 +33,8 @@ use console::Console;
 /// The source identity of this stage's code (its build script computes it).
 pub const CODE: &str = env!("STAGE_IDENTITY");
 
-/// The stage. What it resolves when its inputs are hashed (model folder, device, dtype) is
-/// kept for the run.
+/// The stage. What it resolves when it says where its inputs are (model folder, device,
+/// dtype) is kept for the run.
 pub struct Train<'a> {
     after_checkpoint: Option<CheckpointHook<'a>>,
     model_dir: PathBuf,
@@ -118,13 +119,12 @@ impl StageInputs for Train<'_> {
 
     fn inputs(&mut self, ctx: &Context) -> Result<Inputs> {
         let (model, training) = (&ctx.config.model, &ctx.config.training);
-        self.model_dir = hub::model_dir(&model.source, &model.revision, true, false)?;
-        let mut inputs = Inputs::default();
-        for (name, path) in hub::model_files(&self.model_dir)? {
-            let hash =
-                stamp::hash_file(&path).with_context(|| format!("hashing {}", path.display()))?;
-            inputs.sources.insert(name, hash);
-        }
+        let sources = self.id().spec().sources;
+        self.model_dir = hub::model_dir(&model.source, &model.revision, sources)?;
+        let mut inputs = Inputs {
+            sources: vec![SourceFiles::model(&self.model_dir)?],
+            ..Inputs::default()
+        };
         (self.device, self.device_name) =
             select_device(training.device).context("training.device")?;
         self.dtype = select_dtype(training.dtype, &self.device);
@@ -141,7 +141,7 @@ impl StageInputs for Train<'_> {
 impl Stage for Train<'_> {
     type Summary = TrainSummary;
 
-    fn run(&mut self, ctx: &Context, inputs: &Inputs, out: &Path) -> Result<TrainSummary> {
+    fn run(&mut self, ctx: &Context, inputs: &Recorded, out: &Path) -> Result<TrainSummary> {
         let (config, model) = (ctx.config, &ctx.config.model);
         // Every check before any training.
         let ckpt = Checkpoint::open(&self.model_dir)?;

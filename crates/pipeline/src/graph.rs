@@ -128,7 +128,8 @@ impl Write {
 }
 
 /// An input from outside the artifacts, recorded in the stamp by content hash under its
-/// prefix (never by path: caches and folders differ between machines).
+/// prefix (never by path: caches and folders differ between machines). A stage says where its
+/// files are ([`crate::sources::SourceFiles`]); the runner hashes them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Source {
     /// `data.source`: the reviews (`source/train`, `source/test` or `source/archive`).
@@ -141,6 +142,7 @@ pub enum Source {
 }
 
 impl Source {
+    /// What its files' stamp names begin with (spelled here only).
     pub fn prefix(self) -> &'static str {
         match self {
             Source::Dataset => "source/",

@@ -8,6 +8,9 @@ use anyhow::{bail, Context, Result};
 use common::shards::{shard_names, INDEX_FILE, SINGLE_FILE};
 use hf_hub::{Cache, Repo, RepoType};
 
+use crate::graph::Source;
+use crate::sources::{CONFIG_FILE, TOKENIZER_FILE};
+
 /// `HF_HUB_OFFLINE` as huggingface_hub reads it.
 pub fn offline() -> bool {
     std::env::var("HF_HUB_OFFLINE")
@@ -113,18 +116,13 @@ impl Hub {
         })
     }
 
-    /// A model folder holding `config.json`, the weights (single file or
-    /// shards) and, when `tokenizer` is set, `tokenizer.json`.
-    pub fn model_dir(
-        &self,
-        source: &str,
-        revision: &str,
-        weights: bool,
-        tokenizer: bool,
-    ) -> Result<PathBuf> {
-        let mut needed = vec!["config.json"];
-        if tokenizer {
-            needed.push("tokenizer.json");
+    /// A model folder holding `config.json` and what `sources` (a stage's declared sources)
+    /// need of it: the weights (single file or shards) for [`Source::Model`], `tokenizer.json`
+    /// for [`Source::Tokenizer`].
+    pub fn model_dir(&self, source: &str, revision: &str, sources: &[Source]) -> Result<PathBuf> {
+        let mut needed = vec![CONFIG_FILE];
+        if sources.contains(&Source::Tokenizer) {
+            needed.push(TOKENIZER_FILE);
         }
         if is_local(source) {
             let dir = Path::new(source);
@@ -143,7 +141,7 @@ impl Hub {
             let path = self.file(source, RepoType::Model, revision, file)?;
             dir = path.parent().map(Path::to_path_buf);
         }
-        if weights {
+        if sources.contains(&Source::Model) {
             // Single file first; else the shard index and every shard it names.
             let single =
                 Repo::with_revision(source.to_string(), RepoType::Model, revision.to_string());
@@ -194,35 +192,13 @@ fn token() -> Option<String> {
 }
 
 /// A model folder through the environment's cache (`Hub::model_dir`).
-pub fn model_dir(source: &str, revision: &str, weights: bool, tokenizer: bool) -> Result<PathBuf> {
-    Hub::from_env().model_dir(source, revision, weights, tokenizer)
+pub fn model_dir(source: &str, revision: &str, sources: &[Source]) -> Result<PathBuf> {
+    Hub::from_env().model_dir(source, revision, sources)
 }
 
 /// A file of a hub dataset repository, through the environment's cache.
 pub fn dataset_file(repo_id: &str, revision: &str, file: &str) -> Result<PathBuf> {
     Hub::from_env().dataset_file(repo_id, revision, file)
-}
-
-/// The files of a model folder that decide its outputs, by stable name (stamps record them
-/// by name, not path): config.json and the weights, a single file or the index and every shard.
-pub fn model_files(dir: &Path) -> Result<Vec<(String, PathBuf)>> {
-    let mut files = vec![("model/config.json".to_string(), dir.join("config.json"))];
-    let single = dir.join(SINGLE_FILE);
-    let index = dir.join(INDEX_FILE);
-    if single.exists() {
-        files.push(("model/model.safetensors".into(), single));
-    } else if index.exists() {
-        files.push(("model/model.safetensors.index.json".into(), index.clone()));
-        for shard in shard_names(&index)? {
-            files.push((format!("model/{shard}"), dir.join(&shard)));
-        }
-    } else {
-        bail!(
-            "model folder {} has no model.safetensors (nor a sharded index model.safetensors.index.json)",
-            dir.display()
-        );
-    }
-    Ok(files)
 }
 
 #[cfg(test)]

@@ -15,6 +15,7 @@ mod parquet;
 pub mod predictions;
 pub mod root;
 pub mod runner;
+pub mod sources;
 pub mod stamp;
 pub mod status;
 pub mod tokens;

@@ -1,8 +1,8 @@
-//! The one stage runner. A stage says what it takes from outside the artifacts and does its
-//! own work ([`Stage`]); everything else is here, for every stage alike: the artifacts root's
-//! safety and lock, the upstream checks and input hashes from the graph's declaration, the
-//! stamp comparison, the staging folder, the check that the outputs are the declared ones,
-//! the stamp, the commit, and one [`Outcome`].
+//! The one stage runner. A stage says where its sources are and what it resolved at run time,
+//! and does its own work ([`Stage`]); everything else is here, for every stage alike: the
+//! artifacts root's safety and lock, the upstream checks, the hashes of the upstream files and
+//! of the sources the graph declares, the stamp comparison, the staging folder, the check that
+//! the outputs are the declared ones, the stamp, the commit, and one [`Outcome`].
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -14,6 +14,7 @@ use crate::config::Config;
 use crate::graph::{Read, StageId};
 use crate::layout::Layout;
 use crate::root::{check_stage_dir, HeldRoot};
+use crate::sources::SourceFiles;
 use crate::stamp::{self, Change, StageRun};
 use crate::upstream::verify_current;
 
@@ -37,10 +38,19 @@ impl<'a> Context<'a> {
     }
 }
 
-/// What a stage takes from outside the artifacts: its declared sources' files by stamp name
-/// (under the source's prefix) → sha256, and what it resolved at run time.
+/// What a stage takes from outside the artifacts, as it gives it: where each source the graph
+/// declares for it is (one [`SourceFiles`] per source; the runner hashes them), and what it
+/// resolved at run time.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Inputs {
+    pub sources: Vec<SourceFiles>,
+    pub runtime: BTreeMap<String, String>,
+}
+
+/// What the runner records of a stage's inputs: each source file's stamp name (under its
+/// source's prefix) → sha256, and the runtime the stage gave.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Recorded {
     pub sources: BTreeMap<String, String>,
     pub runtime: BTreeMap<String, String>,
 }
@@ -53,8 +63,8 @@ pub trait StageInputs {
     /// script (`source-identity`).
     fn code(&self) -> &'static str;
 
-    /// Hashes its sources and resolves its runtime (device, dtype). No side effects, and
-    /// cheap beside the work.
+    /// Says where its declared sources are (not their hashes: the runner takes those) and
+    /// resolves its runtime (device, dtype). No side effects, and cheap beside the work.
     fn inputs(&mut self, ctx: &Context) -> Result<Inputs>;
 
     /// A file that stands in for an upstream artifact (evaluate's `--adapter DIR`): recorded
@@ -70,8 +80,9 @@ pub trait Stage: StageInputs {
     type Summary;
 
     /// Writes the stage's declared outputs into `out` (a staging folder, swapped in only
-    /// when the run succeeds). `inputs` is what [`StageInputs::inputs`] gave.
-    fn run(&mut self, ctx: &Context, inputs: &Inputs, out: &Path) -> Result<Self::Summary>;
+    /// when the run succeeds). `inputs` is what the runner recorded of what
+    /// [`StageInputs::inputs`] gave.
+    fn run(&mut self, ctx: &Context, inputs: &Recorded, out: &Path) -> Result<Self::Summary>;
 
     /// The lines printed after a run, each without the stage's name.
     fn describe(&self, summary: &Self::Summary) -> Vec<String>;
@@ -102,7 +113,7 @@ pub fn planned_run(
     stage: &mut dyn StageInputs,
     ctx: &Context,
     verify: bool,
-) -> Result<(StageRun, Inputs)> {
+) -> Result<(StageRun, Recorded)> {
     let id = stage.id();
     let spec = id.spec();
     let config = ctx.config;
@@ -131,34 +142,68 @@ pub fn planned_run(
         }
         run.reads_from(read.stage);
     }
-    let inputs = stage.inputs(ctx)?;
-    for name in inputs.sources.keys() {
-        if !spec.sources.iter().any(|s| name.starts_with(s.prefix())) {
-            bail!("{id}: input {name} belongs to no source the graph declares for it");
-        }
-    }
-    let runtime: Vec<&str> = inputs.runtime.keys().map(String::as_str).collect();
+    let Inputs { sources, runtime } = stage.inputs(ctx)?;
+    let recorded = Recorded {
+        sources: hash_sources(id, &sources)?,
+        runtime,
+    };
+    let runtime: Vec<&str> = recorded.runtime.keys().map(String::as_str).collect();
     if runtime != spec.runtime {
         bail!(
             "{id}: records runtime {runtime:?}, the graph declares {:?}",
             spec.runtime
         );
     }
-    for (name, hash) in &inputs.sources {
+    for (name, hash) in &recorded.sources {
         run.input_hash(name, hash.clone());
     }
-    for (what, value) in &inputs.runtime {
+    for (what, value) in &recorded.runtime {
         run.runtime(what, value);
     }
     if verify {
-        check_shared_sources(stage, ctx, &inputs)?;
+        check_shared_sources(stage, ctx, &recorded)?;
     }
-    Ok((run, inputs))
+    Ok((run, recorded))
+}
+
+/// The hashes of the sources stage `id` gave, by stamp name, once they are checked to be
+/// exactly those the graph declares for it: the graph says what a stage depends on, the stage
+/// only where it is.
+fn hash_sources(id: StageId, given: &[SourceFiles]) -> Result<BTreeMap<String, String>> {
+    const GRAPH: &str = "the pipeline graph (pipeline/src/graph.rs)";
+    let declared = id.spec().sources;
+    for (i, files) in given.iter().enumerate() {
+        let source = files.source();
+        if !declared.contains(&source) {
+            bail!(
+                "{id} gives {} (`{}`), a source {GRAPH} does not declare for it",
+                source.describe(),
+                source.prefix()
+            );
+        }
+        if given[..i].iter().any(|f| f.source() == source) {
+            bail!("{id} gives {} twice", source.describe());
+        }
+    }
+    for source in declared {
+        if !given.iter().any(|f| f.source() == *source) {
+            bail!(
+                "{id} does not say where {} (`{}`) is, a source {GRAPH} declares for it",
+                source.describe(),
+                source.prefix()
+            );
+        }
+    }
+    let mut hashes = BTreeMap::new();
+    for files in given {
+        hashes.extend(files.hashes()?);
+    }
+    Ok(hashes)
 }
 
 /// A source this stage and an upstream stage it reads both use (the model, for evaluate and
 /// train) must be the same now as when the upstream stage ran: its outputs were made from it.
-fn check_shared_sources(stage: &dyn StageInputs, ctx: &Context, inputs: &Inputs) -> Result<()> {
+fn check_shared_sources(stage: &dyn StageInputs, ctx: &Context, inputs: &Recorded) -> Result<()> {
     let spec = stage.id().spec();
     for read in spec.reads_for(ctx.config) {
         let upstream = read.stage.spec();
@@ -264,5 +309,106 @@ pub fn report<S: Stage>(stage: &S, outcome: &Outcome<S::Summary>) -> String {
             out.push_str(&format!("{name}: wrote {}\n", dir.display()));
             out
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sources::Content;
+
+    /// A stage that gives `sources`, and nothing else.
+    struct Giving {
+        id: StageId,
+        sources: Vec<SourceFiles>,
+    }
+
+    impl StageInputs for Giving {
+        fn id(&self) -> StageId {
+            self.id
+        }
+
+        fn code(&self) -> &'static str {
+            "test"
+        }
+
+        fn inputs(&mut self, _: &Context) -> Result<Inputs> {
+            Ok(Inputs {
+                sources: self.sources.clone(),
+                ..Inputs::default()
+            })
+        }
+    }
+
+    fn planned(id: StageId, sources: Vec<SourceFiles>) -> Result<Recorded> {
+        let tmp = tempfile::tempdir().unwrap();
+        let config = Config {
+            artifacts: tmp.path().join("artifacts"),
+            ..Config::default()
+        };
+        let mut stage = Giving { id, sources };
+        planned_run(&mut stage, &Context::new(&config), false).map(|(_, recorded)| recorded)
+    }
+
+    /// The graph decides what a stage depends on: a stage giving a source it does not declare,
+    /// or leaving out one it does, is refused before anything is hashed, naming both.
+    #[test]
+    fn a_stage_gives_exactly_the_sources_the_graph_declares() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
+        for (file, text) in [
+            ("config.json", "{}"),
+            ("model.safetensors", "w"),
+            ("tokenizer.json", "t"),
+        ] {
+            std::fs::write(dir.join(file), text).unwrap();
+        }
+        let model = || SourceFiles::model(dir).unwrap();
+        let tokenizer = || SourceFiles::tokenizer(dir).unwrap();
+        // Not hashed: a refused source's files need not exist.
+        let dataset = SourceFiles::dataset(vec![(
+            "archive".into(),
+            Content::File(dir.join("no-such-file")),
+        )]);
+
+        let err = planned(StageId::DataPrep, vec![dataset.clone(), model()])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("data-prep gives the model's config and weights (`model/`)")
+                && err.contains("does not declare for it"),
+            "{err}"
+        );
+        let err = planned(StageId::Export, vec![model()])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("export does not say where the model's tokenizer.json (`tokenizer/`)")
+                && err.contains("declares for it"),
+            "{err}"
+        );
+        let err = planned(StageId::Tokenize, vec![tokenizer(), tokenizer()])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("tokenize gives the model's tokenizer.json twice"),
+            "{err}"
+        );
+        let err = planned(StageId::Report, vec![dataset])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("report gives the dataset"), "{err}");
+
+        // Exactly the declared ones: hashed under each source's prefix.
+        let recorded = planned(StageId::Export, vec![tokenizer(), model()]).unwrap();
+        let names: Vec<&str> = recorded.sources.keys().map(String::as_str).collect();
+        assert_eq!(
+            names,
+            [
+                "model/config.json",
+                "model/model.safetensors",
+                "tokenizer/tokenizer.json"
+            ]
+        );
     }
 }

@@ -13,6 +13,7 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
+use pipeline::graph::Source;
 use pipeline::hub::Hub;
 
 pub mod compare;
@@ -74,8 +75,13 @@ pub fn hub() -> Hub {
 /// The snapshot folder of a real hub model (config and tokenizer, and the weights when
 /// `weights`), from the cache or downloaded; `Err` says why it is not to be had.
 pub fn real_model(repo_id: &str, weights: bool) -> Result<PathBuf, String> {
+    let sources: &[Source] = if weights {
+        &[Source::Model, Source::Tokenizer]
+    } else {
+        &[Source::Tokenizer]
+    };
     hub()
-        .model_dir(repo_id, "main", weights, true)
+        .model_dir(repo_id, "main", sources)
         .map_err(|e| format!("needs the real {repo_id}: {e:#}"))
 }
 
