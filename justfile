@@ -106,6 +106,14 @@ build-cuda:
     cargo build --release --features cuda -p train -p evaluate -p imdb-lora --target-dir target/cuda
     ls -la target/cuda/release/imdb-lora
 
+# Clippy on the CUDA build (no GPU needed): the code behind `--features cuda` cannot rot between GPU runs.
+lint-cuda:
+    #!/usr/bin/env bash
+    set -euo pipefail
+    cuda_home=$(scripts/cuda-toolkit.sh .cuda | sed -n 's/^CUDA_HOME=//p')
+    export CUDA_HOME=$cuda_home PATH=$cuda_home/bin:$PATH CUDA_COMPUTE_CAP=${CUDA_COMPUTE_CAP:-90}
+    cargo clippy --release --features cuda -p train -p evaluate -p imdb-lora --target-dir target/cuda --all-targets -- -D warnings
+
 # The bundle to copy to a GPU machine (.gpu/bundle): imdb-lora (CUDA), MiniLM in bf16, the fixture, the real split's tokens.
 gpu-bundle:
     cargo build --release -p imdb-lora
