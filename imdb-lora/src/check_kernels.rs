@@ -77,7 +77,8 @@ fn run(args: &Args) -> Result<()> {
             serde_json::json!({
                 "check": c.check, "model": model.name, "device": device_name,
                 "dtype": models::dtype_name(dtype), "batch": args.batch, "seq": args.seq,
-                "max_abs_err": c.max_abs_err, "rel_err": c.rel_err, "tolerance": tolerance,
+                "max_abs_err": c.max_abs_err, "rel_err": c.rel_err,
+                "reference_scale": c.reference_scale, "tolerance": tolerance,
                 "ok": ok, "cpu_kernels": cpu_kernels(&c.check),
             })
         );
