@@ -1,7 +1,8 @@
 //! The `evaluate` command line: the `evaluate` binary and `imdb-lora evaluate` parse and run it here.
 
-use crate::ModelChoice;
+use crate::{BatchDone, ModelChoice};
 use clap::Parser;
+use pipeline::cli::Progress;
 
 /// Evaluate the fine-tuned classifier on the test split.
 ///
@@ -27,4 +28,12 @@ pub fn main(args: impl IntoIterator<Item = impl Into<std::ffi::OsString> + Clone
         |cli: &Cli| &cli.common,
         |cli| crate::Evaluate::new(cli.choice.clone()),
     );
+}
+
+/// What the evaluate stage and `predict --input` pass as `positive_probabilities`' `on_batch`:
+/// each batch advances `progress`, with the reviews per second so far.
+pub(crate) fn show_batches(progress: &mut Progress) -> impl FnMut(&BatchDone) + '_ {
+    move |batch: &BatchDone| {
+        progress.advance(batch.rows as u64, &format!("{:.1} reviews/s", batch.rate()))
+    }
 }

@@ -10,12 +10,11 @@ pub use pipeline::runner::Outcome;
 pub use stage::{run, Evaluate, Evaluation, CODE};
 
 use std::path::{Path, PathBuf};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device};
 use lora_classifier::{Checkpoint, SequenceClassifier};
-use pipeline::cli::Progress;
 use pipeline::config::EvaluateDtype;
 use pipeline::encode::TextEncoder;
 use pipeline::graph::{Source, ADAPTER_DIR};
@@ -126,24 +125,26 @@ impl Classifier {
         &self.runs_on
     }
 
-    /// P(positive) for each row of `input_ids`/`attention_mask` ([n, max_len]).
+    /// P(positive) for each row of `input_ids`/`attention_mask` ([n, max_len]), reporting each
+    /// batch, once classified, to `on_batch` (a caller's progress bar: this library shows none).
     pub fn positive_probabilities(
         &self,
         input_ids: &[u32],
         attention_mask: &[u32],
         max_len: usize,
         batch_size: usize,
-        mut progress: Option<&mut Progress>,
+        mut on_batch: Option<&mut dyn FnMut(&BatchDone)>,
     ) -> Result<Vec<f64>> {
-        let examples = training::Examples {
+        let examples = inference::Examples {
             input_ids,
             attention_mask,
             labels: &[],
             max_len,
         };
-        let mut probs = vec![f64::NAN; examples.len()];
+        let total = examples.len();
+        let mut probs = vec![f64::NAN; total];
         let (started, mut done) = (Instant::now(), 0usize);
-        training::infer(
+        inference::infer(
             &self.model,
             &examples,
             batch_size,
@@ -164,9 +165,13 @@ impl Classifier {
                     probs[i] = positive_probability(l);
                 }
                 done += rows.len();
-                if let Some(p) = progress.as_deref_mut() {
-                    let rate = done as f64 / started.elapsed().as_secs_f64().max(1e-9);
-                    p.advance(rows.len() as u64, &format!("{rate:.1} reviews/s"));
+                if let Some(report) = on_batch.as_deref_mut() {
+                    report(&BatchDone {
+                        rows: rows.len(),
+                        done,
+                        total,
+                        elapsed: started.elapsed(),
+                    });
                 }
                 Ok(())
             },
@@ -189,6 +194,26 @@ impl Classifier {
             batch_size,
             None,
         )
+    }
+}
+
+/// One batch of [`Classifier::positive_probabilities`] classified, as it reports it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct BatchDone {
+    /// Rows in this batch.
+    pub rows: usize,
+    /// Rows classified so far in this call, this batch's included.
+    pub done: usize,
+    /// Rows this call classifies in all.
+    pub total: usize,
+    /// Time since this call began.
+    pub elapsed: Duration,
+}
+
+impl BatchDone {
+    /// Rows classified per second so far in this call.
+    pub fn rate(&self) -> f64 {
+        self.done as f64 / self.elapsed.as_secs_f64().max(1e-9)
     }
 }
 
@@ -221,7 +246,7 @@ impl Weights {
     /// As the evaluate stamp records it.
     pub(crate) fn name(self) -> &'static str {
         match self {
-            Weights::Dtype(dtype) => training::device::dtype_name(dtype),
+            Weights::Dtype(dtype) => inference::device::dtype_name(dtype),
             Weights::Int8 => "int8",
         }
     }
@@ -230,9 +255,9 @@ impl Weights {
 /// `training.device` with `training.dtype` or `evaluate.dtype`, resolved.
 fn device_and_weights(config: &Config) -> Result<(Device, Weights)> {
     let (device, _) =
-        training::device::select_device(config.training.device).context("training.device")?;
+        inference::device::select_device(config.training.device).context("training.device")?;
     let weights = match config.evaluate.dtype {
-        EvaluateDtype::Auto => Weights::Dtype(training::device::select_dtype(
+        EvaluateDtype::Auto => Weights::Dtype(inference::device::select_dtype(
             config.training.dtype,
             &device,
         )),

@@ -121,7 +121,7 @@ impl Stage for Evaluate {
                 &tokens.attention_mask,
                 tokens.max_len,
                 config.evaluate.batch_size,
-                Some(&mut progress),
+                Some(&mut crate::cli::show_batches(&mut progress)),
             )?;
             progress.finish();
             let rate = tokens.len() as f64 / started.elapsed().as_secs_f64();

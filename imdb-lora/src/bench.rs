@@ -13,8 +13,8 @@ use std::time::Instant;
 use anyhow::{bail, Result};
 use candle_core::{DType, Tensor};
 use clap::Parser;
+use inference::device::DtypeSetting;
 use lora_classifier::{Kernels, Mode, SequenceClassifier};
-use training::device::DtypeSetting;
 use training::{Optimizer, OptimizerSettings};
 
 use crate::models;
@@ -36,11 +36,11 @@ struct Args {
     model: String,
     /// cpu, cuda, cuda:N or auto.
     #[arg(long, default_value = "cpu")]
-    device: training::device::DeviceSetting,
+    device: inference::device::DeviceSetting,
     /// Frozen weights: auto (bf16 on a GPU and on a CPU with AVX512-BF16, else f32), f32, bf16
     /// or f16.
     #[arg(long, default_value = "auto")]
-    dtype: training::device::DtypeSetting,
+    dtype: inference::device::DtypeSetting,
     /// Inference with the merged model's frozen weights in int8 (CPU; as evaluate's
     /// `evaluate.dtype: int8`, the f32 weights quantized): no training step.
     #[arg(long)]
@@ -132,11 +132,11 @@ fn run(args: &Args) -> Result<()> {
         "composed" => Kernels::Composed,
         other => bail!("--kernels {other:?}: expected auto or composed"),
     };
-    let (device, device_name) = training::device::select_device(args.device)?;
+    let (device, device_name) = inference::device::select_device(args.device)?;
     // int8 quantizes f32 weights, whatever `auto` would pick.
     let dtype = match args.dtype {
         DtypeSetting::Auto if args.int8 => DType::F32,
-        setting => training::device::select_dtype(setting, &device),
+        setting => inference::device::select_dtype(setting, &device),
     };
     if args.int8 && (dtype != DType::F32 || !device.is_cpu()) {
         bail!("--int8 quantizes f32 weights on the CPU: use --device cpu and --dtype f32 or auto")

@@ -21,10 +21,10 @@ struct Args {
     fixture: PathBuf,
     /// cpu, cuda, cuda:N or auto.
     #[arg(long, default_value = "auto")]
-    device: training::device::DeviceSetting,
+    device: inference::device::DeviceSetting,
     /// Frozen weights: auto, f32, bf16 or f16.
     #[arg(long, default_value = "auto")]
-    dtype: training::device::DtypeSetting,
+    dtype: inference::device::DtypeSetting,
 }
 
 pub fn main(argv: impl Iterator<Item = OsString>) {
@@ -62,8 +62,8 @@ fn max_abs(a: &Tensor) -> Result<f64> {
 }
 
 fn run(args: &Args) -> Result<()> {
-    let (device, device_name) = training::device::select_device(args.device)?;
-    let dtype = training::device::select_dtype(args.dtype, &device);
+    let (device, device_name) = inference::device::select_device(args.device)?;
+    let dtype = inference::device::select_dtype(args.dtype, &device);
     let f32_weights = dtype == DType::F32;
     let expected_path = args.fixture.join("expected.safetensors");
     let expected = candle_core::safetensors::load(&expected_path, &Device::Cpu)
@@ -88,7 +88,7 @@ fn run(args: &Args) -> Result<()> {
             "{}",
             serde_json::json!({
                 "check": what, "fixture": args.fixture.file_name().map(|n| n.to_string_lossy()),
-                "device": device_name, "dtype": training::device::dtype_name(dtype),
+                "device": device_name, "dtype": inference::device::dtype_name(dtype),
                 "max_abs_err": err, "tolerance": tolerance, "ok": ok,
             })
         );

@@ -21,10 +21,10 @@ struct Args {
     model: String,
     /// cpu, cuda, cuda:N or auto.
     #[arg(long, default_value = "auto")]
-    device: training::device::DeviceSetting,
+    device: inference::device::DeviceSetting,
     /// Frozen weights: auto, f32, bf16 or f16.
     #[arg(long, default_value = "auto")]
-    dtype: training::device::DtypeSetting,
+    dtype: inference::device::DtypeSetting,
     #[arg(long, default_value_t = 16)]
     batch: usize,
     #[arg(long, default_value_t = 128)]
@@ -45,8 +45,8 @@ pub fn main(argv: impl Iterator<Item = OsString>) {
 }
 
 fn run(args: &Args) -> Result<()> {
-    let (device, device_name) = training::device::select_device(args.device)?;
-    let dtype = training::device::select_dtype(args.dtype, &device);
+    let (device, device_name) = inference::device::select_device(args.device)?;
+    let dtype = inference::device::select_dtype(args.dtype, &device);
     let tolerance = args
         .tolerance
         .unwrap_or(kernel_parity::default_tolerance(dtype));

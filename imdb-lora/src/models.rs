@@ -158,5 +158,5 @@ fn write_random_bert(dir: &Path, s: &Shape, seed: u64) -> Result<()> {
 
 /// `training.dtype`-style names.
 pub fn dtype_name(dtype: DType) -> &'static str {
-    training::device::dtype_name(dtype)
+    inference::device::dtype_name(dtype)
 }

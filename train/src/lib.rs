@@ -13,6 +13,8 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context as _, Result};
 use candle_core::{DType, Device};
+use inference::device::{dtype_name, select_device, select_dtype};
+use inference::Examples;
 use lora_classifier::{Checkpoint, SequenceClassifier};
 use pipeline::encode::check_max_len;
 pub use pipeline::graph::ADAPTER_DIR;
@@ -24,8 +26,7 @@ use pipeline::stamp;
 use pipeline::tokens::TokenSplit;
 use pipeline::train_summary::{TrainSummary, SUMMARY_FILE};
 use pipeline::{hub, Config, Split, StageId};
-use training::device::{dtype_name, select_device, select_dtype};
-use training::{CheckpointStore, Examples, JsonLog, LOG_FILE};
+use training::{CheckpointStore, JsonLog, LOG_FILE};
 
 pub use console::CheckpointHook;
 use console::Console;

@@ -10,7 +10,6 @@ use candle_core::backprop::GradStore;
 use candle_core::{Device, Tensor, Var};
 use lora_classifier::{Mode, SequenceClassifier};
 
-use crate::batches::{infer, Examples};
 use crate::checkpoint::{CheckpointStore, Position, Snapshot};
 use crate::clip::clip_grad_norm;
 use crate::history::{best_and_last, epoch_mean_loss, Record, RecordKind};
@@ -18,6 +17,7 @@ use crate::observer::{Event, Observer, Skipped};
 use crate::optim::{Optimizer, OptimizerSettings, OptimizerState};
 use crate::schedule::{warmup_steps, Schedule, ScheduleKind};
 use crate::seeds::{dropout_seed, epoch_permutation};
+use inference::{infer, Examples};
 
 /// Everything the loop needs to know.
 #[derive(Debug, Clone, PartialEq)]

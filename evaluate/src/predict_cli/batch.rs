@@ -159,7 +159,7 @@ pub fn run(config: &Config, choice: &ModelChoice, args: &FileArgs) -> Result<Sum
                 &encoded.attention_mask,
                 encoder.max_len(),
                 config.evaluate.batch_size,
-                Some(&mut progress),
+                Some(&mut crate::cli::show_batches(&mut progress)),
             )?;
             sink.write(&chunk, &probs, threshold)
         })?;

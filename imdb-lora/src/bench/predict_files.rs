@@ -56,10 +56,10 @@ pub fn run(args: &Args) -> Result<()> {
     let config_path = dir.join("pipeline.yaml");
     std::fs::write(&config_path, config.to_yaml())?;
 
-    let (device, device_name) = training::device::select_device(args.device)?;
+    let (device, device_name) = inference::device::select_device(args.device)?;
     let dtype = match args.int8 {
         true => "int8",
-        false => models::dtype_name(training::device::select_dtype(args.dtype, &device)),
+        false => models::dtype_name(inference::device::select_dtype(args.dtype, &device)),
     };
     let line = |v: serde_json::Value| {
         let mut v = v;
