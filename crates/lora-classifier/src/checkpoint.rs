@@ -10,7 +10,7 @@ use candle_core::{DType, Device, Tensor};
 use common::shards;
 use serde::Deserialize;
 
-use crate::cpu::Act;
+use crate::activation::Act;
 use crate::lora::{Linear, Norm};
 use crate::Architecture;
 

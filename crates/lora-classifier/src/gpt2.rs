@@ -4,8 +4,9 @@
 use anyhow::Result;
 use candle_core::Tensor;
 
+use crate::activation::Act;
 use crate::checkpoint::{activation, Gpt2Config, Loader};
-use crate::cpu::{layer_site, Act};
+use crate::dropout_mask::layer_site;
 use crate::lora::{Linear, Norm, Part, PartMut};
 use crate::ops::{self, Ctx, KeyMask};
 

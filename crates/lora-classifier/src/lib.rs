@@ -13,6 +13,8 @@
 //! - `export`: a merged Hugging Face checkpoint that plain transformers loads.
 //! - `ops`, `cpu`: the differentiable building blocks; fused f32 CPU kernels with exact
 //!   backward passes, and composed candle ops on other devices and dtypes.
+//! - `activation`, `dropout_mask`: what every device's kernels take: the activation a layer
+//!   fuses, and the key from which each device computes the same dropout mask.
 //! - `runtime`: process-wide CPU setup that binaries call first ([`tune_cpu_runtime`]).
 //! - `runs_on`: the one-line name of the code that computes a model's frozen layers.
 //!
@@ -43,12 +45,14 @@
 //! # }
 //! ```
 
+mod activation;
 mod adapter;
 mod bert;
 mod checkpoint;
 mod classifier;
 mod cpu;
 mod cuda;
+mod dropout_mask;
 mod export;
 mod frozen;
 mod gpt2;

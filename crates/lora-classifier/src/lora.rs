@@ -9,7 +9,9 @@ use common::hash::fnv1a;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-use crate::cpu::{Act, DropKey, Isa, PackedLinear, Precision};
+use crate::activation::Act;
+use crate::cpu::{Isa, PackedLinear, Precision};
+use crate::dropout_mask::DropKey;
 use crate::ops::{self, Ctx, Frozen};
 use crate::{LoraBias, LoraSettings};
 

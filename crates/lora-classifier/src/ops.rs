@@ -7,8 +7,10 @@ use std::sync::Arc;
 
 use candle_core::{bail, DType, Result, Tensor, Var, D};
 
-use crate::cpu::{self, Act, DropKey};
+use crate::activation::Act;
+use crate::cpu;
 use crate::cuda;
+use crate::dropout_mask::DropKey;
 use crate::frozen::FrozenMatmul;
 
 /// Added to the attention scores of masked keys. HF adds finfo.min; any value this negative

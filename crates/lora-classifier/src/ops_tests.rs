@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use candle_core::{Device, Tensor, Var};
 
-use crate::cpu::Act;
+use crate::activation::Act;
 use crate::ops::{self, Ctx, Frozen, KeyMask, MASKED};
 use crate::test_util::max_diff;
 

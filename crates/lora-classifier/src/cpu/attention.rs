@@ -7,11 +7,11 @@ use std::sync::{Arc, Mutex};
 use candle_core::{bail, CpuStorage, CustomOp3, Device, Layout, Result, Shape, Storage, Tensor};
 use rayon::prelude::*;
 
-use super::dropout::DropKey;
 use super::matrix::{
     assume_init, assume_init_mut, gemm_into, gemm_raw, uninit_buffer, Mat, SendPtr,
 };
 use super::simd::{dropout_into, softmax_backward_row, softmax_rows};
+use crate::dropout_mask::DropKey;
 
 /// Scaled dot-product attention of q [batch, q_len, hidden] over k, v [batch, seq, hidden]
 /// (views with unit column stride and any row stride, e.g. slices of GPT-2's fused QKV), the

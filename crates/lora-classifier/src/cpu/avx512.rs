@@ -187,7 +187,7 @@ pub(super) unsafe fn to_bf16(src: &[f32], dst: &mut [u16]) {
         }
     }
     for i in full..n {
-        dst[i] = super::packed::bf16_bits(src[i]);
+        dst[i] = super::simd::bf16_bits(src[i]);
     }
 }
 

@@ -9,13 +9,7 @@ use super::simd::{
     gelu_tanh_map,
 };
 use super::CHUNK;
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Act {
-    None,
-    GeluErf,
-    GeluTanh,
-}
+use crate::activation::Act;
 
 pub(super) fn act_inplace(act: Act, v: &mut [f32]) {
     let f = match act {

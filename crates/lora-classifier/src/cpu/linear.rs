@@ -6,8 +6,7 @@ use std::sync::Arc;
 use candle_core::{bail, CpuStorage, CustomOp1, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::dropout::DropKey;
-use super::elementwise::{act_inplace, Act};
+use super::elementwise::act_inplace;
 use super::matrix::{
     assume_init, assume_init_mut, contiguous, data, gemm_acc, product, uninit_buffer, write_copy,
     Mat,
@@ -15,6 +14,8 @@ use super::matrix::{
 use super::packed::PackedLinear;
 use super::simd::{add_dropped, add_inplace};
 use super::{rows_per_task, CHUNK};
+use crate::activation::Act;
+use crate::dropout_mask::DropKey;
 
 /// `x · Wᵀ + b` with a frozen weight, stored [out, in] (nn.Linear) or [in, out] (GPT-2's
 /// Conv1D). The activation is fused only where no gradient is needed (see `ops::linear`).

@@ -22,7 +22,7 @@
 //! - `attention`: multi-head attention;
 //! - `packed`: bf16 and int8 weights packed for their GEMMs, and those GEMMs;
 //! - `avx512`: the GEMMs' microkernels and conversions (x86-64, checked at run time);
-//! - `dropout`: the counter-based dropout masks every device reproduces;
+//! - `dropout`: dropout with the masks of `crate::dropout_mask`, forward and backward;
 //! - `simd`: the elementwise and row loops, compiled per instruction set.
 
 mod attention;
@@ -39,8 +39,8 @@ mod packed_tests;
 mod simd;
 
 pub(crate) use attention::Attention;
-pub(crate) use dropout::{layer_site, DropKey, Dropout};
-pub(crate) use elementwise::{Act, Gelu};
+pub(crate) use dropout::Dropout;
+pub(crate) use elementwise::Gelu;
 pub(crate) use linear::{FrozenLinear, LoraLinear, Weight};
 pub(crate) use norm::LayerNorm;
 pub(crate) use packed::{Isa, PackedLinear, Precision, ISA_ENV};

@@ -6,10 +6,11 @@ use std::mem::MaybeUninit;
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::dropout::{DropKey, Dropout};
+use super::dropout::Dropout;
 use super::matrix::{assume_init, assume_init_mut, contiguous, data, uninit_buffer, write_copy};
 use super::rows_per_task;
 use super::simd::{add_into, dropout_add_into, layer_norm_backward_row, layer_norm_row, NormGrads};
+use crate::dropout_mask::DropKey;
 
 /// LayerNorm over the last dimension of dropout(x) + residual (a CustomOp3 on x, residual,
 /// bias) or of x (a CustomOp2 on x, bias). The weight is frozen and held here; the bias may

@@ -16,7 +16,7 @@ use rayon::prelude::*;
 #[cfg(target_arch = "x86_64")]
 use super::avx512::{self, Epilogue, Tile, MR, NR};
 use super::matrix::{gemm_acc, gemm_into, uninit_buffer, Mat};
-use super::simd::{bf16_row_portable, max_abs_bits, quantize_into, quantize_row};
+use super::simd::{bf16_bits, bf16_row_portable, max_abs_bits, quantize_into, quantize_row};
 
 /// Environment variable that forces the portable path (`portable`): a CPU without the feature.
 pub const ISA_ENV: &str = "IMDB_LORA_CPU_ISA";
@@ -60,17 +60,6 @@ impl Isa {
 pub enum Precision {
     Bf16,
     Int8,
-}
-
-/// f32 → bf16 bits, rounded to nearest even (as `vcvtne2ps2bf16`); NaN stays NaN.
-#[inline(always)]
-pub(super) fn bf16_bits(x: f32) -> u16 {
-    let b = x.to_bits();
-    if x.is_nan() {
-        ((b >> 16) | 0x40) as u16
-    } else {
-        (b.wrapping_add(0x7fff + ((b >> 16) & 1)) >> 16) as u16
-    }
 }
 
 /// The value of bf16 bits.

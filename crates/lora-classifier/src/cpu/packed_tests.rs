@@ -8,7 +8,8 @@ use std::mem::MaybeUninit;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-use super::packed::{bf16_bits, bf16_value, Isa, PackedLinear, Precision};
+use super::packed::{bf16_value, Isa, PackedLinear, Precision};
+use super::simd::bf16_bits;
 
 /// (m, k = in, n = out): one row, k and n below, at and past the tile sizes, odd everywhere.
 const SHAPES: [(usize, usize, usize); 9] = [

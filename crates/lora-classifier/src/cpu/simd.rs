@@ -8,8 +8,8 @@
 use std::mem::MaybeUninit;
 use std::sync::OnceLock;
 
-use super::dropout::DropKey;
 use super::matrix::assume_init_mut;
+use crate::dropout_mask::DropKey;
 
 #[cfg(target_arch = "x86_64")]
 fn simd_level() -> u8 {
@@ -420,7 +420,7 @@ simd_fn!(
     fn bf16_row_portable(src: &[f32], dst: &mut [u16]) {
         let dst = &mut dst[..src.len()];
         for i in 0..src.len() {
-            dst[i] = super::packed::bf16_bits(src[i]);
+            dst[i] = bf16_bits(src[i]);
         }
     }
 );
@@ -472,3 +472,14 @@ simd_fn!(
         }
     }
 );
+
+/// f32 → bf16 bits, rounded to nearest even (as `vcvtne2ps2bf16`); NaN stays NaN.
+#[inline(always)]
+pub(super) fn bf16_bits(x: f32) -> u16 {
+    let b = x.to_bits();
+    if x.is_nan() {
+        ((b >> 16) | 0x40) as u16
+    } else {
+        (b.wrapping_add(0x7fff + ((b >> 16) & 1)) >> 16) as u16
+    }
+}

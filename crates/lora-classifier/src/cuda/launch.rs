@@ -8,7 +8,8 @@ use candle_core::{bail, CudaDevice, CudaStorage, DType, Layout, Result, Storage}
 use half::{bf16, f16};
 
 use super::{LayerNorm, MaskedSoftmax};
-use crate::cpu::{Act, DropKey};
+use crate::activation::Act;
+use crate::dropout_mask::DropKey;
 
 const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/lora_kernels.ptx"));
 const MODULE: &str = "lora_classifier_kernels";

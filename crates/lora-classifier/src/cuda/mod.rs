@@ -16,7 +16,8 @@ use candle_core::{
 };
 use candle_core::{Tensor, D};
 
-use crate::cpu::{Act, DropKey};
+use crate::activation::Act;
+use crate::dropout_mask::DropKey;
 
 /// Elementwise dropout: y = x · factor(i), the mask of `DropKey` (the same as on the CPU).
 #[derive(Clone, Copy)]
