@@ -59,7 +59,7 @@ pub struct Loaded {
 /// Whether `source` names something on disk rather than a hub id
 /// (`name` or `org/name`).
 fn is_local(source: &str) -> bool {
-    pipeline::hub::is_local(source)
+    hub::is_local(source)
         || [".tar.gz", ".tgz", ".parquet"]
             .iter()
             .any(|ext| source.ends_with(ext))
@@ -73,8 +73,7 @@ fn is_local(source: &str) -> bool {
 /// HF cache at `revision`, downloading only when allowed).
 pub fn resolve(source: &str, revision: &str) -> Result<Source> {
     if !is_local(source) {
-        let [train, test] =
-            HUB_FILES.map(|file| pipeline::hub::dataset_file(source, revision, file));
+        let [train, test] = HUB_FILES.map(|file| hub::dataset_file(source, revision, file));
         return Ok(Source::Parquet {
             hub: true,
             train: vec![train?],
@@ -152,9 +151,7 @@ impl Source {
         match self {
             Source::Parquet {
                 hub: true, train, ..
-            } => train
-                .first()
-                .and_then(|p| pipeline::hub::snapshot_commit(p)),
+            } => train.first().and_then(|p| hub::snapshot_commit(p)),
             _ => None,
         }
     }

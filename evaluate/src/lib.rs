@@ -16,11 +16,11 @@ use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device};
 use lora_classifier::{Checkpoint, SequenceClassifier};
 use pipeline::config::EvaluateDtype;
-use pipeline::encode::TextEncoder;
 use pipeline::graph::{Source, ADAPTER_DIR};
-use pipeline::sources::SourceFiles;
+use pipeline::sources::{needs, SourceFiles};
 use pipeline::stamp;
 use pipeline::{Config, Layout, StageId};
+use text_encoder::TextEncoder;
 
 /// Which model and adapter to use; `None` = this run's (config and artifacts).
 /// Also the `--model`/`--adapter` options of `evaluate` and `predict`.
@@ -275,10 +275,10 @@ fn device_and_weights(config: &Config) -> Result<(Device, Weights)> {
 fn resolve_model_dir(config: &Config, choice: &ModelChoice) -> Result<PathBuf> {
     match &choice.model {
         Some(dir) => Ok(dir.clone()),
-        None => pipeline::hub::model_dir(
+        None => hub::model_dir(
             &config.model.source,
             &config.model.revision,
-            StageId::Evaluate.spec().sources,
+            needs(StageId::Evaluate.spec().sources),
         ),
     }
 }
@@ -354,7 +354,11 @@ pub fn encoder_for(config: &Config, model_dir: Option<&Path>) -> Result<TextEnco
         Some(dir) => dir.to_path_buf(),
         None => {
             let sources = [Source::Tokenizer];
-            pipeline::hub::model_dir(&config.model.source, &config.model.revision, &sources)?
+            hub::model_dir(
+                &config.model.source,
+                &config.model.revision,
+                needs(&sources),
+            )?
         }
     };
     Ok(

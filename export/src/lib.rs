@@ -12,8 +12,8 @@ use lora_classifier::{Checkpoint, ExportOptions, SequenceClassifier};
 use pipeline::graph::{ADAPTER_DIR, EXPORT_FILES};
 pub use pipeline::runner::Outcome;
 use pipeline::runner::{self, Context, Inputs, Recorded, Stage, StageInputs};
-use pipeline::sources::SourceFiles;
-use pipeline::{hub, Config, StageId};
+use pipeline::sources::{needs, SourceFiles};
+use pipeline::{Config, StageId};
 
 /// The source identity of this stage's code (its build script computes it).
 pub const CODE: &str = env!("STAGE_IDENTITY");
@@ -46,7 +46,7 @@ impl StageInputs for Export {
     fn inputs(&mut self, ctx: &Context) -> Result<Inputs> {
         let model = &ctx.config.model;
         let sources = self.id().spec().sources;
-        self.model_dir = hub::model_dir(&model.source, &model.revision, sources)?;
+        self.model_dir = hub::model_dir(&model.source, &model.revision, needs(sources))?;
         Ok(Inputs {
             sources: vec![
                 SourceFiles::model(&self.model_dir)?,

@@ -9,7 +9,6 @@ use std::path::PathBuf;
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor};
 use clap::Parser;
-use pipeline::graph::Source;
 
 #[derive(Parser)]
 #[command(
@@ -51,7 +50,14 @@ fn run(args: &Args) -> Result<()> {
     if args.out.exists() {
         bail!("{} exists: give a new folder", args.out.display())
     }
-    let dir = pipeline::hub::model_dir(&args.model, "main", &[Source::Model])?;
+    let dir = hub::model_dir(
+        &args.model,
+        "main",
+        hub::Needs {
+            weights: true,
+            tokenizer: false,
+        },
+    )?;
     let mut tensors: HashMap<String, Tensor> = HashMap::new();
     for (name, path) in pipeline::sources::model_files(&dir)? {
         if !name.ends_with(".safetensors") {

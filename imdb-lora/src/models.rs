@@ -9,7 +9,6 @@ use std::path::Path;
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor};
 use lora_classifier::{Checkpoint, LoraBias, LoraSettings};
-use pipeline::graph::Source;
 use rand::{Rng, SeedableRng};
 
 /// all-MiniLM-L6-v2, the pipeline's default model.
@@ -49,8 +48,15 @@ pub fn open(spec: &str) -> Result<Model> {
         });
     }
     let source = if spec == "minilm" { MINILM } else { spec };
-    let dir = pipeline::hub::model_dir(source, "main", &[Source::Model])
-        .with_context(|| format!("model {spec}"))?;
+    let dir = hub::model_dir(
+        source,
+        "main",
+        hub::Needs {
+            weights: true,
+            tokenizer: false,
+        },
+    )
+    .with_context(|| format!("model {spec}"))?;
     Ok(Model {
         ckpt: Checkpoint::open(&dir)?,
         name: spec.to_string(),

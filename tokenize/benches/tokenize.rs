@@ -5,8 +5,8 @@
 
 use std::time::Instant;
 
-use pipeline::encode::{Encoded, TextEncoder};
 use polars::prelude::*;
+use text_encoder::{Encoded, TextEncoder};
 
 const REVIEWS: usize = 20_000;
 const MAX_LEN: usize = 128;

@@ -4,7 +4,7 @@
 //! `tokenizer(text, padding="max_length", truncation=True, max_length=max_len)`
 //! does with the model's `tokenizer.json`: `[CLS] … [SEP] [PAD]…` for BERT,
 //! no special tokens and eos padding for GPT-2 (which has no pad token).
-//! The encoding itself is `pipeline::encode::TextEncoder`, which `predict`
+//! The encoding itself is `text_encoder::TextEncoder`, which `predict`
 //! uses too, so new texts are encoded as the training data was.
 
 pub mod cli;
@@ -14,14 +14,14 @@ use std::path::{Path, PathBuf};
 use anyhow::{ensure, Context as _, Result};
 use pipeline::atomic;
 use pipeline::data::Reviews;
-use pipeline::encode::TextEncoder;
 pub use pipeline::runner::Outcome;
 use pipeline::runner::{self, Context, Inputs, Recorded, Stage, StageInputs};
-use pipeline::sources::SourceFiles;
+use pipeline::sources::{needs, SourceFiles};
 pub use pipeline::tokens::SUMMARY_FILE;
 use pipeline::tokens::{TokenSplit, TokenSplitSummary};
-use pipeline::{hub, Config, Layout, Split, StageId};
+use pipeline::{Config, Layout, Split, StageId};
 use serde::{Deserialize, Serialize};
+use text_encoder::TextEncoder;
 
 /// `tokens/summary.json`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -66,7 +66,7 @@ impl StageInputs for Tokenize {
     fn inputs(&mut self, ctx: &Context) -> Result<Inputs> {
         let model = &ctx.config.model;
         let sources = self.id().spec().sources;
-        self.model_dir = hub::model_dir(&model.source, &model.revision, sources)?;
+        self.model_dir = hub::model_dir(&model.source, &model.revision, needs(sources))?;
         Ok(Inputs {
             sources: vec![SourceFiles::tokenizer(&self.model_dir)?],
             ..Inputs::default()

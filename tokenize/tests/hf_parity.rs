@@ -8,8 +8,8 @@ use std::path::Path;
 
 use common::fixture;
 
-use pipeline::encode::TextEncoder;
 use safetensors::{Dtype, SafeTensors};
+use text_encoder::TextEncoder;
 use tokenizers::Tokenizer;
 
 fn i64_tensor(st: &SafeTensors, name: &str) -> (Vec<usize>, Vec<u32>) {

@@ -7,8 +7,8 @@ mod common;
 use std::path::{Path, PathBuf};
 
 use common::fixture;
-use pipeline::encode::TextEncoder;
 use polars::prelude::*;
+use text_encoder::TextEncoder;
 
 /// The MiniLM and GPT-2 tokenizer files.
 fn tokenizers() -> [PathBuf; 2] {

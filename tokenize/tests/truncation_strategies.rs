@@ -6,7 +6,7 @@
 mod common;
 
 use common::fixture;
-use pipeline::encode::{TextEncoder, Truncation};
+use text_encoder::{TextEncoder, Truncation};
 use tokenizers::Tokenizer;
 
 const MAX_LEN: usize = 128;

@@ -16,16 +16,16 @@ use candle_core::{DType, Device};
 use inference::device::{dtype_name, select_device, select_dtype};
 use inference::Examples;
 use lora_classifier::{Checkpoint, SequenceClassifier};
-use pipeline::encode::check_max_len;
 pub use pipeline::graph::ADAPTER_DIR;
 use pipeline::history::{self, HISTORY_FILE};
 pub use pipeline::runner::Outcome;
 use pipeline::runner::{self, Context, Inputs, Recorded, Stage, StageInputs};
-use pipeline::sources::SourceFiles;
+use pipeline::sources::{needs, SourceFiles};
 use pipeline::stamp;
 use pipeline::tokens::TokenSplit;
 use pipeline::train_summary::{TrainSummary, SUMMARY_FILE};
-use pipeline::{hub, Config, Split, StageId};
+use pipeline::{Config, Split, StageId};
+use text_encoder::check_max_len;
 use training::{CheckpointStore, JsonLog, LOG_FILE};
 
 pub use console::CheckpointHook;
@@ -121,7 +121,7 @@ impl StageInputs for Train<'_> {
     fn inputs(&mut self, ctx: &Context) -> Result<Inputs> {
         let (model, training) = (&ctx.config.model, &ctx.config.training);
         let sources = self.id().spec().sources;
-        self.model_dir = hub::model_dir(&model.source, &model.revision, sources)?;
+        self.model_dir = hub::model_dir(&model.source, &model.revision, needs(sources))?;
         let mut inputs = Inputs {
             sources: vec![SourceFiles::model(&self.model_dir)?],
             ..Inputs::default()

@@ -1,15 +1,14 @@
 //! What the pipeline's stages share: the config (`pipeline.yaml`), the graph of stages and
 //! what each reads and writes, the one stage runner, stamps that let an unchanged stage be
-//! skipped, the artifacts root's safety, and model/dataset resolution through the HF cache.
+//! skipped, and the artifacts root's safety. Models and datasets are found by the `hub` crate,
+//! texts encoded by `text-encoder`.
 
 pub mod cli;
 pub mod config;
 pub mod data;
-pub mod encode;
 pub mod experiment;
 pub mod graph;
 pub mod history;
-pub mod hub;
 pub mod layout;
 mod parquet;
 pub mod predictions;

@@ -16,10 +16,19 @@ use sha2::{Digest, Sha256};
 use crate::graph::Source;
 use crate::stamp::{hash_bytes, hash_file};
 
-/// The model folder's config, which [`Source::Model`] and [`Source::Tokenizer`] both need.
-pub const CONFIG_FILE: &str = "config.json";
-/// The model folder's tokenizer ([`Source::Tokenizer`]).
-pub const TOKENIZER_FILE: &str = "tokenizer.json";
+// The model folder's config, which [`Source::Model`] and [`Source::Tokenizer`] both need, and
+// its tokenizer ([`Source::Tokenizer`]): named once, in `hub`, which finds the folder.
+use hub::{CONFIG_FILE, TOKENIZER_FILE};
+
+/// What a model folder must hold for a stage that declares `sources` in the graph:
+/// [`Source::Model`] needs the weights, [`Source::Tokenizer`] the tokenizer (what `hub`
+/// resolves: `hub::model_dir(source, revision, needs(spec.sources))`).
+pub fn needs(sources: &[Source]) -> hub::Needs {
+    hub::Needs {
+        weights: sources.contains(&Source::Model),
+        tokenizer: sources.contains(&Source::Tokenizer),
+    }
+}
 
 /// What one stamp entry of a source stands for, and so how it is hashed.
 #[derive(Debug, Clone, PartialEq)]

@@ -13,8 +13,7 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use pipeline::graph::Source;
-use pipeline::hub::Hub;
+use hub::{Hub, Needs};
 
 pub mod compare;
 
@@ -75,13 +74,12 @@ pub fn hub() -> Hub {
 /// The snapshot folder of a real hub model (config and tokenizer, and the weights when
 /// `weights`), from the cache or downloaded; `Err` says why it is not to be had.
 pub fn real_model(repo_id: &str, weights: bool) -> Result<PathBuf, String> {
-    let sources: &[Source] = if weights {
-        &[Source::Model, Source::Tokenizer]
-    } else {
-        &[Source::Tokenizer]
+    let needs = Needs {
+        weights,
+        tokenizer: true,
     };
     hub()
-        .model_dir(repo_id, "main", sources)
+        .model_dir(repo_id, "main", needs)
         .map_err(|e| format!("needs the real {repo_id}: {e:#}"))
 }
 

@@ -8,10 +8,10 @@ use std::path::Path;
 
 use candle_core::{DType, Device};
 use lora_classifier::{Checkpoint, LoraBias, LoraSettings, SequenceClassifier};
-use pipeline::encode::TextEncoder;
 use pipeline::tokens::TokenSplit;
 use polars::prelude::*;
 use rand::{Rng, SeedableRng};
+use text_encoder::TextEncoder;
 use training::schedule::ScheduleKind;
 use training::{
     CheckpointStore, Examples, OptimizerSettings, Record, RecordKind, Silent, TrainOutcome,

@@ -1,6 +1,9 @@
 //! Finding models and datasets: a local folder, or a Hugging Face hub id
 //! resolved through the standard HF cache, downloading into the cache only
 //! when the file is not there and the hub may be reached.
+//!
+//! It knows nothing of the pipeline: what a caller needs of a model folder comes as [`Needs`]
+//! (a stage's from the sources its graph declares, `pipeline::sources::needs`).
 
 use std::path::{Path, PathBuf};
 
@@ -8,8 +11,19 @@ use anyhow::{bail, Context, Result};
 use common::shards::{shard_names, INDEX_FILE, SINGLE_FILE};
 use hf_hub::{Cache, Repo, RepoType};
 
-use crate::graph::Source;
-use crate::sources::{CONFIG_FILE, TOKENIZER_FILE};
+/// The model folder's config, which every use of a model folder needs.
+pub const CONFIG_FILE: &str = "config.json";
+/// The model folder's tokenizer ([`Needs::tokenizer`]).
+pub const TOKENIZER_FILE: &str = "tokenizer.json";
+
+/// What a model folder must hold besides [`CONFIG_FILE`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Needs {
+    /// The weights: `model.safetensors`, else the shard index and every shard it names.
+    pub weights: bool,
+    /// [`TOKENIZER_FILE`].
+    pub tokenizer: bool,
+}
 
 /// `HF_HUB_OFFLINE` as huggingface_hub reads it.
 pub fn offline() -> bool {
@@ -116,12 +130,11 @@ impl Hub {
         })
     }
 
-    /// A model folder holding `config.json` and what `sources` (a stage's declared sources)
-    /// need of it: the weights (single file or shards) for [`Source::Model`], `tokenizer.json`
-    /// for [`Source::Tokenizer`].
-    pub fn model_dir(&self, source: &str, revision: &str, sources: &[Source]) -> Result<PathBuf> {
+    /// A model folder holding `config.json` and what `needs` asks of it: the weights (single
+    /// file or shards) for [`Needs::weights`], `tokenizer.json` for [`Needs::tokenizer`].
+    pub fn model_dir(&self, source: &str, revision: &str, needs: Needs) -> Result<PathBuf> {
         let mut needed = vec![CONFIG_FILE];
-        if sources.contains(&Source::Tokenizer) {
+        if needs.tokenizer {
             needed.push(TOKENIZER_FILE);
         }
         if is_local(source) {
@@ -141,7 +154,7 @@ impl Hub {
             let path = self.file(source, RepoType::Model, revision, file)?;
             dir = path.parent().map(Path::to_path_buf);
         }
-        if sources.contains(&Source::Model) {
+        if needs.weights {
             // Single file first; else the shard index and every shard it names.
             let single =
                 Repo::with_revision(source.to_string(), RepoType::Model, revision.to_string());
@@ -192,8 +205,8 @@ fn token() -> Option<String> {
 }
 
 /// A model folder through the environment's cache (`Hub::model_dir`).
-pub fn model_dir(source: &str, revision: &str, sources: &[Source]) -> Result<PathBuf> {
-    Hub::from_env().model_dir(source, revision, sources)
+pub fn model_dir(source: &str, revision: &str, needs: Needs) -> Result<PathBuf> {
+    Hub::from_env().model_dir(source, revision, needs)
 }
 
 /// A file of a hub dataset repository, through the environment's cache.
