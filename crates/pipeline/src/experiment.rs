@@ -226,15 +226,22 @@ pub fn upstream_closure(stage: StageId) -> Vec<StageId> {
     all
 }
 
-/// `lr=0.0002_r=8-1a2b3c4d`: the assignments' last key segments and values (characters a
-/// file name may not hold replaced), then the identity of the whole config.
+/// `learning_rate=2e-4_r=8-1a2b3c4d`: the assignments' last key segments and values (a list
+/// as its items joined by `+`, other characters a file name may not hold dropped or replaced),
+/// then the first 8 hex digits of the whole config's identity, which alone tell runs apart
+/// ([`Experiment::known_name`]).
 fn run_name(assignments: &[(String, String)], config: &Config) -> String {
     let id = hash_bytes(compared_config(config).to_string().as_bytes());
     let readable: Vec<String> = assignments
         .iter()
         .map(|(k, v)| {
             let short = k.rsplit('.').next().unwrap_or(k);
-            format!("{short}={v}")
+            let value: String = v
+                .chars()
+                .filter(|c| !matches!(c, '[' | ']' | '"' | '\'' | ' '))
+                .map(|c| if c == ',' { '+' } else { c })
+                .collect();
+            format!("{short}={value}")
         })
         .collect();
     let mut slug: String = readable
@@ -400,6 +407,18 @@ impl Experiment {
             crate::atomic::write_json(&path, record)?;
         }
         Ok(root)
+    }
+
+    /// The name under which this experiment already records the run that `name` names (the
+    /// same config identity, its last 8 hex digits), or `name` if none does: a run keeps its
+    /// folder when the readable part of names is spelled differently.
+    pub fn known_name(&self, name: &str) -> Result<String> {
+        let id = name.rsplit('-').next().unwrap_or(name);
+        let same = self
+            .runs()?
+            .into_iter()
+            .find(|r| r.name.rsplit('-').next() == Some(id));
+        Ok(same.map_or_else(|| name.to_string(), |r| r.name))
     }
 
     /// Every run recorded, in the order they were asked for.

@@ -113,6 +113,11 @@ pub fn run(args: &RunArgs, run_stage: &mut StageRunner, out: &mut dyn Write) -> 
         return dry_run(&dir, &runs, out);
     }
     let exp = Experiment::hold(&dir)?;
+    // A run recorded by an earlier `exp run` keeps its folder (and its place in `exp show`).
+    let mut runs = runs;
+    for run in &mut runs {
+        run.name = exp.known_name(&run.name)?;
+    }
     let started = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());

@@ -85,6 +85,22 @@ fn a_plan_loads_every_run_with_the_sets_and_its_assignments() {
         .all(|r| r.config.seed == 7 && r.config.training.epochs == 2));
     let names: Vec<&str> = runs.iter().map(|r| r.name.as_str()).collect();
     assert!(names[0].starts_with("learning_rate=2e-4_r=8-"), "{names:?}");
+    let lists = plan(
+        &path,
+        &[],
+        &[axis("lora.target_modules=[query,value],null")],
+    )
+    .unwrap();
+    assert!(
+        lists[0].name.starts_with("target_modules=query+value-"),
+        "{}",
+        lists[0].name
+    );
+    assert!(
+        lists[1].name.starts_with("target_modules=null-"),
+        "{}",
+        lists[1].name
+    );
     let mut unique = names.clone();
     unique.sort();
     unique.dedup();
@@ -170,6 +186,32 @@ fn a_stage_root_links_every_stage_it_reads_through() {
     fs::create_dir(root.join("train")).unwrap();
     let err = error_of(exp.prepare_stage(StageId::Evaluate, &config));
     assert!(err.contains("not a link"), "{err}");
+}
+
+#[test]
+fn a_recorded_run_keeps_its_name_by_its_identity() {
+    let dir = tempfile::tempdir().unwrap();
+    let exp = Experiment::hold(&dir.path().join("e")).unwrap();
+    let record = |name: &str| RunRecord {
+        name: name.into(),
+        assignments: vec![],
+        sets: vec![],
+        config: serde_json::json!({}),
+        started: 0,
+        index: 0,
+    };
+    let old = "target_modules=~query~value~-1a2b3c4d";
+    crate::atomic::write_json(
+        &dir.path().join("e/runs").join(format!("{old}.json")),
+        &record(old),
+    )
+    .unwrap();
+    assert_eq!(
+        exp.known_name("target_modules=query+value-1a2b3c4d")
+            .unwrap(),
+        old
+    );
+    assert_eq!(exp.known_name("r=8-99999999").unwrap(), "r=8-99999999");
 }
 
 #[test]
