@@ -229,7 +229,7 @@ pub fn upstream_closure(stage: StageId) -> Vec<StageId> {
 /// `learning_rate=2e-4_r=8-1a2b3c4d`: the assignments' last key segments and values (a list
 /// as its items joined by `+`, other characters a file name may not hold dropped or replaced),
 /// then the first 8 hex digits of the whole config's identity, which alone tell runs apart
-/// ([`Experiment::known_name`]).
+/// ([`known_name`]).
 fn run_name(assignments: &[(String, String)], config: &Config) -> String {
     let id = hash_bytes(compared_config(config).to_string().as_bytes());
     let readable: Vec<String> = assignments
@@ -259,6 +259,17 @@ fn run_name(assignments: &[(String, String)], config: &Config) -> String {
         slug.push_str("base");
     }
     format!("{slug}-{}", &id[..8])
+}
+
+/// The name under which `recorded` (an experiment's [`Experiment::runs`]) already holds the
+/// run that `name` names (the same config identity, its last 8 hex digits), or `name` if none
+/// does: a run keeps its folder when the readable part of names is spelled differently.
+pub fn known_name(recorded: &[RunRecord], name: &str) -> String {
+    let id = name.rsplit('-').next().unwrap_or(name);
+    recorded
+        .iter()
+        .find(|r| r.name.rsplit('-').next() == Some(id))
+        .map_or_else(|| name.to_string(), |r| r.name.clone())
 }
 
 /// What `runs/<run>.json` holds.
@@ -407,18 +418,6 @@ impl Experiment {
             crate::atomic::write_json(&path, record)?;
         }
         Ok(root)
-    }
-
-    /// The name under which this experiment already records the run that `name` names (the
-    /// same config identity, its last 8 hex digits), or `name` if none does: a run keeps its
-    /// folder when the readable part of names is spelled differently.
-    pub fn known_name(&self, name: &str) -> Result<String> {
-        let id = name.rsplit('-').next().unwrap_or(name);
-        let same = self
-            .runs()?
-            .into_iter()
-            .find(|r| r.name.rsplit('-').next() == Some(id));
-        Ok(same.map_or_else(|| name.to_string(), |r| r.name))
     }
 
     /// Every run recorded, in the order they were asked for.

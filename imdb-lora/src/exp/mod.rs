@@ -114,9 +114,10 @@ pub fn run(args: &RunArgs, run_stage: &mut StageRunner, out: &mut dyn Write) -> 
     }
     let exp = Experiment::hold(&dir)?;
     // A run recorded by an earlier `exp run` keeps its folder (and its place in `exp show`).
+    let recorded = exp.runs()?;
     let mut runs = runs;
     for run in &mut runs {
-        run.name = exp.known_name(&run.name)?;
+        run.name = experiment::known_name(&recorded, &run.name);
     }
     let started = SystemTime::now()
         .duration_since(UNIX_EPOCH)

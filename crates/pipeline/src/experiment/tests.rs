@@ -206,12 +206,12 @@ fn a_recorded_run_keeps_its_name_by_its_identity() {
         &record(old),
     )
     .unwrap();
+    let recorded = exp.runs().unwrap();
     assert_eq!(
-        exp.known_name("target_modules=query+value-1a2b3c4d")
-            .unwrap(),
+        known_name(&recorded, "target_modules=query+value-1a2b3c4d"),
         old
     );
-    assert_eq!(exp.known_name("r=8-99999999").unwrap(), "r=8-99999999");
+    assert_eq!(known_name(&recorded, "r=8-99999999"), "r=8-99999999");
 }
 
 #[test]
