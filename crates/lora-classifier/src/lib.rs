@@ -11,8 +11,9 @@
 //! - `lora`: frozen layers with LoRA branches, PEFT's target matching and parameter names.
 //! - `adapter`: PEFT's adapter format (adapter_config.json + adapter_model.safetensors).
 //! - `export`: a merged Hugging Face checkpoint that plain transformers loads.
-//! - `ops`, `cpu`: the differentiable building blocks; fused f32 CPU kernels with exact
-//!   backward passes, and composed candle ops on other devices and dtypes.
+//! - `ops`: the differentiable building blocks, one file an op, each one type whose candle
+//!   `CustomOp` runs the CPU kernels (`cpu`: f32, bf16 and int8 over slices) or the CUDA ones
+//!   (`cuda`: launches of `kernels.cu`), with candle's composed ops as the reference.
 //! - `activation`, `dropout_mask`: what every device's kernels take: the activation a layer
 //!   fuses, and the key from which each device computes the same dropout mask.
 //! - `runtime`: process-wide CPU setup that binaries call first ([`tune_cpu_runtime`]).
@@ -51,16 +52,14 @@ mod bert;
 mod checkpoint;
 mod classifier;
 mod cpu;
+#[cfg(feature = "cuda")]
 mod cuda;
 mod dropout_mask;
 mod export;
-mod frozen;
 mod gpt2;
 mod kernels;
 mod lora;
 mod ops;
-#[cfg(test)]
-mod ops_tests;
 mod runs_on;
 mod runtime;
 mod settings;

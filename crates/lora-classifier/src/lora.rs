@@ -10,9 +10,8 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use crate::activation::Act;
-use crate::cpu::{Isa, PackedLinear, Precision};
 use crate::dropout_mask::DropKey;
-use crate::ops::{self, Ctx, Frozen};
+use crate::ops::{self, Ctx, Frozen, Isa, PackedLinear, Precision};
 use crate::{LoraBias, LoraSettings};
 
 /// Epsilon of the optional LoRA LayerNorm (PyTorch's nn.LayerNorm default).

@@ -1,15 +1,16 @@
-//! Multi-head attention as one op: each (batch, head) pair is a rayon task whose GEMMs read
-//! that head's columns of Q, K and V in place, so no head transposes or copies are made.
+//! Multi-head attention: each (batch, head) pair is a rayon task whose GEMMs read that head's
+//! columns of Q, K and V in place, so no head transposes or copies are made. Also the masked
+//! softmax and head swap that a device without a fused attention composes it from.
 
 use std::mem::MaybeUninit;
-use std::sync::{Arc, Mutex};
 
-use candle_core::{bail, CpuStorage, CustomOp3, Device, Layout, Result, Shape, Storage, Tensor};
+use candle_core::{bail, Layout, Result};
 use rayon::prelude::*;
 
 use super::matrix::{
     assume_init, assume_init_mut, gemm_into, gemm_raw, uninit_buffer, Mat, SendPtr,
 };
+use super::rows_per_task;
 use super::simd::{dropout_into, softmax_backward_row, softmax_rows};
 use crate::dropout_mask::DropKey;
 
@@ -18,43 +19,27 @@ use crate::dropout_mask::DropKey;
 /// queries being the first q_len positions, with an additive key mask, optionally causal, with
 /// dropout on the probabilities [batch, heads, q_len, seq] (its key placed for them). Output
 /// [batch, q_len, hidden].
-pub(crate) struct Attention {
+#[derive(Clone, Copy)]
+pub(crate) struct Heads<'a> {
     pub heads: usize,
     pub scale: f32,
     pub causal: bool,
     /// [batch, seq] additive bias on the keys (0 or `ops::MASKED`).
-    pub mask: Arc<Vec<f32>>,
+    pub mask: &'a [f32],
     pub dropout: Option<DropKey>,
-    /// Keep the probabilities for the backward pass (when an input needs a gradient).
-    pub save: bool,
-    probs: Mutex<Vec<f32>>,
-}
-
-impl Attention {
-    pub fn new(heads: usize, scale: f32, causal: bool, mask: Arc<Vec<f32>>) -> Self {
-        Self {
-            heads,
-            scale,
-            causal,
-            mask,
-            dropout: None,
-            save: false,
-            probs: Mutex::new(Vec::new()),
-        }
-    }
 }
 
 /// A [batch, seq, hidden] input: its data from `start`, batch and row strides.
 #[derive(Clone, Copy)]
-struct Rows<'a> {
+pub(crate) struct Rows<'a> {
     data: &'a [f32],
     batch: usize,
     row: usize,
 }
 
 impl<'a> Rows<'a> {
-    fn new(s: &'a CpuStorage, l: &Layout) -> Result<(Self, [usize; 3])> {
-        let data = s.as_slice::<f32>()?;
+    /// The tensor of `layout` in the storage `data`; with its dims.
+    pub fn new(data: &'a [f32], l: &Layout) -> Result<(Self, [usize; 3])> {
         let (&[b, n, h], &[sb, sr, 1]) = (l.dims(), l.stride()) else {
             bail!("attention: expected [batch, seq, hidden] inputs with unit column stride")
         };
@@ -79,7 +64,7 @@ impl<'a> Rows<'a> {
 }
 
 /// The inputs and [batch, q_len, seq, hidden].
-fn inputs<'a>(t: [(&'a CpuStorage, &'a Layout); 3]) -> Result<([Rows<'a>; 3], [usize; 4])> {
+pub(crate) fn inputs<'a>(t: [(&'a [f32], &'a Layout); 3]) -> Result<([Rows<'a>; 3], [usize; 4])> {
     let (q, dq) = Rows::new(t[0].0, t[0].1)?;
     let (k, dk) = Rows::new(t[1].0, t[1].1)?;
     let (v, dv) = Rows::new(t[2].0, t[2].1)?;
@@ -97,38 +82,26 @@ fn head_size(hidden: usize, heads: usize) -> Result<usize> {
     Ok(hidden / heads)
 }
 
-fn cpu<'a>(t: &'a candle_core::StorageRef<'_>) -> Result<&'a CpuStorage> {
-    match &**t {
-        Storage::Cpu(s) => Ok(s),
-        _ => bail!("attention: tensor is not on the cpu"),
-    }
-}
-
-impl CustomOp3 for Attention {
-    fn name(&self) -> &'static str {
-        "attention"
-    }
-
-    fn cpu_fwd(
+impl Heads<'_> {
+    /// The output [batch, q_len, hidden] and, with `save`, the probabilities (before dropout)
+    /// that the backward pass takes; `dims` as [`inputs`] gives them.
+    pub fn forward(
         &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-        s3: &CpuStorage,
-        l3: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        let ([q, k, v], [b, m, n, hid]) = inputs([(s1, l1), (s2, l2), (s3, l3)])?;
+        [q, k, v]: [Rows; 3],
+        dims: [usize; 4],
+        save: bool,
+    ) -> Result<(Vec<f32>, Vec<f32>)> {
+        let [b, m, n, hid] = dims;
         let (h, d) = (self.heads, head_size(hid, self.heads)?);
         let block = m * n;
         let mut out = uninit_buffer(b * m * hid);
-        let mut probs = uninit_buffer(if self.save { b * h * block } else { 0 });
+        let mut probs = uninit_buffer(if save { b * h * block } else { 0 });
         let (out_p, probs_p) = (SendPtr::of(&mut out), SendPtr::of(&mut probs));
         (0..b * h).into_par_iter().for_each_init(
             || (uninit_buffer(block), uninit_buffer(block)),
             |(scratch, dropped), t| {
                 let (bi, hi) = (t / h, t % h);
-                let p: &mut [MaybeUninit<f32>] = if self.save {
+                let p: &mut [MaybeUninit<f32>] = if save {
                     // SAFETY: task t alone writes probs[t·block, (t+1)·block).
                     unsafe { std::slice::from_raw_parts_mut(probs_p.add(t * block).cast(), block) }
                 } else {
@@ -167,35 +140,23 @@ impl CustomOp3 for Attention {
         );
         // SAFETY: the tasks wrote every head's columns of every row of the output, and every
         // task's block of the probabilities.
-        let (out, probs) = unsafe { (assume_init(out), assume_init(probs)) };
-        if self.save {
-            *self.probs.lock().unwrap() = probs;
-        }
-        Ok((CpuStorage::F32(out), Shape::from((b, m, hid))))
+        Ok(unsafe { (assume_init(out), assume_init(probs)) })
     }
 
-    fn bwd(
+    /// [dq, dk, dv] for the output gradient `go`, from the probabilities `forward` saved.
+    pub fn backward(
         &self,
-        q: &Tensor,
-        k: &Tensor,
-        v: &Tensor,
-        _res: &Tensor,
-        grad: &Tensor,
-    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let probs = self.probs.lock().unwrap();
-        if probs.is_empty() {
-            bail!("attention: backward pass without saved probabilities")
-        }
-        let grad = grad.contiguous()?;
-        let (gs, gl) = grad.storage_and_layout();
-        let (qs, ql) = q.storage_and_layout();
-        let (ks, kl) = k.storage_and_layout();
-        let (vs, vl) = v.storage_and_layout();
-        let ([q, k, v], [b, m, n, hid]) =
-            inputs([(cpu(&qs)?, ql), (cpu(&ks)?, kl), (cpu(&vs)?, vl)])?;
-        let (go, _) = Rows::new(cpu(&gs)?, gl)?;
+        [q, k, v]: [Rows; 3],
+        go: Rows,
+        dims: [usize; 4],
+        probs: &[f32],
+    ) -> Result<[Vec<f32>; 3]> {
+        let [b, m, n, hid] = dims;
         let (h, d) = (self.heads, head_size(hid, self.heads)?);
         let block = m * n;
+        if probs.len() != b * h * block {
+            bail!("attention: backward pass without the saved probabilities")
+        }
         let mut grads = [
             uninit_buffer(b * m * hid),
             uninit_buffer(b * n * hid),
@@ -237,9 +198,54 @@ impl CustomOp3 for Attention {
             },
         );
         // SAFETY: the tasks wrote every head's columns of every row of the three gradients.
-        let [dq, dk, dv] = grads.map(|g| unsafe { assume_init(g) });
-        let dq = Tensor::from_vec(dq, (b, m, hid), &Device::Cpu)?;
-        let [dk, dv] = [dk, dv].map(|g| Tensor::from_vec(g, (b, n, hid), &Device::Cpu));
-        Ok((Some(dq), Some(dk?), Some(dv?)))
+        Ok(grads.map(|g| unsafe { assume_init(g) }))
     }
+}
+
+/// p = softmax(s · scale + key bias (+ causal mask)) over the last dim of s [batch, heads, q, n]
+/// (`dims`); `bias` is [batch, n].
+pub(crate) fn masked_softmax(
+    s: &[f32],
+    dims: [usize; 4],
+    bias: &[f32],
+    causal: bool,
+    scale: f32,
+) -> Vec<f32> {
+    let [_, heads, q, n] = dims;
+    let block = q * n;
+    let mut p: Vec<f32> = s.par_iter().map(|&x| x * scale).collect();
+    p.par_chunks_mut(block).enumerate().for_each(|(t, p)| {
+        let bi = t / heads;
+        softmax_rows(p, n, &bias[bi * n..(bi + 1) * n], causal);
+    });
+    p
+}
+
+/// The scores' gradient of [`masked_softmax`] from its output p and the gradient g of p, rows of
+/// `n` elements.
+pub(crate) fn masked_softmax_backward(p: &[f32], g: &[f32], n: usize, scale: f32) -> Vec<f32> {
+    let mut ds = g.to_vec();
+    let chunk = n * rows_per_task(n);
+    ds.par_chunks_mut(chunk)
+        .zip(p.par_chunks(chunk))
+        .for_each(|(ds, p)| {
+            for (ds, p) in ds.chunks_mut(n).zip(p.chunks(n)) {
+                softmax_backward_row(ds, p, p, scale);
+            }
+        });
+    ds
+}
+
+/// [B, X, Y, D] → [B, Y, X, D] (`dims` = [B, X, Y, D]).
+pub(crate) fn swap_middle(x: &[f32], dims: [usize; 4]) -> Vec<f32> {
+    let [_, nx, ny, d] = dims;
+    let mut y = vec![0.0; x.len()];
+    y.par_chunks_mut(nx * d).enumerate().for_each(|(t, out)| {
+        let (bi, yi) = (t / ny, t % ny);
+        for xi in 0..nx {
+            let src = ((bi * nx + xi) * ny + yi) * d;
+            out[xi * d..(xi + 1) * d].copy_from_slice(&x[src..src + d]);
+        }
+    });
+    y
 }

@@ -3,55 +3,32 @@
 //! device's kernel reproduces the same masks from [`DropKey`]'s fields and [`hash32`]: change
 //! nothing here without changing it there.
 
-use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::matrix::{assume_init, contiguous, uninit_buffer};
+use super::matrix::{assume_init, uninit_buffer};
 use super::simd::{dropout_factors, dropout_into};
 use super::CHUNK;
 use crate::dropout_mask::DropKey;
 
-impl DropKey {
-    /// The mask of `n` elements, for the composed path on other devices.
-    pub(crate) fn mask(&self, n: usize) -> Vec<f32> {
-        let mut v = uninit_buffer(n);
-        v.par_chunks_mut(CHUNK)
-            .enumerate()
-            .for_each(|(i, c)| dropout_factors(c, i * CHUNK, *self));
-        // SAFETY: the chunks cover the buffer and `dropout_factors` writes each whole.
-        unsafe { assume_init(v) }
-    }
-
-    /// dropout(x) into a new buffer.
-    pub(super) fn apply(&self, x: &[f32]) -> Vec<f32> {
-        let mut y = uninit_buffer(x.len());
-        y.par_chunks_mut(CHUNK)
-            .zip(x.par_chunks(CHUNK))
-            .enumerate()
-            .for_each(|(i, (y, x))| dropout_into(x, y, i * CHUNK, *self));
-        // SAFETY: the chunks cover the buffer and `dropout_into` writes each whole.
-        unsafe { assume_init(y) }
-    }
+/// The mask of `n` elements (0 or 1/(1-p)), for the composed path.
+pub(crate) fn dropout_mask(key: DropKey, n: usize) -> Vec<f32> {
+    let mut v = uninit_buffer(n);
+    v.par_chunks_mut(CHUNK)
+        .enumerate()
+        .for_each(|(i, c)| dropout_factors(c, i * CHUNK, key));
+    // SAFETY: the chunks cover the buffer and `dropout_factors` writes each whole.
+    unsafe { assume_init(v) }
 }
 
-/// Elementwise dropout; its backward pass applies the same mask to the gradient.
-pub(crate) struct Dropout(pub DropKey);
-
-impl CustomOp1 for Dropout {
-    fn name(&self) -> &'static str {
-        "dropout"
-    }
-
-    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        Ok((
-            CpuStorage::F32(self.0.apply(contiguous(s, l)?)),
-            l.shape().clone(),
-        ))
-    }
-
-    fn bwd(&self, _x: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
-        Ok(Some(grad.contiguous()?.apply_op1_no_bwd(self)?))
-    }
+/// dropout(x) into a new buffer; the gradient's backward pass is the same call.
+pub(crate) fn dropout(x: &[f32], key: DropKey) -> Vec<f32> {
+    let mut y = uninit_buffer(x.len());
+    y.par_chunks_mut(CHUNK)
+        .zip(x.par_chunks(CHUNK))
+        .enumerate()
+        .for_each(|(i, (y, x))| dropout_into(x, y, i * CHUNK, key));
+    // SAFETY: the chunks cover the buffer and `dropout_into` writes each whole.
+    unsafe { assume_init(y) }
 }
 
 #[cfg(test)]
@@ -69,7 +46,7 @@ mod tests {
             (0x42fb_d768, 0xc736_fbd2, 429_496_730, (1.0f64 / 0.9) as f32)
         );
         assert_eq!((hash32(0), hash32(1)), (0, 0x6889_90c0));
-        let mask = key.mask(24);
+        let mask = dropout_mask(key, 24);
         assert!(mask.iter().all(|&f| f == 0.0 || f == key.scale));
         let dropped: Vec<usize> = mask
             .iter()

@@ -61,7 +61,7 @@ impl SendPtr {
     }
 }
 
-pub(super) fn contiguous<'a>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [f32]> {
+pub(crate) fn contiguous<'a>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [f32]> {
     match l.contiguous_offsets() {
         Some((a, b)) => Ok(&s.as_slice::<f32>()?[a..b]),
         None => bail!("fused cpu kernel: non-contiguous input"),
@@ -69,9 +69,9 @@ pub(super) fn contiguous<'a>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [f32]>
 }
 
 /// A read guard on a CPU tensor's storage, to borrow its contiguous f32 data.
-pub(super) struct Data<'a>(StorageRef<'a>, &'a Layout);
+pub(crate) struct Data<'a>(StorageRef<'a>, &'a Layout);
 
-pub(super) fn data(t: &Tensor) -> Data<'_> {
+pub(crate) fn data(t: &Tensor) -> Data<'_> {
     let (storage, layout) = t.storage_and_layout();
     Data(storage, layout)
 }

@@ -1,9 +1,9 @@
-//! Fused f32 CPU kernels, run as candle custom ops with exact backward passes.
+//! Fused f32 CPU kernels over slices: the `ops` layer runs them as candle custom ops.
 //!
 //! Stock candle spends much of its CPU time around the GEMMs: scalar `erf`, a fresh buffer and
 //! an autograd node per elementwise op, transposed copies for attention and, in the backward
 //! pass, weight gradients of frozen weights. Here a frozen linear layer is one GEMM with its
-//! bias (and GELU when no gradient is needed), and its LoRA branch joins it in the same op,
+//! bias (and GELU when no gradient is needed), and its LoRA branch joins it in the same call,
 //! whose backward pass computes dx, dA and dB only; attention reads Q, K, V in place; LayerNorm
 //! takes the residual and dropout along; GELU and LayerNorm have hand-written gradients.
 //!
@@ -12,14 +12,15 @@
 //! `avx512`, a portable fallback elsewhere), as PyTorch's autocast and ONNX Runtime's dynamic
 //! quantization do.
 //!
-//! `ops.rs` calls these only for f32 activations on the CPU; other devices use composed candle
-//! ops or the CUDA kernels.
+//! Nothing here knows candle's autograd or the models: a kernel takes slices (and a `Layout`
+//! where a view is strided) and returns or writes buffers.
 //!
 //! - `matrix`: output buffers, tensor data access, strided matrix views, the GEMM;
 //! - `linear`: frozen linear layers and their LoRA branches;
 //! - `norm`: LayerNorm with residual add and dropout;
 //! - `elementwise`: GELU and the activations linear layers fuse;
-//! - `attention`: multi-head attention;
+//! - `attention`: multi-head attention, and the masked softmax and head swap it is composed
+//!   of where it is not fused;
 //! - `packed`: bf16 and int8 weights packed for their GEMMs, and those GEMMs;
 //! - `avx512`: the GEMMs' microkernels and conversions (x86-64, checked at run time);
 //! - `dropout`: dropout with the masks of `crate::dropout_mask`, forward and backward;
@@ -38,11 +39,14 @@ mod packed;
 mod packed_tests;
 mod simd;
 
-pub(crate) use attention::Attention;
-pub(crate) use dropout::Dropout;
-pub(crate) use elementwise::Gelu;
-pub(crate) use linear::{FrozenLinear, LoraLinear, Weight};
-pub(crate) use norm::LayerNorm;
+pub(crate) use attention::{
+    inputs, masked_softmax, masked_softmax_backward, swap_middle, Heads, Rows,
+};
+pub(crate) use dropout::{dropout, dropout_mask};
+pub(crate) use elementwise::{gelu, gelu_backward};
+pub(crate) use linear::{Linear, Weight};
+pub(crate) use matrix::{contiguous, data};
+pub(crate) use norm::Norm;
 pub(crate) use packed::{Isa, PackedLinear, Precision, ISA_ENV};
 
 /// Elements per rayon task in elementwise kernels.

@@ -358,42 +358,20 @@ simd_fn!(
     }
 );
 
-/// Per-task accumulators of the LayerNorm backward pass.
-pub(super) struct NormGrads {
-    pub dw: Vec<f32>,
-    pub db: Vec<f32>,
-    xhat: Vec<f32>,
-}
-
-impl NormGrads {
-    pub fn new(n: usize) -> Self {
-        Self {
-            dw: vec![0.0; n],
-            db: vec![0.0; n],
-            xhat: vec![0.0; n],
-        }
-    }
-
-    pub fn merge(mut self, other: Self) -> Self {
-        add_inplace(&mut self.dw, &other.dw);
-        add_inplace(&mut self.db, &other.db);
-        self
-    }
-}
-
 simd_fn!(
-    /// x: one LayerNorm input row, g = dy. Writes all of dx; adds dy·x̂ to dw and dy to db.
+    /// x: one LayerNorm input row, g = dy. Writes all of dx (the weight is frozen: no dw;
+    /// the bias gradient is the column sum of dy, taken by the caller when it trains). `xhat`
+    /// is scratch of x's length.
     fn layer_norm_backward_row(
         x: &[f32],
         g: &[f32],
         dx: &mut [MaybeUninit<f32>],
         w: &[f32],
         eps: f32,
-        acc: &mut NormGrads,
+        xhat: &mut [f32],
     ) {
         let n = x.len();
-        let (g, dx, w) = (&g[..n], &mut dx[..n], &w[..n]);
-        let (dw, db, xhat) = (&mut acc.dw[..n], &mut acc.db[..n], &mut acc.xhat[..n]);
+        let (g, dx, w, xhat) = (&g[..n], &mut dx[..n], &w[..n], &mut xhat[..n]);
         let mean = sum(x) / n as f32;
         for i in 0..n {
             xhat[i] = x[i] - mean;
@@ -401,8 +379,6 @@ simd_fn!(
         let rstd = 1.0 / (dot(xhat, xhat) / n as f32 + eps).sqrt();
         for i in 0..n {
             xhat[i] *= rstd;
-            dw[i] += g[i] * xhat[i];
-            db[i] += g[i];
             dx[i] = MaybeUninit::new(g[i] * w[i]);
         }
         // SAFETY: the loop above wrote all of dx.

@@ -1,13 +1,13 @@
-//! The launches: typed views of the inputs, one kernel per call (`cuda` feature only).
+//! The launches: typed views of the inputs, one kernel per call (`cuda` feature only). The ops
+//! of `crate::ops` call these from their `cuda_fwd`; nothing here knows an op type.
 
 use candle_core::cuda_backend::cudarc::driver::{
     CudaSlice, CudaView, DeviceRepr, LaunchConfig, PushKernelArg,
 };
 use candle_core::cuda_backend::{CudaStorageSlice, WrapErr};
-use candle_core::{bail, CudaDevice, CudaStorage, DType, Layout, Result, Storage};
+use candle_core::{bail, CudaDevice, CudaStorage, DType, Layout, Result, Storage, Tensor};
 use half::{bf16, f16};
 
-use super::{LayerNorm, MaskedSoftmax};
 use crate::activation::Act;
 use crate::dropout_mask::DropKey;
 
@@ -15,6 +15,9 @@ const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/lora_kernels.ptx"));
 const MODULE: &str = "lora_classifier_kernels";
 /// Threads per block of the row kernels (one block a row): rows here hold 128 to 3072 values.
 const ROW_THREADS: u32 = 128;
+
+/// An input of a launch: its storage and layout.
+pub(crate) type In<'a> = (&'a CudaStorage, &'a Layout);
 
 /// The element types the kernels are instantiated for.
 trait Elem: DeviceRepr + Sized {
@@ -81,7 +84,7 @@ fn view<'a, T: Elem>(s: &'a CudaStorage, l: &Layout, what: &str) -> Result<CudaV
 
 /// A frozen tensor held by an op (weight, key bias), as a view of type T.
 fn held<T: Elem>(
-    t: &candle_core::Tensor,
+    t: &Tensor,
     what: &str,
     f: impl FnOnce(CudaView<'_, T>) -> Result<CudaStorage>,
 ) -> Result<CudaStorage> {
@@ -99,12 +102,8 @@ fn out<T: Elem>(dev: &CudaDevice, n: usize) -> Result<CudaSlice<T>> {
 
 /// The kernel `name` for element type T, loaded (once per device) from the PTX.
 macro_rules! kernel {
-    ($dev:expr, $name:literal, $t:ty) => {
-        $dev.get_or_load_custom_func(
-            &format!(concat!($name, "_{}"), <$t as Elem>::SUFFIX),
-            MODULE,
-            PTX,
-        )
+    ($dev:expr, $name:expr, $t:ty) => {
+        $dev.get_or_load_custom_func(&format!("{}_{}", $name, <$t as Elem>::SUFFIX), MODULE, PTX)
     };
 }
 
@@ -147,8 +146,8 @@ fn storage<T: Elem>(dev: &CudaDevice, s: CudaSlice<T>) -> CudaStorage {
     }
 }
 
-pub(super) fn dropout(s: &CudaStorage, l: &Layout, key: &DropKey) -> Result<CudaStorage> {
-    fn run<T: Elem>(s: &CudaStorage, l: &Layout, key: &DropKey) -> Result<CudaStorage> {
+pub(crate) fn dropout((s, l): In, key: DropKey) -> Result<CudaStorage> {
+    fn run<T: Elem>(s: &CudaStorage, l: &Layout, key: DropKey) -> Result<CudaStorage> {
         let dev = &s.device;
         let x = view::<T>(s, l, "dropout")?;
         let n = x.len();
@@ -164,24 +163,33 @@ pub(super) fn dropout(s: &CudaStorage, l: &Layout, key: &DropKey) -> Result<Cuda
     by_dtype!(dtype(s), run(s, l, key))
 }
 
-pub(super) fn masked_softmax(
-    s: &CudaStorage,
-    l: &Layout,
-    op: &MaskedSoftmax,
+/// p = softmax(s · scale + key_bias (+ causal mask)) over the last dim of s [batch, heads, q, n];
+/// `key_bias` is [batch, n] f32 on the device.
+pub(crate) fn masked_softmax(
+    (s, l): In,
+    key_bias: &Tensor,
+    causal: bool,
+    scale: f32,
 ) -> Result<CudaStorage> {
-    fn run<T: Elem>(s: &CudaStorage, l: &Layout, op: &MaskedSoftmax) -> Result<CudaStorage> {
+    fn run<T: Elem>(
+        s: &CudaStorage,
+        l: &Layout,
+        key_bias: &Tensor,
+        causal: bool,
+        scale: f32,
+    ) -> Result<CudaStorage> {
         let dev = &s.device;
         let (batch, heads, q, n) = l.shape().dims4()?;
-        if op.key_bias.dims() != [batch, n] || op.key_bias.dtype() != DType::F32 {
+        if key_bias.dims() != [batch, n] || key_bias.dtype() != DType::F32 {
             bail!(
                 "masked softmax: key bias {:?} {:?} for scores {:?}",
-                op.key_bias.dims(),
-                op.key_bias.dtype(),
+                key_bias.dims(),
+                key_bias.dtype(),
                 l.dims()
             )
         }
         let x = view::<T>(s, l, "masked softmax")?;
-        held::<f32>(&op.key_bias, "the attention key bias", |bias| {
+        held::<f32>(key_bias, "the attention key bias", |bias| {
             let p = out::<T>(dev, x.len())?;
             let f = kernel!(dev, "masked_softmax", T)?;
             let mut b = f.builder();
@@ -193,193 +201,138 @@ pub(super) fn masked_softmax(
                 n as i32,
                 (heads * q) as i32,
                 q as i32,
-                op.causal as i32,
-                op.scale
+                causal as i32,
+                scale
             );
             // SAFETY: one warp per row of n scores; bias holds batch × n values.
             unsafe { b.launch(warp_rows(n_rows)) }.w()?;
             Ok(storage(dev, p))
         })
     }
-    by_dtype!(dtype(s), run(s, l, op))
+    by_dtype!(dtype(s), run(s, l, key_bias, causal, scale))
 }
 
-pub(super) fn masked_softmax_backward(
-    p: &CudaStorage,
-    pl: &Layout,
-    g: &CudaStorage,
-    gl: &Layout,
-    scale: f32,
-) -> Result<CudaStorage> {
-    fn run<T: Elem>(
-        p: &CudaStorage,
-        pl: &Layout,
-        g: &CudaStorage,
-        gl: &Layout,
-        scale: f32,
-    ) -> Result<CudaStorage> {
+/// The two-input elementwise and row kernels' common check: `b` holds as many values as `a`.
+fn same_len<T>(a: &CudaView<T>, b: &CudaView<T>, what: &str) -> Result<usize> {
+    if a.len() != b.len() {
+        bail!(
+            "{what}: gradient of {} values for {} inputs",
+            b.len(),
+            a.len()
+        )
+    }
+    Ok(a.len())
+}
+
+pub(crate) fn masked_softmax_backward(p: In, g: In, scale: f32) -> Result<CudaStorage> {
+    fn run<T: Elem>((p, pl): In, (g, gl): In, scale: f32) -> Result<CudaStorage> {
         let dev = &p.device;
-        if pl.dims() != gl.dims() {
-            bail!(
-                "masked softmax backward: probabilities {:?} vs gradient {:?}",
-                pl.dims(),
-                gl.dims()
-            )
-        }
         let n = pl.dims()[pl.dims().len() - 1];
         let (pv, gv) = (
             view::<T>(p, pl, "softmax probabilities")?,
             view::<T>(g, gl, "softmax gradient")?,
         );
-        let ds = out::<T>(dev, pv.len())?;
+        let len = same_len(&pv, &gv, "masked softmax backward")?;
+        let ds = out::<T>(dev, len)?;
         let f = kernel!(dev, "masked_softmax_backward", T)?;
         let mut b = f.builder();
         b.arg(&pv).arg(&gv).arg(&ds);
-        let n_rows = pv.len() / n;
+        let n_rows = len / n;
         candle_core::builder_arg!(b, index_limit(n_rows)?, n as i32, scale);
         // SAFETY: one warp per row of n values in each buffer.
         unsafe { b.launch(warp_rows(n_rows)) }.w()?;
         Ok(storage(dev, ds))
     }
-    by_dtype!(dtype(p), run(p, pl, g, gl, scale))
+    by_dtype!(dtype(p.0), run(p, g, scale))
 }
 
-/// The dropout arguments of the row kernels: (has_drop, k0, k1, threshold, scale).
-fn drop_args(key: Option<DropKey>) -> (i32, u32, u32, u32, f32) {
-    match key {
-        Some(k) => (1, k.k0, k.k1, k.threshold, k.scale),
-        None => (0, 0, 0, 0, 1.0),
-    }
+/// LayerNorm over rows of `w`'s length of dropout(x) + r (or x); `w` is held by the op.
+#[derive(Clone, Copy)]
+pub(crate) struct Norm<'a> {
+    pub w: &'a Tensor,
+    pub eps: f32,
+    pub dropout: Option<DropKey>,
 }
 
-pub(super) fn layer_norm(
-    op: &LayerNorm,
-    x: &CudaStorage,
-    xl: &Layout,
-    r: Option<(&CudaStorage, &Layout)>,
-    bias: &CudaStorage,
-    bl: &Layout,
+pub(crate) fn layer_norm(x: In, r: Option<In>, bias: In, norm: Norm) -> Result<CudaStorage> {
+    by_dtype!(dtype(x.0), norm_rows("layer_norm", x, r, bias, norm))
+}
+
+/// The gradient of the LayerNorm input (= of the residual) for the output gradient `g`.
+pub(crate) fn layer_norm_backward(x: In, r: Option<In>, g: In, norm: Norm) -> Result<CudaStorage> {
+    by_dtype!(dtype(x.0), norm_rows("layer_norm_backward", x, r, g, norm))
+}
+
+/// The LayerNorm kernels, forward and backward, whose arguments are alike: (x, r, w, z, out,
+/// h, has_r, dropout…, eps) with z the bias or the output gradient.
+fn norm_rows<T: Elem>(
+    name: &str,
+    (x, xl): In,
+    r: Option<In>,
+    (z, zl): In,
+    norm: Norm,
 ) -> Result<CudaStorage> {
-    fn run<T: Elem>(
-        op: &LayerNorm,
-        x: &CudaStorage,
-        xl: &Layout,
-        r: Option<(&CudaStorage, &Layout)>,
-        bias: &CudaStorage,
-        bl: &Layout,
-    ) -> Result<CudaStorage> {
-        let dev = &x.device;
-        let h = op.w.elem_count();
-        let xv = view::<T>(x, xl, "layer norm input")?;
-        let rv = r
-            .map(|(r, rl)| view::<T>(r, rl, "layer norm residual"))
-            .transpose()?;
-        let bv = view::<T>(bias, bl, "layer norm bias")?;
-        let n = xv.len();
-        index_limit(n)?;
-        held::<T>(&op.w, "the layer norm weight", |wv| {
-            let y = out::<T>(dev, n)?;
-            let f = kernel!(dev, "layer_norm", T)?;
-            let mut b = f.builder();
-            // Without a residual, x stands in for it (has_r = 0: never read).
-            b.arg(&xv)
-                .arg(rv.as_ref().unwrap_or(&xv))
-                .arg(&wv)
-                .arg(&bv)
-                .arg(&y);
-            let (has_drop, k0, k1, threshold, scale) = drop_args(op.dropout);
-            candle_core::builder_arg!(
-                b,
-                h as i32,
-                rv.is_some() as i32,
-                has_drop,
-                k0,
-                k1,
-                threshold,
-                scale,
-                op.eps
-            );
-            // SAFETY: one block per row of h values; w and b hold h values.
-            unsafe { b.launch(rows(n / h)) }.w()?;
-            Ok(storage(dev, y))
-        })
+    let dev = &x.device;
+    let h = norm.w.elem_count();
+    if xl.dims().last() != Some(&h) {
+        bail!(
+            "cuda {name}: input {:?} does not fit weight of {h}",
+            xl.dims()
+        )
     }
-    by_dtype!(dtype(x), run(op, x, xl, r, bias, bl))
-}
-
-pub(super) fn layer_norm_backward(
-    op: &LayerNorm,
-    x: &CudaStorage,
-    xl: &Layout,
-    r: Option<(&CudaStorage, &Layout)>,
-    g: &CudaStorage,
-    gl: &Layout,
-) -> Result<CudaStorage> {
-    fn run<T: Elem>(
-        op: &LayerNorm,
-        x: &CudaStorage,
-        xl: &Layout,
-        r: Option<(&CudaStorage, &Layout)>,
-        g: &CudaStorage,
-        gl: &Layout,
-    ) -> Result<CudaStorage> {
-        let dev = &x.device;
-        let h = op.w.elem_count();
-        let xv = view::<T>(x, xl, "layer norm input")?;
-        let rv = r
-            .map(|(r, rl)| view::<T>(r, rl, "layer norm residual"))
-            .transpose()?;
-        let gv = view::<T>(g, gl, "layer norm gradient")?;
-        let n = xv.len();
-        if gv.len() != n {
+    if let Some((_, rl)) = r {
+        if rl.dims() != xl.dims() {
             bail!(
-                "layer norm backward: gradient of {} values for {n} inputs",
-                gv.len()
+                "cuda {name}: residual {:?} vs input {:?}",
+                rl.dims(),
+                xl.dims()
             )
         }
-        index_limit(n)?;
-        held::<T>(&op.w, "the layer norm weight", |wv| {
-            let dx = out::<T>(dev, n)?;
-            let f = kernel!(dev, "layer_norm_backward", T)?;
-            let mut b = f.builder();
-            b.arg(&xv)
-                .arg(rv.as_ref().unwrap_or(&xv))
-                .arg(&wv)
-                .arg(&gv)
-                .arg(&dx);
-            let (has_drop, k0, k1, threshold, scale) = drop_args(op.dropout);
-            candle_core::builder_arg!(
-                b,
-                h as i32,
-                rv.is_some() as i32,
-                has_drop,
-                k0,
-                k1,
-                threshold,
-                scale,
-                op.eps
-            );
-            // SAFETY: one block per row of h values; w holds h values.
-            unsafe { b.launch(rows(n / h)) }.w()?;
-            Ok(storage(dev, dx))
-        })
     }
-    by_dtype!(dtype(x), run(op, x, xl, r, g, gl))
+    let xv = view::<T>(x, xl, "layer norm input")?;
+    let rv = r
+        .map(|(r, rl)| view::<T>(r, rl, "layer norm residual"))
+        .transpose()?;
+    let zv = view::<T>(z, zl, name)?;
+    let n = xv.len();
+    if name == "layer_norm_backward" {
+        same_len(&xv, &zv, name)?;
+    }
+    index_limit(n)?;
+    held::<T>(norm.w, "the layer norm weight", |wv| {
+        let y = out::<T>(dev, n)?;
+        let f = kernel!(dev, name, T)?;
+        let mut b = f.builder();
+        // Without a residual, x stands in for it (has_r = 0: never read).
+        b.arg(&xv)
+            .arg(rv.as_ref().unwrap_or(&xv))
+            .arg(&wv)
+            .arg(&zv)
+            .arg(&y);
+        let (has_drop, k0, k1, threshold, scale) = match norm.dropout {
+            Some(k) => (1, k.k0, k.k1, k.threshold, k.scale),
+            None => (0, 0, 0, 0, 1.0),
+        };
+        candle_core::builder_arg!(
+            b,
+            h as i32,
+            rv.is_some() as i32,
+            has_drop,
+            k0,
+            k1,
+            threshold,
+            scale,
+            norm.eps
+        );
+        // SAFETY: one block per row of h values; w (and the bias) hold h values.
+        unsafe { b.launch(rows(n / h)) }.w()?;
+        Ok(storage(dev, y))
+    })
 }
 
 /// y += b broadcast over y's rows, in place (y: a matmul's fresh output, [rows, n]).
-pub(crate) fn bias_add(
-    y: &mut CudaStorage,
-    yl: &Layout,
-    bias: &CudaStorage,
-    bl: &Layout,
-) -> Result<()> {
-    fn run<T: Elem>(
-        y: &mut CudaStorage,
-        yl: &Layout,
-        bias: &CudaStorage,
-        bl: &Layout,
-    ) -> Result<()> {
+pub(crate) fn bias_add(y: &mut CudaStorage, yl: &Layout, bias: In) -> Result<()> {
+    fn run<T: Elem>(y: &mut CudaStorage, yl: &Layout, (bias, bl): In) -> Result<()> {
         let dev = y.device.clone();
         let bv = view::<T>(bias, bl, "linear bias")?;
         let n = bv.len();
@@ -396,11 +349,11 @@ pub(crate) fn bias_add(
         unsafe { b.launch(elementwise(total)) }.w()?;
         Ok(())
     }
-    by_dtype!(dtype(y), run(y, yl, bias, bl))
+    by_dtype!(dtype(y), run(y, yl, bias))
 }
 
 /// [B, X, Y, D] → [B, Y, X, D].
-pub(super) fn swap_middle(x: &CudaStorage, l: &Layout) -> Result<CudaStorage> {
+pub(crate) fn swap_middle((x, l): In) -> Result<CudaStorage> {
     fn run<T: Elem>(x: &CudaStorage, l: &Layout) -> Result<CudaStorage> {
         let dev = &x.device;
         let (nb, nx, ny, d) = l.shape().dims4()?;
@@ -427,57 +380,41 @@ fn tanh_flag(act: Act) -> Result<i32> {
     }
 }
 
-pub(super) fn gelu(x: &CudaStorage, l: &Layout, act: Act) -> Result<CudaStorage> {
-    fn run<T: Elem>(x: &CudaStorage, l: &Layout, act: Act) -> Result<CudaStorage> {
-        let dev = &x.device;
-        let xv = view::<T>(x, l, "gelu input")?;
-        let n = xv.len();
-        let y = out::<T>(dev, n)?;
-        let f = kernel!(dev, "gelu", T)?;
-        let mut b = f.builder();
-        b.arg(&xv).arg(&y);
-        candle_core::builder_arg!(b, index_limit(n)?, tanh_flag(act)?);
-        // SAFETY: x and y hold n elements.
-        unsafe { b.launch(elementwise(n)) }.w()?;
-        Ok(storage(dev, y))
-    }
-    by_dtype!(dtype(x), run(x, l, act))
-}
-
-pub(super) fn gelu_backward(
-    x: &CudaStorage,
-    xl: &Layout,
-    g: &CudaStorage,
-    gl: &Layout,
-    act: Act,
-) -> Result<CudaStorage> {
+/// GELU, or with `grad` its backward pass: the kernels `gelu` (x, y) and `gelu_backward`
+/// (x, g, dx), both elementwise with (n, tanh).
+pub(crate) fn gelu((x, xl): In, grad: Option<In>, act: Act) -> Result<CudaStorage> {
     fn run<T: Elem>(
         x: &CudaStorage,
         xl: &Layout,
-        g: &CudaStorage,
-        gl: &Layout,
+        grad: Option<In>,
         act: Act,
     ) -> Result<CudaStorage> {
         let dev = &x.device;
-        let (xv, gv) = (
-            view::<T>(x, xl, "gelu input")?,
-            view::<T>(g, gl, "gelu gradient")?,
-        );
-        let n = xv.len();
-        if gv.len() != n {
-            bail!(
-                "gelu backward: gradient of {} values for {n} inputs",
-                gv.len()
-            )
-        }
-        let dx = out::<T>(dev, n)?;
-        let f = kernel!(dev, "gelu_backward", T)?;
+        let xv = view::<T>(x, xl, "gelu input")?;
+        let gv = grad
+            .map(|(g, gl)| view::<T>(g, gl, "gelu gradient"))
+            .transpose()?;
+        let n = match &gv {
+            Some(gv) => same_len(&xv, gv, "gelu backward")?,
+            None => xv.len(),
+        };
+        let y = out::<T>(dev, n)?;
+        let name = if gv.is_some() {
+            "gelu_backward"
+        } else {
+            "gelu"
+        };
+        let f = kernel!(dev, name, T)?;
         let mut b = f.builder();
-        b.arg(&xv).arg(&gv).arg(&dx);
+        b.arg(&xv);
+        if let Some(gv) = &gv {
+            b.arg(gv);
+        }
+        b.arg(&y);
         candle_core::builder_arg!(b, index_limit(n)?, tanh_flag(act)?);
-        // SAFETY: x, g and dx hold n elements.
+        // SAFETY: x, y (and g) hold n elements; the arguments match the kernel named.
         unsafe { b.launch(elementwise(n)) }.w()?;
-        Ok(storage(dev, dx))
+        Ok(storage(dev, y))
     }
-    by_dtype!(dtype(x), run(x, xl, g, gl, act))
+    by_dtype!(dtype(x), run(x, xl, grad, act))
 }
