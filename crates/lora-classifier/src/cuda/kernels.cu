@@ -4,7 +4,7 @@
 // GELU, each with its backward pass; a linear layer's bias; the attention heads' transposes. Every kernel
 // reads and writes one element type T (f32, bf16 or f16) and computes in f32.
 //
-// Compiled to PTX by build.rs (nvcc --ptx) when the `cuda` feature is on; loaded by cuda/mod.rs.
+// Compiled to PTX by build.rs (nvcc --ptx) when the `cuda` feature is on; loaded by cuda/launch.rs.
 
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>

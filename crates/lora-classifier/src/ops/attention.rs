@@ -239,6 +239,16 @@ impl CustomOp1 for SwapMiddle {
     }
 }
 
+/// What an attention computes besides q, k and v (see [`attention`]); the dropout key placed.
+#[derive(Clone, Copy)]
+struct Spec<'a> {
+    heads: usize,
+    scale: f64,
+    causal: bool,
+    mask: &'a KeyMask,
+    key: Option<DropKey>,
+}
+
 /// Multi-head attention of queries q [batch, q_len, hidden] over keys and values k, v [batch,
 /// seq, hidden] (views with unit column stride are fine), the queries being the first q_len
 /// positions (all of them, or [CLS] alone with `ctx.first_rows(1, seq)`); scores scaled by
@@ -296,26 +306,23 @@ pub(crate) fn attention(
         };
         return apply3(&q, &k, &v, op);
     }
+    let spec = Spec {
+        heads,
+        scale,
+        causal,
+        mask,
+        key,
+    };
     if ctx.cuda_for(&[q, k, v]) {
-        return by_parts(q, k, v, heads, scale, causal, mask, key, ctx);
+        return by_parts(q, k, v, &spec, ctx);
     }
-    composed(q, k, v, heads, scale, causal, mask, key, ctx)
+    composed(q, k, v, &spec, ctx)
 }
 
 /// Attention from the device's matmuls and the swap, masked softmax and dropout ops: each head
 /// split or merge one kernel, the softmax one kernel forward and one backward.
-#[allow(clippy::too_many_arguments)]
-fn by_parts(
-    q: &Tensor,
-    k: &Tensor,
-    v: &Tensor,
-    heads: usize,
-    scale: f64,
-    causal: bool,
-    mask: &KeyMask,
-    key: Option<DropKey>,
-    ctx: &Ctx,
-) -> Result<Tensor> {
+fn by_parts(q: &Tensor, k: &Tensor, v: &Tensor, a: &Spec, ctx: &Ctx) -> Result<Tensor> {
+    let (heads, key) = (a.heads, a.key);
     let (b, nq, hid) = q.dims3()?;
     let d = hid / heads;
     // [b, len, heads·d] → [b, heads, len, d] and back, each one kernel.
@@ -325,27 +332,23 @@ fn by_parts(
     };
     let (q, k, v) = (split(q)?, split(k)?, split(v)?);
     let op = MaskedSoftmax {
-        key_bias: mask.tensor.clone(),
-        causal,
-        scale: scale as f32,
+        key_bias: a.mask.tensor.clone(),
+        causal: a.causal,
+        scale: a.scale as f32,
     };
     let p = dropout(&apply1(&q.matmul(&k.t()?)?, op)?, key, ctx)?;
     apply1(&p.matmul(&v)?, SwapMiddle)?.reshape((b, nq, hid))
 }
 
 /// candle's ops: the reference.
-#[allow(clippy::too_many_arguments)]
-fn composed(
-    q: &Tensor,
-    k: &Tensor,
-    v: &Tensor,
-    heads: usize,
-    scale: f64,
-    causal: bool,
-    mask: &KeyMask,
-    key: Option<DropKey>,
-    ctx: &Ctx,
-) -> Result<Tensor> {
+fn composed(q: &Tensor, k: &Tensor, v: &Tensor, a: &Spec, ctx: &Ctx) -> Result<Tensor> {
+    let Spec {
+        heads,
+        scale,
+        causal,
+        mask,
+        key,
+    } = *a;
     let (b, nq, hid) = q.dims3()?;
     let n = k.dim(1)?;
     let d = hid / heads;
@@ -381,7 +384,7 @@ mod tests {
 
     use candle_core::{Device, Tensor, Var};
 
-    use super::{by_parts, composed, KeyMask, MASKED};
+    use super::{by_parts, composed, KeyMask, Spec, MASKED};
     use crate::ops::Ctx;
     use crate::test_util::max_diff;
 
@@ -431,10 +434,17 @@ mod tests {
                 };
                 let g = tensor(&[b, query.dim(1).unwrap(), hid], 9);
                 let run = |parts: bool| {
+                    let spec = Spec {
+                        heads,
+                        scale: 0.5,
+                        causal,
+                        mask: &mask,
+                        key,
+                    };
                     let out = if parts {
-                        by_parts(&query, &k, &v, heads, 0.5, causal, &mask, key, &c)
+                        by_parts(&query, &k, &v, &spec, &c)
                     } else {
-                        composed(&query, &k, &v, heads, 0.5, causal, &mask, key, &c)
+                        composed(&query, &k, &v, &spec, &c)
                     }
                     .unwrap();
                     let grads = (&out * &g).unwrap().sum_all().unwrap().backward().unwrap();

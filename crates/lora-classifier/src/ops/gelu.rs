@@ -7,7 +7,7 @@ use crate::activation::Act;
 use crate::cpu;
 
 /// act(x) elementwise.
-pub(crate) struct Gelu(pub Act);
+struct Gelu(Act);
 
 /// dx = act'(x) ⊙ dy: a CustomOp2 on x and dy.
 struct GeluBackward(Act);

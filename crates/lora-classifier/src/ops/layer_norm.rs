@@ -10,18 +10,27 @@ use super::{apply2, apply3, Ctx};
 use crate::cpu;
 use crate::dropout_mask::DropKey;
 
-/// LayerNorm of dropout(x) + residual (a CustomOp3 on x, residual, bias) or of x (a CustomOp2
-/// on x, bias). The weight is frozen and held here; the bias may train (PEFT's bias = "all").
-pub(crate) struct LayerNorm {
-    pub w: Tensor,
-    pub eps: f32,
+/// LayerNorm of dropout(x) + residual (a CustomOp3 on x, residual, z) or of x (a CustomOp2 on
+/// x, z), z being the bias in the forward pass and the output gradient in the `InputGrad` pass.
+/// The weight is frozen and held here; the bias may train (PEFT's bias = "all").
+struct LayerNorm {
+    w: Tensor,
+    eps: f32,
     /// Dropout on x before the residual add.
-    pub dropout: Option<DropKey>,
+    dropout: Option<DropKey>,
+    pass: Pass,
 }
 
-/// The gradient of the LayerNorm input (= of the residual): a CustomOp3 on x, residual, dy or
-/// a CustomOp2 on x, dy.
-struct LayerNormBackward<'a>(&'a LayerNorm);
+/// Which kernel a LayerNorm op runs: y, or the gradient of its input (= of the residual).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Pass {
+    Forward,
+    InputGrad,
+}
+
+type Cpu<'a> = (&'a CpuStorage, &'a Layout);
+#[cfg(feature = "cuda")]
+use crate::cuda::launch::In as Cuda;
 
 impl LayerNorm {
     fn check(&self, x: &Layout, r: Option<&Layout>) -> Result<()> {
@@ -37,23 +46,38 @@ impl LayerNorm {
         Ok(())
     }
 
-    /// `f` on the CPU kernel's view of this LayerNorm.
-    fn on_cpu<R>(&self, f: impl FnOnce(cpu::Norm) -> Result<R>) -> Result<R> {
+    fn cpu(&self, (x, xl): Cpu, r: Option<Cpu>, (z, zl): Cpu) -> Result<(CpuStorage, Shape)> {
+        self.check(xl, r.map(|r| r.1))?;
+        let x = cpu::contiguous(x, xl)?;
+        let r = r.map(|(r, rl)| cpu::contiguous(r, rl)).transpose()?;
+        let z = cpu::contiguous(z, zl)?;
         let w = cpu::data(&self.w);
-        f(cpu::Norm {
+        let norm = cpu::Norm {
             w: w.f32()?,
             eps: self.eps,
             dropout: self.dropout,
-        })
+        };
+        let y = match self.pass {
+            Pass::Forward => norm.forward(x, r, z),
+            Pass::InputGrad => norm.input_grad(x, r, z),
+        };
+        Ok((CpuStorage::F32(y), xl.shape().clone()))
     }
 
     #[cfg(feature = "cuda")]
-    fn on_cuda(&self) -> crate::cuda::launch::Norm<'_> {
-        crate::cuda::launch::Norm {
+    fn cuda(&self, x: Cuda, r: Option<Cuda>, z: Cuda) -> Result<(candle_core::CudaStorage, Shape)> {
+        use crate::cuda::launch;
+        self.check(x.1, r.map(|r| r.1))?;
+        let norm = launch::Norm {
             w: &self.w,
             eps: self.eps,
             dropout: self.dropout,
-        }
+        };
+        let y = match self.pass {
+            Pass::Forward => launch::layer_norm(x, r, z, norm)?,
+            Pass::InputGrad => launch::layer_norm_backward(x, r, z, norm)?,
+        };
+        Ok((y, x.1.shape().clone()))
     }
 
     /// (dx, dsum): the gradients of x and of the LayerNorm input (= of the residual).
@@ -63,7 +87,11 @@ impl LayerNorm {
         r: Option<&Tensor>,
         grad: &Tensor,
     ) -> Result<(Tensor, Tensor)> {
-        let back = LayerNormBackward(self);
+        let back = LayerNorm {
+            w: self.w.clone(),
+            pass: Pass::InputGrad,
+            ..*self
+        };
         let grad = grad.contiguous()?;
         let dsum = match r {
             Some(r) => x.apply_op3_no_bwd(r, &grad, &back)?,
@@ -74,6 +102,13 @@ impl LayerNorm {
             None => dsum.clone(),
         };
         Ok((dx, dsum))
+    }
+
+    fn forward_only(&self) -> Result<()> {
+        if self.pass != Pass::Forward {
+            bail!("layer-norm: the input-gradient pass has no backward pass")
+        }
+        Ok(())
     }
 }
 
@@ -95,13 +130,10 @@ impl CustomOp2 for LayerNorm {
         &self,
         x: &CpuStorage,
         xl: &Layout,
-        b: &CpuStorage,
-        bl: &Layout,
+        z: &CpuStorage,
+        zl: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        self.check(xl, None)?;
-        let (x, b) = (cpu::contiguous(x, xl)?, cpu::contiguous(b, bl)?);
-        let y = self.on_cpu(|n| Ok(n.forward(x, None, b)))?;
-        Ok((CpuStorage::F32(y), xl.shape().clone()))
+        self.cpu((x, xl), None, (z, zl))
     }
 
     #[cfg(feature = "cuda")]
@@ -109,12 +141,10 @@ impl CustomOp2 for LayerNorm {
         &self,
         x: &candle_core::CudaStorage,
         xl: &Layout,
-        b: &candle_core::CudaStorage,
-        bl: &Layout,
+        z: &candle_core::CudaStorage,
+        zl: &Layout,
     ) -> Result<(candle_core::CudaStorage, Shape)> {
-        self.check(xl, None)?;
-        let y = crate::cuda::launch::layer_norm((x, xl), None, (b, bl), self.on_cuda())?;
-        Ok((y, xl.shape().clone()))
+        self.cuda((x, xl), None, (z, zl))
     }
 
     fn bwd(
@@ -124,6 +154,7 @@ impl CustomOp2 for LayerNorm {
         _res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        self.forward_only()?;
         let dx = match x.track_op() {
             true => Some(self.input_grads(x, None, grad)?.0),
             false => None,
@@ -144,14 +175,10 @@ impl CustomOp3 for LayerNorm {
         xl: &Layout,
         r: &CpuStorage,
         rl: &Layout,
-        b: &CpuStorage,
-        bl: &Layout,
+        z: &CpuStorage,
+        zl: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        self.check(xl, Some(rl))?;
-        let (x, r) = (cpu::contiguous(x, xl)?, cpu::contiguous(r, rl)?);
-        let b = cpu::contiguous(b, bl)?;
-        let y = self.on_cpu(|n| Ok(n.forward(x, Some(r), b)))?;
-        Ok((CpuStorage::F32(y), xl.shape().clone()))
+        self.cpu((x, xl), Some((r, rl)), (z, zl))
     }
 
     #[cfg(feature = "cuda")]
@@ -161,12 +188,10 @@ impl CustomOp3 for LayerNorm {
         xl: &Layout,
         r: &candle_core::CudaStorage,
         rl: &Layout,
-        b: &candle_core::CudaStorage,
-        bl: &Layout,
+        z: &candle_core::CudaStorage,
+        zl: &Layout,
     ) -> Result<(candle_core::CudaStorage, Shape)> {
-        self.check(xl, Some(rl))?;
-        let y = crate::cuda::launch::layer_norm((x, xl), Some((r, rl)), (b, bl), self.on_cuda())?;
-        Ok((y, xl.shape().clone()))
+        self.cuda((x, xl), Some((r, rl)), (z, zl))
     }
 
     fn bwd(
@@ -177,6 +202,7 @@ impl CustomOp3 for LayerNorm {
         _res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        self.forward_only()?;
         let (dx, dr) = if x.track_op() || r.track_op() {
             let (dx, dsum) = self.input_grads(x, Some(r), grad)?;
             (x.track_op().then_some(dx), r.track_op().then_some(dsum))
@@ -185,73 +211,6 @@ impl CustomOp3 for LayerNorm {
         };
         let db = b.track_op().then(|| bias_grad(grad, b)).transpose()?;
         Ok((dx, dr, db))
-    }
-}
-
-impl CustomOp2 for LayerNormBackward<'_> {
-    fn name(&self) -> &'static str {
-        "layer-norm-backward"
-    }
-
-    fn cpu_fwd(
-        &self,
-        x: &CpuStorage,
-        xl: &Layout,
-        g: &CpuStorage,
-        gl: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        let (x, g) = (cpu::contiguous(x, xl)?, cpu::contiguous(g, gl)?);
-        let dx = self.0.on_cpu(|n| Ok(n.input_grad(x, None, g)))?;
-        Ok((CpuStorage::F32(dx), xl.shape().clone()))
-    }
-
-    #[cfg(feature = "cuda")]
-    fn cuda_fwd(
-        &self,
-        x: &candle_core::CudaStorage,
-        xl: &Layout,
-        g: &candle_core::CudaStorage,
-        gl: &Layout,
-    ) -> Result<(candle_core::CudaStorage, Shape)> {
-        let dx =
-            crate::cuda::launch::layer_norm_backward((x, xl), None, (g, gl), self.0.on_cuda())?;
-        Ok((dx, xl.shape().clone()))
-    }
-}
-
-impl CustomOp3 for LayerNormBackward<'_> {
-    fn name(&self) -> &'static str {
-        "add-layer-norm-backward"
-    }
-
-    fn cpu_fwd(
-        &self,
-        x: &CpuStorage,
-        xl: &Layout,
-        r: &CpuStorage,
-        rl: &Layout,
-        g: &CpuStorage,
-        gl: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        let (x, r) = (cpu::contiguous(x, xl)?, cpu::contiguous(r, rl)?);
-        let g = cpu::contiguous(g, gl)?;
-        let dsum = self.0.on_cpu(|n| Ok(n.input_grad(x, Some(r), g)))?;
-        Ok((CpuStorage::F32(dsum), xl.shape().clone()))
-    }
-
-    #[cfg(feature = "cuda")]
-    fn cuda_fwd(
-        &self,
-        x: &candle_core::CudaStorage,
-        xl: &Layout,
-        r: &candle_core::CudaStorage,
-        rl: &Layout,
-        g: &candle_core::CudaStorage,
-        gl: &Layout,
-    ) -> Result<(candle_core::CudaStorage, Shape)> {
-        let back = self.0.on_cuda();
-        let dsum = crate::cuda::launch::layer_norm_backward((x, xl), Some((r, rl)), (g, gl), back)?;
-        Ok((dsum, xl.shape().clone()))
     }
 }
 
@@ -275,6 +234,7 @@ fn op(
         w: w.to_dtype(x.dtype())?.contiguous()?,
         eps: eps as f32,
         dropout: key,
+        pass: Pass::Forward,
     };
     Ok(Some((op, b.to_dtype(x.dtype())?.contiguous()?)))
 }
