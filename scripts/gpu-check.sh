@@ -14,8 +14,9 @@
 #                   fixture  check-fixture: transformers + PEFT's logits and gradients, f32 and bf16
 #                   real     train (3 epochs, bf16) on the real 2,500-review split with validation on
 #                            5,000, then evaluate the 20,000-review test split
-#                   bench    training-step and inference throughput, ours and PyTorch + PEFT's, at
-#                            all-MiniLM-L6-v2's shape (batch 16) and bert-base's (batch 32), 128 tokens
+#                   bench    training-step and inference throughput and peak GPU memory, ours and
+#                            PyTorch + PEFT's, 128 tokens: all-MiniLM-L6-v2's shape at batch 16 and
+#                            128, bert-base's at batch 32 and 128
 #                   kernels and bench use random weights of the models' shapes (the time does not
 #                   depend on them): they need only the bundle's bin/; fixture needs fixtures/, real
 #                   needs minilm/, artifacts.tar.xz and sets.txt
@@ -27,6 +28,7 @@
 #                   nvidia/cu13/lib folder of the $PYTHON that has torch (PyTorch's CUDA wheels ship
 #                   these libraries)
 #   --out DIR       logs and results.jsonl (default $OUT, else /tmp/gpu-check)
+#   --record        also copy results.jsonl to docs/results/gpu-check-DATE.jsonl (the record to commit)
 #   --quick         few steps, small batches (the CPU dry run)
 #   PYTHON          a Python with torch, transformers and peft for the PyTorch reference (default
 #                   python3); the reference is skipped, and said so, when it has none
@@ -37,7 +39,7 @@
 # device's kernels failed their check).
 set -uo pipefail
 cd "$(dirname "$0")/.."
-device=cuda bundle=.gpu/bundle cuda_lib=${CUDA_LIB:-} out=${OUT:-/tmp/gpu-check} quick=0
+device=cuda bundle=.gpu/bundle cuda_lib=${CUDA_LIB:-} out=${OUT:-/tmp/gpu-check} quick=0 record=0
 steps=kernels,fixture,real,bench
 while [ $# -gt 0 ]; do
     case $1 in
@@ -47,6 +49,7 @@ while [ $# -gt 0 ]; do
         --out) out=$2; shift 2 ;;
         --steps) steps=$2; shift 2 ;;
         --quick) quick=1; shift ;;
+        --record) record=1; shift ;;
         *) echo "gpu-check.sh: unknown option $1 (see the comment at the top)" >&2; exit 2 ;;
     esac
 done
@@ -74,6 +77,29 @@ step() {
 }
 
 wants() { [[ ",$steps," == *",$1,"* ]]; }
+
+# A step on the GPU with the device's peak memory in use while it runs (nvidia-smi, sampled every
+# 50 ms: the whole device, CUDA context included), as one more JSON line; ours and PyTorch's are
+# measured the same way. On the CPU, a plain step.
+measured_step() {
+    local name=$1
+    [ "$device" = cpu ] && { step "$@"; return; }
+    local idx=${device#cuda}
+    idx=${idx#:}
+    local query=(nvidia-smi -i "${idx:-0}" --query-gpu=memory.used --format=csv,noheader,nounits)
+    local idle
+    idle=$("${query[@]}" | head -1)
+    "${query[@]}" -lms 50 >"$out/$name.mem" 2>/dev/null &
+    local sampler=$!
+    step "$@"
+    local rc=$?
+    kill "$sampler" 2>/dev/null
+    wait "$sampler" 2>/dev/null
+    local peak
+    peak=$(sort -n "$out/$name.mem" | tail -1)
+    emit "{\"memory\": \"$name\", \"peak_gpu_used_mib\": ${peak:-null}, \"idle_gpu_used_mib\": ${idle:-null}}"
+    return $rc
+}
 [ -d "$bundle/bin" ] || { echo "gpu-check.sh: no bundle at $bundle: make it with scripts/gpu-bundle.sh" >&2; exit 2; }
 # Unpack what the copy compressed.
 find "$bundle" -name '*.xz' ! -name '*.tar.xz' -exec xz -d -f {} +
@@ -104,9 +130,9 @@ else
     emit "{\"device\": \"cpu\", \"cpu\": \"$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)\", \"cores\": $(nproc), \"date\": \"$(date -u +%F)\"}"
 fi
 if [ "$quick" = 1 ]; then
-    batch=4 seq=32 bench_steps=2 big_batch=2 eval_batch=32
+    batch=4 seq=32 bench_steps=2 big_batch=2 huge_batch=6 eval_batch=32
 else
-    batch=16 seq=128 bench_steps=50 big_batch=32 eval_batch=256
+    batch=16 seq=128 bench_steps=50 big_batch=32 huge_batch=128 eval_batch=256
 fi
 
 kernels_ok=1
@@ -162,16 +188,16 @@ bench_dtype=bf16
 [ "$device" = cpu ] && bench_dtype=f32
 has_torch=0
 "$py" -c 'import torch, transformers, peft' 2>/dev/null && has_torch=1
-for model in minilm-shape bert-base; do
-    b=$batch
-    [ "$model" = bert-base ] && b=$big_batch
-    step "bench-$model" "$bin" bench --model "$model" --device "$device" --dtype "$bench_dtype" \
-        --batch "$b" --seq "$seq" --steps "$bench_steps" --warmup 3
+for shape in "minilm-shape:$batch" "minilm-shape:$huge_batch" "bert-base:$big_batch" "bert-base:$huge_batch"; do
+    model=${shape%%:*} b=${shape##*:}
+    measured_step "bench-$model-b$b" "$bin" bench --model "$model" --device "$device" \
+        --dtype "$bench_dtype" --batch "$b" --seq "$seq" --steps "$bench_steps" --warmup 3
     if [ "$has_torch" = 1 ]; then
-        step "torch-$model" "$py" scripts/torch_bench.py --model "$model" --device "${device%%:*}" \
-            --dtype "$bench_dtype" --batch "$b" --seq "$seq" --steps "$bench_steps" --warmup 3
+        measured_step "torch-$model-b$b" "$py" scripts/torch_bench.py --model "$model" \
+            --device "${device%%:*}" --dtype "$bench_dtype" --batch "$b" --seq "$seq" \
+            --steps "$bench_steps" --warmup 3
     else
-        emit "{\"bench\": \"torch-$model\", \"skipped\": \"$py has no torch/transformers/peft\"}"
+        emit "{\"bench\": \"torch-$model-b$b\", \"skipped\": \"$py has no torch/transformers/peft\"}"
     fi
 done
 fi
@@ -182,13 +208,24 @@ import json, sys
 rows = [json.loads(l) for l in open(sys.argv[1]) if l.startswith("{")]
 bad = [r["check"] for r in rows if "check" in r and not r.get("ok")]
 print(f"parity: {sum(1 for r in rows if 'check' in r)} comparisons, {len(bad)} over tolerance {bad if bad else ''}")
-ours = {(r["model"].split()[0].split("/")[-1], r["bench"]): r for r in rows if "bench" in r and "impl" not in r and "samples_per_s" in r}
-theirs = {(r["model"].split()[0].split("/")[-1], r["bench"]): r for r in rows if r.get("impl") == "pytorch+peft"}
-for key, r in sorted(ours.items()):
-    t = theirs.get(key)
+key = lambda r: (r["model"].split()[0].split("/")[-1], r["batch"], r["bench"])
+ours = {key(r): r for r in rows if "bench" in r and "impl" not in r and "samples_per_s" in r}
+theirs = {key(r): r for r in rows if r.get("impl") == "pytorch+peft"}
+for k, r in sorted(ours.items()):
+    t = theirs.get(k)
     ratio = f"{r['samples_per_s'] / t['samples_per_s']:.2f}x PyTorch ({t['samples_per_s']} samples/s)" if t else "no PyTorch figure"
-    print(f"{key[0]:>10} {key[1]:<11} {r['samples_per_s']:>9} samples/s  {ratio}")
+    print(f"{k[0]:>10} b{k[1]:<4} {k[2]:<11} {r['samples_per_s']:>9} samples/s  {ratio}")
+memory = {r["memory"]: r["peak_gpu_used_mib"] for r in rows if "memory" in r}
+for name, peak in sorted(memory.items()):
+    if name.startswith("bench-"):
+        torch = memory.get("torch-" + name[len("bench-"):])
+        print(f"peak GPU memory {name[len('bench-'):]:<18} ours {peak} MiB, PyTorch {torch} MiB")
 PY
+if [ "$record" = 1 ]; then
+    mkdir -p docs/results
+    cp "$results" "docs/results/gpu-check-$(date -u +%F).jsonl"
+    echo "gpu-check.sh: recorded docs/results/gpu-check-$(date -u +%F).jsonl" >&2
+fi
 if [ ${#failures[@]} -gt 0 ]; then
     echo "gpu-check.sh: FAILED: ${failures[*]}" >&2
     exit 1

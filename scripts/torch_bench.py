@@ -84,6 +84,8 @@ def sync():
 
 
 def bench(bench_name, step, impl="pytorch+peft", dtype=None, version=("torch", torch.__version__), extra=None):
+    if dev.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
     for _ in range(args.warmup):
         step()
     sync()
@@ -99,6 +101,10 @@ def bench(bench_name, step, impl="pytorch+peft", dtype=None, version=("torch", t
     if dev.type == "cpu":
         line["cpu_s_per_step"] = round(cpu / args.steps, 3)
         line["threads"] = torch.get_num_threads()
+    else:
+        # PyTorch's allocator's own peaks (tensors; and what its cache held), this benchmark only.
+        line["peak_allocated_mib"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
+        line["peak_reserved_mib"] = round(torch.cuda.max_memory_reserved() / 2**20, 1)
     line.update(extra or {})
     print(json.dumps(line), flush=True)
 
