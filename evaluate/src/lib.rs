@@ -17,7 +17,7 @@ use candle_core::{DType, Device};
 use lora_classifier::{Checkpoint, SequenceClassifier};
 use pipeline::config::EvaluateDtype;
 use pipeline::graph::{Source, ADAPTER_DIR};
-use pipeline::sources::{needs, SourceFiles};
+use pipeline::sources::{self, needs, SourceFiles};
 use pipeline::stamp;
 use pipeline::{Config, Layout, StageId};
 use text_encoder::TextEncoder;
@@ -275,11 +275,7 @@ fn device_and_weights(config: &Config) -> Result<(Device, Weights)> {
 fn resolve_model_dir(config: &Config, choice: &ModelChoice) -> Result<PathBuf> {
     match &choice.model {
         Some(dir) => Ok(dir.clone()),
-        None => hub::model_dir(
-            &config.model.source,
-            &config.model.revision,
-            needs(StageId::Evaluate.spec().sources),
-        ),
+        None => sources::model_dir(StageId::Evaluate, config),
     }
 }
 

@@ -12,7 +12,7 @@ use lora_classifier::{Checkpoint, ExportOptions, SequenceClassifier};
 use pipeline::graph::{ADAPTER_DIR, EXPORT_FILES};
 pub use pipeline::runner::Outcome;
 use pipeline::runner::{self, Context, Inputs, Recorded, Stage, StageInputs};
-use pipeline::sources::{needs, SourceFiles};
+use pipeline::sources::{self, SourceFiles};
 use pipeline::{Config, StageId};
 
 /// The source identity of this stage's code (its build script computes it).
@@ -44,9 +44,7 @@ impl StageInputs for Export {
     }
 
     fn inputs(&mut self, ctx: &Context) -> Result<Inputs> {
-        let model = &ctx.config.model;
-        let sources = self.id().spec().sources;
-        self.model_dir = hub::model_dir(&model.source, &model.revision, needs(sources))?;
+        self.model_dir = sources::model_dir(self.id(), ctx.config)?;
         Ok(Inputs {
             sources: vec![
                 SourceFiles::model(&self.model_dir)?,

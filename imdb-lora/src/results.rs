@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use clap::Parser;
 use common::format::thousands;
+use common::json::read_json_if_exists;
 use pipeline::cli::ConfigArgs;
 use pipeline::data::DataSummary;
 use pipeline::history::{self, HistoryRow, RowKind};
@@ -58,11 +59,10 @@ fn run(args: &Args) -> Result<()> {
     Ok(())
 }
 
-fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("cannot read {} (run `just all` first)", path.display()))?;
-    serde_json::from_str(&text)
-        .with_context(|| format!("{} is not a valid summary", path.display()))
+/// A stage's summary under an artifacts folder; one not written yet says how to make it.
+fn read_summary<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
+    read_json_if_exists(path)?
+        .with_context(|| format!("cannot read {} (run `just all` first)", path.display()))
 }
 
 /// JSON objects, one a line; other lines (cargo's, a script's messages) are skipped.
@@ -102,10 +102,12 @@ impl Run {
         }
         Ok(Run {
             root: root.to_path_buf(),
-            data: read_json(&dir(StageId::DataPrep).join(pipeline::data::SUMMARY_FILE))?,
-            train: read_json(&dir(StageId::Train).join(pipeline::train_summary::SUMMARY_FILE))?,
+            data: read_summary(&dir(StageId::DataPrep).join(pipeline::data::SUMMARY_FILE))?,
+            train: read_summary(&dir(StageId::Train).join(pipeline::train_summary::SUMMARY_FILE))?,
             history: history::read_parquet(&dir(StageId::Train).join(history::HISTORY_FILE))?,
-            metrics: read_json(&dir(StageId::Evaluate).join(pipeline::predictions::METRICS_FILE))?,
+            metrics: read_summary(
+                &dir(StageId::Evaluate).join(pipeline::predictions::METRICS_FILE),
+            )?,
             timings,
         })
     }

@@ -4,6 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, Result};
+use common::json::read_json;
 use pipeline::data::{DataSummary, SplitSummary};
 use pipeline::history;
 use pipeline::predictions::{self, ExamplePrediction, Predictions};
@@ -12,13 +13,6 @@ use pipeline::train_summary::TrainSummary;
 use pipeline::{Config, Layout, StageId};
 
 use crate::ReportInputs;
-
-fn read_json<T: serde::de::DeserializeOwned>(path: &std::path::Path) -> Result<T> {
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-    serde_json::from_str(&text)
-        .with_context(|| format!("{} is not what this program wrote", path.display()))
-}
 
 /// A hub source with the revision asked for and the commit it resolved to ("org/name @ main =
 /// 1a2b3c…"), so that a result names exactly what it was made from; a local one as it is.

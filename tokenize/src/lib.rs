@@ -16,7 +16,7 @@ use pipeline::atomic;
 use pipeline::data::Reviews;
 pub use pipeline::runner::Outcome;
 use pipeline::runner::{self, Context, Inputs, Recorded, Stage, StageInputs};
-use pipeline::sources::{needs, SourceFiles};
+use pipeline::sources::{self, SourceFiles};
 pub use pipeline::tokens::SUMMARY_FILE;
 use pipeline::tokens::{TokenSplit, TokenSplitSummary};
 use pipeline::{Config, Layout, Split, StageId};
@@ -64,9 +64,7 @@ impl StageInputs for Tokenize {
     }
 
     fn inputs(&mut self, ctx: &Context) -> Result<Inputs> {
-        let model = &ctx.config.model;
-        let sources = self.id().spec().sources;
-        self.model_dir = hub::model_dir(&model.source, &model.revision, needs(sources))?;
+        self.model_dir = sources::model_dir(self.id(), ctx.config)?;
         Ok(Inputs {
             sources: vec![SourceFiles::tokenizer(&self.model_dir)?],
             ..Inputs::default()

@@ -20,7 +20,7 @@ pub use pipeline::graph::ADAPTER_DIR;
 use pipeline::history::{self, HISTORY_FILE};
 pub use pipeline::runner::Outcome;
 use pipeline::runner::{self, Context, Inputs, Recorded, Stage, StageInputs};
-use pipeline::sources::{needs, SourceFiles};
+use pipeline::sources::{self, SourceFiles};
 use pipeline::stamp;
 use pipeline::tokens::TokenSplit;
 use pipeline::train_summary::{TrainSummary, SUMMARY_FILE};
@@ -119,9 +119,8 @@ impl StageInputs for Train<'_> {
     }
 
     fn inputs(&mut self, ctx: &Context) -> Result<Inputs> {
-        let (model, training) = (&ctx.config.model, &ctx.config.training);
-        let sources = self.id().spec().sources;
-        self.model_dir = hub::model_dir(&model.source, &model.revision, needs(sources))?;
+        let training = &ctx.config.training;
+        self.model_dir = sources::model_dir(self.id(), ctx.config)?;
         let mut inputs = Inputs {
             sources: vec![SourceFiles::model(&self.model_dir)?],
             ..Inputs::default()

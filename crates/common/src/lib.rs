@@ -5,8 +5,10 @@
 //! - [`hash`]: the stable hashes seeds and dropout masks are derived with.
 //! - [`shards`]: the safetensors shard index of a sharded checkpoint.
 //! - [`format`]: numbers as people read them.
+//! - [`json`]: JSON files this program wrote, read back with errors that name them.
 
 pub mod atomic;
 pub mod format;
 pub mod hash;
+pub mod json;
 pub mod shards;

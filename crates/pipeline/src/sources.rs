@@ -15,6 +15,7 @@ use sha2::{Digest, Sha256};
 
 use crate::graph::Source;
 use crate::stamp::{hash_bytes, hash_file};
+use crate::{Config, StageId};
 
 // The model folder's config, which [`Source::Model`] and [`Source::Tokenizer`] both need, and
 // its tokenizer ([`Source::Tokenizer`]): named once, in `hub`, which finds the folder.
@@ -22,12 +23,20 @@ use hub::{CONFIG_FILE, TOKENIZER_FILE};
 
 /// What a model folder must hold for a stage that declares `sources` in the graph:
 /// [`Source::Model`] needs the weights, [`Source::Tokenizer`] the tokenizer (what `hub`
-/// resolves: `hub::model_dir(source, revision, needs(spec.sources))`).
+/// resolves: see [`model_dir`]).
 pub fn needs(sources: &[Source]) -> hub::Needs {
     hub::Needs {
         weights: sources.contains(&Source::Model),
         tokenizer: sources.contains(&Source::Tokenizer),
     }
+}
+
+/// The folder of `config`'s model (`model.source` at `model.revision`, through the HF cache
+/// or as a local folder) holding what `stage` [`needs`] by the sources the graph declares for
+/// it: the one way every stage that reads the model finds it.
+pub fn model_dir(stage: StageId, config: &Config) -> Result<PathBuf> {
+    let model = &config.model;
+    hub::model_dir(&model.source, &model.revision, needs(stage.spec().sources))
 }
 
 /// What one stamp entry of a source stands for, and so how it is hashed.
@@ -222,6 +231,25 @@ mod tests {
             sha(&format!("{}\n{}", sha("{}"), sha("weights")))
         );
         assert_eq!(data["source/tree"], sha("a/b.txt\x003\x00tok"));
+    }
+
+    /// A stage's model folder must hold what the graph declares the stage reads: a local
+    /// folder without a tokenizer serves train (weights) but not tokenize or export.
+    #[test]
+    fn a_stage_model_folder_holds_what_its_sources_need() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
+        std::fs::write(dir.join(CONFIG_FILE), "{}").unwrap();
+        let mut config = Config::default();
+        config.model.source = dir.display().to_string();
+        assert_eq!(model_dir(StageId::Train, &config).unwrap(), dir);
+        for stage in [StageId::Tokenize, StageId::Export] {
+            let err = model_dir(stage, &config).unwrap_err().to_string();
+            let want = format!("model folder {} has no {TOKENIZER_FILE}", dir.display());
+            assert_eq!(err, want, "{stage:?}");
+        }
+        std::fs::write(dir.join(TOKENIZER_FILE), "{}").unwrap();
+        assert_eq!(model_dir(StageId::Export, &config).unwrap(), dir);
     }
 
     #[test]

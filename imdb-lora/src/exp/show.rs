@@ -3,9 +3,10 @@
 //! curves (the report's drawing code).
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use anyhow::{Context, Result};
+use common::json::read_json_if_exists;
 use pipeline::experiment::{Experiment, RunRecord};
 use pipeline::train_summary::{TrainSummary, SUMMARY_FILE};
 use pipeline::{history, predictions, Config, Layout, StageId};
@@ -53,17 +54,6 @@ struct Results {
     metrics: Option<metrics::Metrics>,
 }
 
-fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<Option<T>> {
-    if !path.exists() {
-        return Ok(None);
-    }
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-    let value = serde_json::from_str(&text)
-        .with_context(|| format!("{} is not what this program wrote", path.display()))?;
-    Ok(Some(value))
-}
-
 fn results(exp: &Experiment, record: RunRecord) -> Result<Results> {
     let layout = Layout::new(&exp.run_root(&record.name));
     let train = layout.stage_dir(StageId::Train);
@@ -80,9 +70,9 @@ fn results(exp: &Experiment, record: RunRecord) -> Result<Results> {
         .is_dir();
     Ok(Results {
         checkpoints,
-        summary: read_json(&train.join(SUMMARY_FILE))?,
+        summary: read_json_if_exists(&train.join(SUMMARY_FILE))?,
         history,
-        metrics: read_json(
+        metrics: read_json_if_exists(
             &layout
                 .stage_dir(StageId::Evaluate)
                 .join(predictions::METRICS_FILE),
