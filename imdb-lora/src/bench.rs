@@ -10,7 +10,7 @@ mod predict_files;
 use std::ffi::OsString;
 use std::time::Instant;
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use candle_core::{DType, Tensor};
 use clap::Parser;
 use inference::device::DtypeSetting;
@@ -60,6 +60,11 @@ struct Args {
     /// composed: force the composed candle ops (the reference) instead of the fused kernels.
     #[arg(long, default_value = "auto")]
     kernels: String,
+    /// The training step's backward pass: auto (the hand-written one where the model has it,
+    /// BERT with the kernels, as train runs it; else autograd) or autograd (candle's, the
+    /// reference).
+    #[arg(long, default_value = "auto", value_parser = ["auto", "autograd"])]
+    backward: String,
     /// Instead of the step benchmarks: `predict --input` (a child process) on synthetic parquet
     /// files of this many short reviews each, e.g. 2000,200000: its peak RSS and reviews/s,
     /// beside evaluate's in-process reviews/s on the first size's reviews. --device, --dtype and
@@ -194,13 +199,25 @@ fn run(args: &Args) -> Result<()> {
         // Where a step's time goes: forward + loss, backward, optimizer, each ended by a
         // device synchronisation (the timed steps synchronise once, on the loss, as train does).
         let mut phases = [0f64; 3];
+        let hand_written = args.backward == "auto" && classifier.train_grads_apply();
         let mut step = |seed: u64, phases: Option<&mut [f64; 3]>| -> Result<()> {
             let t0 = Instant::now();
-            let logits = classifier.forward(&ids, &mask, Mode::Train { dropout_seed: seed })?;
-            let loss = candle_nn::loss::cross_entropy(&logits, &labels)?;
-            loss.to_scalar::<f32>()?;
-            let t1 = Instant::now();
-            let grads = loss.backward()?;
+            // The hand-written pass computes the loss and the gradients in one call: its time
+            // is the forward phase's, the backward phase's only the wait for the device.
+            let (t1, grads) = if hand_written {
+                let g = classifier
+                    .train_grads(&ids, &mask, &labels, seed, 1.0)?
+                    .context("the hand-written backward pass stopped applying")?;
+                g.loss.to_scalar::<f32>()?;
+                (Instant::now(), g.into_grad_store())
+            } else {
+                let mode = Mode::Train { dropout_seed: seed };
+                let logits = classifier.forward(&ids, &mask, mode)?;
+                let loss = candle_nn::loss::cross_entropy(&logits, &labels)?;
+                loss.to_scalar::<f32>()?;
+                let t1 = Instant::now();
+                (t1, loss.backward()?)
+            };
             if phases.is_some() {
                 device.synchronize()?;
             }
@@ -222,10 +239,18 @@ fn run(args: &Args) -> Result<()> {
         line(
             "train_step",
             &t,
-            serde_json::json!({
-                "forward_ms": ms(phases[0]), "backward_ms": ms(phases[1]),
-                "optimizer_ms": ms(phases[2]),
-            }),
+            match hand_written {
+                true => serde_json::json!({
+                    "backward": "hand-written",
+                    "forward_backward_ms": ms(phases[0] + phases[1]),
+                    "optimizer_ms": ms(phases[2]),
+                }),
+                false => serde_json::json!({
+                    "backward": "autograd",
+                    "forward_ms": ms(phases[0]), "backward_ms": ms(phases[1]),
+                    "optimizer_ms": ms(phases[2]),
+                }),
+            },
         );
     }
     if run("inference") {

@@ -1,7 +1,8 @@
 //! The kernels a device runs (the fused CPU kernels, or the CUDA kernels and the frozen-weight
 //! matmul) against candle's composed ops on the same device — the reference every
 //! implementation is tested against — for one training step: logits, loss and the gradient of
-//! every trainable tensor, two AdamW updates (fused against composed, from the same gradients;
+//! every trainable tensor, by autograd and (BERT) by the hand-written backward pass that train
+//! runs, two AdamW updates (fused against composed, from the same gradients;
 //! only where a fused AdamW runs, on a GPU: elsewhere both sides would be the same code), and the
 //! merged model's inference logits. `imdb-lora check-kernels` and the kernel parity
 //! tests both run [`compare`].
@@ -145,6 +146,19 @@ pub fn compare(
             .get(&r)
             .with_context(|| format!("no reference gradient for {name}"))?;
         record(format!("grad {name}"), g, rg)?;
+    }
+    // The hand-written backward pass (what train runs for BERT) against the same reference.
+    if let Some(hand) = tested.train_grads(&ids, &mask, &labels, 5, 1.0)? {
+        record("hand-written loss".into(), &hand.loss, &ref_loss)?;
+        for ((name, t), (_, r)) in tested.trainable().iter().zip(reference.trainable()) {
+            let g = hand
+                .grads
+                .iter()
+                .find(|(v, _)| v.as_tensor().id() == t.as_tensor().id())
+                .with_context(|| format!("no hand-written gradient for {name}"))?;
+            let rg = ref_grads.get(&r).context("no reference gradient")?;
+            record(format!("hand-written grad {name}"), &g.1, rg)?;
+        }
     }
     // One AdamW step per implementation, from the same parameters and gradients (the
     // reference model's): the fused CUDA update against the composed ops, twice (state too).

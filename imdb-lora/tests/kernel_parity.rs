@@ -1,7 +1,8 @@
 //! The fused CPU kernels against candle's composed ops on the real all-MiniLM-L6-v2, at the size
 //! training runs at (16 × 128) and at odd shapes (one row; 3 × 77, whose tensors are not
 //! multiples of the kernels' 16,384-element chunks or of any row split): the logits, loss and
-//! every LoRA gradient of a training step with dropout, two AdamW updates and merged inference
+//! every LoRA gradient of a training step with dropout (by autograd, and by the hand-written
+//! backward pass train runs), two AdamW updates and merged inference
 //! ([`imdb_lora::kernel_parity::compare`]), as `imdb-lora check-kernels` reports them: the test
 //! runs the tool users run. In a process of its own the comparison also runs on a main thread,
 //! as the tool does, and with one malloc arena: the composed reference ops allocate every
@@ -85,9 +86,22 @@ fn compare(batch: usize, seq: usize) -> Result<Vec<Comparison>, String> {
 /// and none missing.
 fn check(comparisons: Vec<Comparison>, batch: usize, seq: usize) {
     let what = format!("MiniLM f32 {batch} × {seq}");
-    // Logits, loss; a gradient per trainable tensor; merged logits. The AdamW comparisons are
-    // made only where a fused update runs (a GPU): on the CPU both sides are one code path.
-    assert_eq!(comparisons.len(), 2 + TRAINABLE + 1, "{what}");
+    // Logits, loss; a gradient per trainable tensor; the hand-written backward pass's loss and
+    // gradients (BERT); merged logits. The AdamW comparisons are made only where a fused update
+    // runs (a GPU): on the CPU both sides are one code path.
+    assert_eq!(
+        comparisons.len(),
+        2 + TRAINABLE + (1 + TRAINABLE) + 1,
+        "{what}"
+    );
+    assert_eq!(
+        comparisons
+            .iter()
+            .filter(|c| c.check.starts_with("hand-written grad ") && c.check.contains(".lora_A."))
+            .count(),
+        12,
+        "{what}: a hand-written gradient for every lora_A"
+    );
     assert!(
         !comparisons.iter().any(|c| c.check.starts_with("adamw")),
         "{what}: the CPU runs no fused AdamW, so comparing it with the composed one checks nothing"

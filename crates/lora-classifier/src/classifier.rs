@@ -6,7 +6,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::{bail, Result};
-use candle_core::{DType, Device, Tensor, Var};
+use candle_core::{DType, Device, Tensor, Var, D};
 use common::format::thousands;
 use common::hash::fnv1a;
 
@@ -126,6 +126,25 @@ impl Head {
     }
 }
 
+/// A batch's loss and gradients from [`SequenceClassifier::train_grads`].
+pub struct BatchGrads {
+    /// The batch's mean cross-entropy, an f32 scalar (not scaled).
+    pub loss: Tensor,
+    /// `loss_scale` times the loss's gradient with respect to each trainable parameter.
+    pub grads: Vec<(Var, Tensor)>,
+}
+
+impl BatchGrads {
+    /// The gradients as candle's `GradStore`, which optimizers and clipping take.
+    pub fn into_grad_store(self) -> candle_core::backprop::GradStore {
+        let mut store = candle_core::backprop::GradStore::default();
+        for (var, grad) in self.grads {
+            store.insert(var.as_tensor(), grad);
+        }
+        store
+    }
+}
+
 /// A sequence classifier on a loaded checkpoint, optionally with LoRA.
 // The crate-visible fields are those `adapter.rs` and `export.rs` read.
 pub struct SequenceClassifier {
@@ -241,13 +260,12 @@ impl SequenceClassifier {
         export::write_files(self, ckpt, out, options)
     }
 
-    /// input_ids, attention_mask: [batch, seq] u32 (or i64) → logits [batch, num_labels] f32.
-    pub fn forward(
+    /// The checked inputs: ids as u32 (on the device and on the host) and the key mask.
+    fn inputs(
         &self,
         input_ids: &Tensor,
         attention_mask: &Tensor,
-        mode: Mode,
-    ) -> candle_core::Result<Tensor> {
+    ) -> candle_core::Result<(Tensor, Vec<Vec<u32>>, KeyMask)> {
         let (b, n) = input_ids.dims2()?;
         if attention_mask.dims() != [b, n] {
             candle_core::bail!(
@@ -283,6 +301,87 @@ impl SequenceClassifier {
             batch: b,
             seq: n,
         };
+        Ok((ids, host_ids, mask))
+    }
+
+    /// The mean cross-entropy of `labels` over the batch, and `loss_scale` times its gradient
+    /// with respect to every trainable parameter, from a training-mode pass (dropout seeded by
+    /// `dropout_seed`) with the hand-written backward pass: what `forward(…, Mode::Train)`,
+    /// `candle_nn::loss::cross_entropy` and candle's `backward` give (tested), without an
+    /// autograd graph. None where it does not apply — GPT-2, a merged model, trained biases or
+    /// LoRA LayerNorms, `Kernels::Composed`, a device and dtype without the kernels — and the
+    /// caller takes the autograd path.
+    pub fn train_grads(
+        &self,
+        input_ids: &Tensor,
+        attention_mask: &Tensor,
+        labels: &Tensor,
+        dropout_seed: u64,
+        loss_scale: f64,
+    ) -> candle_core::Result<Option<BatchGrads>> {
+        let Body::Bert(m) = &self.body else {
+            return Ok(None);
+        };
+        if !self.train_grads_apply() {
+            return Ok(None);
+        }
+        let (ids, _, mask) = self.inputs(input_ids, attention_mask)?;
+        let ctx = Ctx {
+            fused: true,
+            dropout_seed: Some(dropout_seed),
+            detach: true,
+            rows: None,
+        };
+        let (features, tape) = m.forward_saving(&ids, &mask, &ctx)?;
+        let x = features.to_dtype(DType::F32)?;
+        let w = self.head.weight.as_detached_tensor();
+        let mut logits = x.matmul(&w.t()?)?;
+        if let Some(b) = &self.head.bias {
+            logits = logits.broadcast_add(&b.as_detached_tensor())?;
+        }
+        // Mean cross-entropy, as candle_nn's: −mean(log_softmax(logits)[label]).
+        let (b, classes) = logits.dims2()?;
+        let labels = labels.to_dtype(DType::U32)?;
+        let host: Vec<u32> = labels.to_vec1()?;
+        if host.len() != b || host.iter().any(|&l| l as usize >= classes) {
+            candle_core::bail!("labels {host:?} for {b} rows of {classes} classes")
+        }
+        let log_p = candle_nn::ops::log_softmax(&logits, D::Minus1)?;
+        let picked = log_p.gather(&labels.unsqueeze(1)?, 1)?;
+        let loss = (picked.sum_all()? * (-1.0 / b as f64))?;
+        let mut onehot = vec![0f32; b * classes];
+        for (i, &l) in host.iter().enumerate() {
+            onehot[i * classes + l as usize] = 1.0;
+        }
+        let onehot = Tensor::from_vec(onehot, (b, classes), logits.device())?;
+        let dlogits = ((log_p.exp()? - onehot)? * (loss_scale / b as f64))?;
+        let mut grads = vec![(self.head.weight.clone(), dlogits.t()?.matmul(&x)?)];
+        if let Some(bias) = &self.head.bias {
+            grads.push((bias.clone(), dlogits.sum(0)?));
+        }
+        let dfeatures = dlogits.matmul(&w)?.to_dtype(features.dtype())?;
+        m.backward(&tape, &dfeatures, &ctx, &mut grads)?;
+        Ok(Some(BatchGrads { loss, grads }))
+    }
+
+    /// Whether [`train_grads`](Self::train_grads) computes gradients for this model (else it
+    /// returns None).
+    pub fn train_grads_apply(&self) -> bool {
+        match &self.body {
+            Body::Bert(m) => self.kernels == Kernels::Auto && m.has_plain_grad() && m.has_kernels(),
+            Body::Gpt2(_) => false,
+        }
+    }
+
+    /// input_ids, attention_mask: [batch, seq] u32 (or i64) → logits [batch, num_labels] f32.
+    pub fn forward(
+        &self,
+        input_ids: &Tensor,
+        attention_mask: &Tensor,
+        mode: Mode,
+    ) -> candle_core::Result<Tensor> {
+        let (ids, host_ids, mask) = self.inputs(input_ids, attention_mask)?;
+        let (b, n) = (mask.batch, mask.seq);
         let ctx = Ctx {
             fused: self.kernels == Kernels::Auto,
             dropout_seed: match mode {

@@ -67,7 +67,7 @@ mod settings;
 mod test_util;
 
 pub use checkpoint::{all_finite, Checkpoint};
-pub use classifier::{Architecture, Mode, ParameterCounts, SequenceClassifier};
+pub use classifier::{Architecture, BatchGrads, Mode, ParameterCounts, SequenceClassifier};
 pub use export::{ExportDtype, ExportOptions, Truncation, EXPORT_FILES, LABELS};
 pub use kernels::{
     cpu_has_amx_bf16, cpu_has_native_bf16, cpu_kernels, Kernels, CPU_ISA_ENV, KERNELS_ENV,

@@ -207,10 +207,8 @@ impl Linear {
             None => (None, None),
         };
         let base = Frozen {
-            w: &self.weight,
             b: frozen_bias,
-            conv1d: self.conv1d,
-            packed: self.packed.as_ref(),
+            ..self.frozen()
         };
         if lora.is_none() && trained_bias.is_none() {
             return ops::linear(x, base, act, ctx);
@@ -237,6 +235,55 @@ impl Linear {
             y = y.broadcast_add(&b.to_dtype(y.dtype())?)?;
         }
         ops::activation(&y, act, ctx)
+    }
+
+    /// The frozen weight (and bias, when frozen) as the ops take it.
+    fn frozen(&self) -> Frozen<'_> {
+        let b = match &self.bias {
+            Some(Param::Frozen(t)) => Some(t),
+            _ => None,
+        };
+        Frozen {
+            w: &self.weight,
+            b,
+            conv1d: self.conv1d,
+            packed: self.packed.as_ref(),
+        }
+    }
+
+    /// Whether the hand-written backward pass ([`Linear::grad`]) covers this layer: no trained
+    /// bias, no LayerNorm on the LoRA branch, not merged.
+    pub fn has_plain_grad(&self) -> bool {
+        !matches!(self.bias, Some(Param::Trainable(_)))
+            && self.lora.as_ref().is_none_or(|l| l.norm.is_none())
+            && self.unmerged.is_none()
+    }
+
+    /// The hand-written backward pass of `forward(x, Act::None, ctx)` for the output gradient
+    /// `dy`: x's gradient (when `input_grad`), the LoRA matrices' pushed to `grads`.
+    pub fn grad(
+        &self,
+        x: &Tensor,
+        dy: &Tensor,
+        input_grad: bool,
+        ctx: &Ctx,
+        grads: &mut Vec<(Var, Tensor)>,
+    ) -> candle_core::Result<Option<Tensor>> {
+        if !self.has_plain_grad() {
+            candle_core::bail!(
+                "{}: no hand-written backward pass for this layer",
+                self.path
+            )
+        }
+        let Some(l) = &self.lora else {
+            return input_grad.then(|| self.frozen().input_grad(dy)).transpose();
+        };
+        let (a, b) = (l.a.as_detached_tensor(), l.b.as_detached_tensor());
+        let key = ctx.dropout(l.dropout, self.site);
+        let g = ops::lora_linear_grad(x, self.frozen(), &a, &b, l.scale, key, dy, input_grad, ctx)?;
+        grads.push((l.a.clone(), g.da));
+        grads.push((l.b.clone(), g.db));
+        Ok(g.dx)
     }
 
     /// Adds a LoRA branch: A Kaiming-uniform as PEFT does (torch's kaiming_uniform_ with
@@ -399,6 +446,24 @@ impl Norm {
 
     pub fn forward(&self, x: &Tensor, ctx: &Ctx) -> candle_core::Result<Tensor> {
         ops::layer_norm(x, &self.weight, &self.bias.tensor(ctx), self.eps, ctx)
+    }
+
+    /// Whether the hand-written backward pass covers this LayerNorm: its bias is frozen.
+    pub fn has_plain_grad(&self) -> bool {
+        self.bias.var().is_none()
+    }
+
+    /// The hand-written backward pass of `forward_add`: (dx, dresidual).
+    pub fn grad_add(
+        &self,
+        x: &Tensor,
+        key: Option<DropKey>,
+        residual: &Tensor,
+        dy: &Tensor,
+        ctx: &Ctx,
+    ) -> candle_core::Result<(Tensor, Tensor)> {
+        let b = self.bias.detached();
+        ops::add_layer_norm_grad(x, key, residual, &self.weight, &b, self.eps, dy, ctx)
     }
 
     /// LayerNorm(dropout(x) + residual).

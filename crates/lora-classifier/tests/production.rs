@@ -22,7 +22,7 @@ use std::sync::OnceLock;
 use candle_core::{DType, Device, IndexOp, Tensor};
 use candle_nn::loss::cross_entropy;
 use candle_nn::ops::softmax_last_dim;
-use common::{again_with_portable_kernels, values};
+use common::{again_with_portable_kernels, sixteen_reviews, values};
 use lora_classifier::{
     Checkpoint, ExportDtype, ExportOptions, Kernels, Mode, SequenceClassifier, Truncation,
 };
@@ -249,40 +249,6 @@ fn export_reloads_with_pefts_logits_at_128_tokens() {
         &[(Quantity::Logits, F32_LOGITS)],
         "export reloaded",
     );
-}
-
-/// 16 real reviews at 128 tokens, and their labels (all negative: the cross-entropy's targets):
-/// the first 16 of fixtures/truncation, HF's token ids, which the pipeline's tokenizer
-/// reproduces (the tokenize crate's tests), every review cut at 128. Rows 8–15 are cut shorter
-/// (to 120 … 9 tokens, ending in [SEP], then [PAD]), as shorter reviews come out, so that the
-/// batch is padded too. (This crate's tests have no tokenizer or parquet reader.)
-fn sixteen_reviews() -> (Tensor, Tensor, Tensor) {
-    let dir = test_support::fixture("truncation");
-    let t = candle_core::safetensors::load(dir.join("minilm.safetensors"), &Device::Cpu).unwrap();
-    let u32_rows = |k: &str| -> Vec<Vec<u32>> {
-        t[k].i(0..16)
-            .unwrap()
-            .to_dtype(DType::U32)
-            .unwrap()
-            .to_vec2()
-            .unwrap()
-    };
-    let (mut ids, mut mask) = (u32_rows("input_ids"), u32_rows("attention_mask"));
-    let reviews: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.join("reviews.json")).unwrap()).unwrap();
-    let labels: Vec<u32> = serde_json::from_value(reviews["labels"].clone()).unwrap();
-    const SEP: u32 = 102;
-    for (row, len) in (8..16).zip([120, 101, 90, 77, 64, 45, 30, 9]) {
-        ids[row][len - 1] = SEP;
-        ids[row][len..].fill(0);
-        mask[row][len..].fill(0);
-    }
-    let dev = &Device::Cpu;
-    (
-        Tensor::new(ids, dev).unwrap(),
-        Tensor::new(mask, dev).unwrap(),
-        Tensor::new(&labels[..16], dev).unwrap(),
-    )
 }
 
 /// Logits, and the gradient of the mean cross-entropy w.r.t. every trainable parameter (by

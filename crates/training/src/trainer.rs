@@ -527,22 +527,28 @@ impl<'a> Loop<'a> {
         for (k, batch) in rows.chunks(settings.batch_size).enumerate() {
             let (ids, mask) = self.train.inputs(batch, self.device)?;
             let labels = self.train.labels(batch, self.device)?;
-            let mode = Mode::Train {
-                dropout_seed: dropout_seed(settings.seed, run.step * accumulate + k as u64),
+            let seed = dropout_seed(settings.seed, run.step * accumulate + k as u64);
+            let share = batch.len() as f64 / rows.len() as f64;
+            // The hand-written backward pass where the model has one (BERT), else autograd.
+            let (value, these) = match run.model.train_grads(&ids, &mask, &labels, seed, share)? {
+                Some(g) => (g.loss.to_scalar::<f32>()? as f64, g.into_grad_store()),
+                None => {
+                    let mode = Mode::Train { dropout_seed: seed };
+                    let logits = run.model.forward(&ids, &mask, mode)?;
+                    let loss = candle_nn::loss::cross_entropy(&logits, &labels)?;
+                    let value = loss.to_scalar::<f32>()? as f64;
+                    let grads = if share == 1.0 {
+                        loss.backward()?
+                    } else {
+                        (loss * share)?.backward()?
+                    };
+                    (value, grads)
+                }
             };
-            let logits = run.model.forward(&ids, &mask, mode)?;
-            let loss = candle_nn::loss::cross_entropy(&logits, &labels)?;
-            let value = loss.to_scalar::<f32>()? as f64;
             if !value.is_finite() {
                 return Err(self.stop(format!("the training loss is {value} at {at}")));
             }
-            let share = batch.len() as f64 / rows.len() as f64;
             loss_value += value * share;
-            let these = if share == 1.0 {
-                loss.backward()?
-            } else {
-                (loss * share)?.backward()?
-            };
             grads = Some(match grads {
                 None => these,
                 Some(sum) => add_grads(sum, &these, &run.vars)?,

@@ -266,62 +266,162 @@ pub(crate) fn attention(
     key: Option<DropKey>,
     ctx: &Ctx,
 ) -> Result<Tensor> {
-    let (b, nq, hid) = q.dims3()?;
-    let n = k.dim(1)?;
-    let rows_fit = ctx.rows.map_or(nq == n, |(kept, of)| (kept, of) == (nq, n));
-    if (b, n) != (mask.batch, mask.seq)
-        || k.dims() != [b, n, hid]
-        || v.dims() != k.dims()
-        || !rows_fit
-    {
-        bail!(
-            "attention: shapes {:?} {:?} {:?}, mask [{}, {}] and rows {:?} differ",
-            q.dims(),
-            k.dims(),
-            v.dims(),
-            mask.batch,
-            mask.seq,
-            ctx.rows
-        )
-    }
-    // The probabilities [batch, heads, q_len, seq]: rows of `seq` elements.
-    let key = ctx.place(key, n);
+    let spec = Spec::checked(q, k, v, heads, scale, causal, mask, key, ctx)?;
     if ctx.fused_for(&[q, k, v]) {
-        let unit = |t: &Tensor| -> Result<Tensor> {
-            if t.stride()[2] == 1 {
-                Ok(t.clone())
-            } else {
-                t.contiguous()
-            }
-        };
         let (q, k, v) = (unit(q)?, unit(k)?, unit(v)?);
-        let op = Attention {
-            heads,
-            scale: scale as f32,
-            causal,
-            mask: mask.bias.clone(),
-            dropout: key,
-            save: q.track_op() || k.track_op() || v.track_op(),
-            probs: Mutex::new(Vec::new()),
-        };
-        return apply3(&q, &k, &v, op);
+        let save = q.track_op() || k.track_op() || v.track_op();
+        return apply3(&q, &k, &v, spec.cpu_op(save));
     }
-    let spec = Spec {
-        heads,
-        scale,
-        causal,
-        mask,
-        key,
-    };
     if ctx.cuda_for(&[q, k, v]) {
-        return by_parts(q, k, v, &spec, ctx);
+        return Ok(by_parts(q, k, v, &spec, ctx)?.0);
     }
     composed(q, k, v, &spec, ctx)
 }
 
+/// What the backward pass of one attention needs, kept by [`attention_saving`].
+pub(crate) struct AttentionTape {
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    kind: Tape,
+}
+
+enum Tape {
+    /// The CPU's fused op, holding the probabilities, and its output.
+    Fused(Attention, Tensor),
+    /// The parts' intermediates.
+    Parts(Parts),
+}
+
+/// [`attention`] outside autograd, keeping what its backward pass ([`AttentionTape::grads`])
+/// needs: the hand-written backward pass of a training step. The device's kernels only (the
+/// CPU's fused op, or the parts on a GPU).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn attention_saving(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    heads: usize,
+    scale: f64,
+    causal: bool,
+    mask: &KeyMask,
+    key: Option<DropKey>,
+    ctx: &Ctx,
+) -> Result<(Tensor, AttentionTape)> {
+    let spec = Spec::checked(q, k, v, heads, scale, causal, mask, key, ctx)?;
+    if ctx.fused_for(&[q, k, v]) {
+        let (q, k, v) = (unit(q)?, unit(k)?, unit(v)?);
+        let op = spec.cpu_op(true);
+        let out = q.apply_op3_no_bwd(&k, &v, &op)?;
+        let kind = Tape::Fused(op, out.clone());
+        return Ok((out, AttentionTape { q, k, v, kind }));
+    }
+    if ctx.cuda_for(&[q, k, v]) {
+        let (out, parts) = by_parts(q, k, v, &spec, ctx)?;
+        let (q, k, v) = (q.clone(), k.clone(), v.clone());
+        return Ok((
+            out,
+            AttentionTape {
+                q,
+                k,
+                v,
+                kind: Tape::Parts(parts),
+            },
+        ));
+    }
+    bail!(
+        "attention: no kernel for the hand-written backward pass of {:?} on {:?}",
+        q.dtype(),
+        q.device()
+    )
+}
+
+impl AttentionTape {
+    /// (dq, dk, dv) for the output gradient `dout`.
+    pub(crate) fn grads(&self, dout: &Tensor, ctx: &Ctx) -> Result<(Tensor, Tensor, Tensor)> {
+        match &self.kind {
+            Tape::Fused(op, out) => {
+                let (dq, dk, dv) = op.bwd(&self.q, &self.k, &self.v, out, dout)?;
+                let missing = || candle_core::Error::Msg("attention: a gradient is missing".into());
+                Ok((
+                    dq.ok_or_else(missing)?,
+                    dk.ok_or_else(missing)?,
+                    dv.ok_or_else(missing)?,
+                ))
+            }
+            Tape::Parts(p) => p.grads(dout, ctx),
+        }
+    }
+}
+
+/// `t` with unit column stride, as the fused op reads it.
+fn unit(t: &Tensor) -> Result<Tensor> {
+    if t.stride()[2] == 1 {
+        Ok(t.clone())
+    } else {
+        t.contiguous()
+    }
+}
+
+impl<'a> Spec<'a> {
+    /// The shapes checked and the dropout key placed for the probabilities [batch, heads,
+    /// q_len, seq] (rows of `seq` elements).
+    #[allow(clippy::too_many_arguments)]
+    fn checked(
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        heads: usize,
+        scale: f64,
+        causal: bool,
+        mask: &'a KeyMask,
+        key: Option<DropKey>,
+        ctx: &Ctx,
+    ) -> Result<Self> {
+        let (b, nq, hid) = q.dims3()?;
+        let n = k.dim(1)?;
+        let rows_fit = ctx.rows.map_or(nq == n, |(kept, of)| (kept, of) == (nq, n));
+        if (b, n) != (mask.batch, mask.seq)
+            || k.dims() != [b, n, hid]
+            || v.dims() != k.dims()
+            || !rows_fit
+        {
+            bail!(
+                "attention: shapes {:?} {:?} {:?}, mask [{}, {}] and rows {:?} differ",
+                q.dims(),
+                k.dims(),
+                v.dims(),
+                mask.batch,
+                mask.seq,
+                ctx.rows
+            )
+        }
+        Ok(Spec {
+            heads,
+            scale,
+            causal,
+            mask,
+            key: ctx.place(key, n),
+        })
+    }
+
+    fn cpu_op(&self, save: bool) -> Attention {
+        Attention {
+            heads: self.heads,
+            scale: self.scale as f32,
+            causal: self.causal,
+            mask: self.mask.bias.clone(),
+            dropout: self.key,
+            save,
+            probs: Mutex::new(Vec::new()),
+        }
+    }
+}
+
 /// Attention from the device's matmuls and the swap, masked softmax and dropout ops: each head
-/// split or merge one kernel, the softmax one kernel forward and one backward.
-fn by_parts(q: &Tensor, k: &Tensor, v: &Tensor, a: &Spec, ctx: &Ctx) -> Result<Tensor> {
+/// split or merge one kernel, the softmax one kernel forward and one backward. Also returns the
+/// intermediates that its hand-written backward pass takes.
+fn by_parts(q: &Tensor, k: &Tensor, v: &Tensor, a: &Spec, ctx: &Ctx) -> Result<(Tensor, Parts)> {
     let (heads, key) = (a.heads, a.key);
     let (b, nq, hid) = q.dims3()?;
     let d = hid / heads;
@@ -336,8 +436,52 @@ fn by_parts(q: &Tensor, k: &Tensor, v: &Tensor, a: &Spec, ctx: &Ctx) -> Result<T
         causal: a.causal,
         scale: a.scale as f32,
     };
-    let p = dropout(&apply1(&q.matmul(&k.t()?)?, op)?, key, ctx)?;
-    apply1(&p.matmul(&v)?, SwapMiddle)?.reshape((b, nq, hid))
+    let p = apply1(&q.matmul(&k.t()?)?, op)?;
+    let pd = dropout(&p, key, ctx)?;
+    let out = apply1(&pd.matmul(&v)?, SwapMiddle)?.reshape((b, nq, hid))?;
+    let parts = Parts {
+        q,
+        k,
+        v,
+        p,
+        key,
+        scale: a.scale as f32,
+    };
+    Ok((out, parts))
+}
+
+/// The intermediates of [`by_parts`]: q, k, v split into heads ([b, heads, len, d]) and the
+/// probabilities before dropout.
+struct Parts {
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    p: Tensor,
+    key: Option<DropKey>,
+    scale: f32,
+}
+
+impl Parts {
+    /// (dq, dk, dv) as [b, len, hidden] for the output gradient `dout`.
+    fn grads(&self, dout: &Tensor, ctx: &Ctx) -> Result<(Tensor, Tensor, Tensor)> {
+        let (b, heads, nq, d) = self.q.dims4()?;
+        let go = dout.contiguous()?.reshape((b, nq, heads, d))?;
+        let go = go.apply_op1_no_bwd(&SwapMiddle)?;
+        let pd = dropout(&self.p, self.key, ctx)?;
+        let dv = pd.t()?.matmul(&go)?; // P_dᵀ·dO
+        let dp = dropout(&go.matmul(&self.v.t()?)?, self.key, ctx)?; // dropout'(dO·Vᵀ)
+        let op = MaskedSoftmaxBackward { scale: self.scale };
+        let ds = self.p.apply_op2_no_bwd(&dp.contiguous()?, &op)?;
+        let dq = ds.matmul(&self.k)?; // dS·K
+        let dk = ds.t()?.matmul(&self.q)?; // dSᵀ·Q
+        let merge = |t: Tensor| {
+            let len = t.dim(2)?;
+            t.contiguous()?
+                .apply_op1_no_bwd(&SwapMiddle)?
+                .reshape((b, len, heads * d))
+        };
+        Ok((merge(dq)?, merge(dk)?, merge(dv)?))
+    }
 }
 
 /// candle's ops: the reference.
@@ -442,11 +586,10 @@ mod tests {
                         key,
                     };
                     let out = if parts {
-                        by_parts(&query, &k, &v, &spec, &c)
+                        by_parts(&query, &k, &v, &spec, &c).unwrap().0
                     } else {
-                        composed(&query, &k, &v, &spec, &c)
-                    }
-                    .unwrap();
+                        composed(&query, &k, &v, &spec, &c).unwrap()
+                    };
                     let grads = (&out * &g).unwrap().sum_all().unwrap().backward().unwrap();
                     let [dq, dk, dv] = [&q, &k, &v].map(|t| grads.get(t).unwrap().clone());
                     [out, dq, dk, dv]
@@ -462,6 +605,30 @@ mod tests {
                     assert!(
                         d < 1e-5,
                         "causal {causal}, first {first}: {name} differs by {d}"
+                    );
+                }
+                // The parts' hand-written backward pass (no autograd) gives the same gradients.
+                let spec = Spec {
+                    heads,
+                    scale: 0.5,
+                    causal,
+                    mask: &mask,
+                    key,
+                };
+                let detached = [&query, k.as_tensor(), v.as_tensor()].map(|t| t.detach());
+                let [dq_, dk_, dv_] = &detached;
+                let (_, parts) = by_parts(dq_, dk_, dv_, &spec, &c).unwrap();
+                let (dq, dk, dv) = parts.grads(&g, &c).unwrap();
+                let want_dq = want[1].narrow(1, 0, dq.dim(1).unwrap()).unwrap();
+                for (name, got, want) in [
+                    ("dq", &dq, &want_dq),
+                    ("dk", &dk, &want[2]),
+                    ("dv", &dv, &want[3]),
+                ] {
+                    let d = max_diff(got, want);
+                    assert!(
+                        d < 1e-5,
+                        "hand-written, causal {causal}, first {first}: {name} differs by {d}"
                     );
                 }
             }

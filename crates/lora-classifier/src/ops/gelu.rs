@@ -85,3 +85,20 @@ pub(crate) fn activation(x: &Tensor, act: Act, ctx: &Ctx) -> Result<Tensor> {
         Act::GeluTanh => x.gelu(),
     }
 }
+
+/// dx = act'(x) ⊙ dy outside autograd (the hand-written backward pass), x being the
+/// activation's input.
+pub(crate) fn activation_grad(x: &Tensor, act: Act, dy: &Tensor, ctx: &Ctx) -> Result<Tensor> {
+    match act {
+        Act::None => Ok(dy.clone()),
+        _ if ctx.fused_for(&[x, dy]) || ctx.cuda_for(&[x, dy]) => {
+            let op = GeluBackward(act);
+            x.contiguous()?.apply_op2_no_bwd(&dy.contiguous()?, &op)
+        }
+        _ => candle_core::bail!(
+            "gelu: no kernel for the hand-written backward pass of {:?} on {:?}",
+            x.dtype(),
+            x.device()
+        ),
+    }
+}

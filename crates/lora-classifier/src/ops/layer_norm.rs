@@ -281,3 +281,37 @@ pub(crate) fn add_layer_norm(
     }
     layer_norm(&(dropout(x, key, ctx)? + residual)?, w, b, eps, ctx)
 }
+
+/// The gradients of [`add_layer_norm`] for the output gradient `dy`, outside autograd (the
+/// hand-written backward pass; the weight is frozen and the bias not trained): (dx, dresidual).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn add_layer_norm_grad(
+    x: &Tensor,
+    key: Option<DropKey>,
+    residual: &Tensor,
+    w: &Tensor,
+    b: &Tensor,
+    eps: f64,
+    dy: &Tensor,
+    ctx: &Ctx,
+) -> Result<(Tensor, Tensor)> {
+    let key = ctx.place(key, x.dim(D::Minus1)?);
+    let on_kernels = ctx.fused_for(&[x, residual]) || ctx.cuda_for(&[x, residual]);
+    if on_kernels && x.dims() == residual.dims() {
+        if let Some((op, _)) = op(x, w, b, key, eps, ctx)? {
+            let r = residual.to_dtype(x.dtype())?.contiguous()?;
+            return op.input_grads(&x.contiguous()?, Some(&r), dy);
+        }
+    }
+    // The kernel without the dropout (CUDA with a placed key), on dropout(x) + residual.
+    let s = (dropout(x, key, ctx)? + residual)?;
+    let Some((op, _)) = op(&s, w, b, None, eps, ctx)? else {
+        bail!(
+            "layer-norm: no kernel for the hand-written backward pass of {:?} on {:?}",
+            s.dtype(),
+            s.device()
+        )
+    };
+    let dsum = op.input_grads(&s.contiguous()?, None, dy)?.1;
+    Ok((dropout(&dsum, key, ctx)?, dsum))
+}

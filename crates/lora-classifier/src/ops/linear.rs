@@ -65,6 +65,14 @@ impl Frozen<'_> {
         self.on_cpu_kernels(x, ctx) || (ctx.fused && same(self.w) && self.b.is_none_or(same))
     }
 
+    /// dx = dy · W, the backward pass of `linear` without an activation, outside autograd: the
+    /// weight is frozen.
+    pub(crate) fn input_grad(&self, dy: &Tensor) -> Result<Tensor> {
+        let mut dims = dy.dims().to_vec();
+        *dims.last_mut().unwrap() = self.dims()?.1;
+        self.op(Act::None).input_grad(dy, &Shape::from(dims))
+    }
+
     fn op(&self, act: Act) -> FrozenLinear {
         FrozenLinear {
             w: self.w.clone(),
@@ -122,6 +130,24 @@ impl FrozenLinear {
             n_out,
             n_in,
         })
+    }
+
+    /// dx = dy · W for an input of `shape`: the CPU kernels for f32 on the CPU (packed weights
+    /// too), candle's matmul elsewhere.
+    fn input_grad(&self, grad: &Tensor, shape: &Shape) -> Result<Tensor> {
+        let grad = grad.contiguous()?;
+        if grad.device().is_cpu() && grad.dtype() == DType::F32 {
+            let dx = self.on_cpu(|lin| lin.input_grad(cpu::data(&grad).f32()?))?;
+            return Tensor::from_vec(dx, shape, grad.device());
+        }
+        let n_out = self.dims().0;
+        let g = grad.reshape((grad.elem_count() / n_out, n_out))?;
+        let w = if self.conv1d {
+            self.w.t()?
+        } else {
+            self.w.clone()
+        };
+        g.matmul(&w)?.reshape(shape)
     }
 
     /// x · Wᵀ + b with candle's storage-level matmul (cuBLAS on CUDA) and `add_bias`: the
@@ -218,19 +244,7 @@ impl CustomOp1 for FrozenLinear {
         if self.act != Act::None {
             bail!("frozen-linear: a fused activation has no backward pass")
         }
-        let grad = grad.contiguous()?;
-        if grad.device().is_cpu() && grad.dtype() == DType::F32 {
-            let dx = self.on_cpu(|lin| lin.input_grad(cpu::data(&grad).f32()?))?;
-            return Ok(Some(Tensor::from_vec(dx, x.shape(), x.device())?));
-        }
-        let n_out = self.dims().0;
-        let g = grad.reshape((grad.elem_count() / n_out, n_out))?;
-        let w = if self.conv1d {
-            self.w.t()?
-        } else {
-            self.w.clone()
-        };
-        Ok(Some(g.matmul(&w)?.reshape(x.shape())?))
+        Ok(Some(self.input_grad(grad, x.shape())?))
     }
 }
 
@@ -242,6 +256,42 @@ pub(crate) struct LoraLinear {
     base: FrozenLinear,
     scale: f32,
     dropout: Option<DropKey>,
+}
+
+/// The gradients of a LoRA linear layer: of its input (when asked for), of A and of B.
+pub(crate) struct LoraGrads {
+    pub dx: Option<Tensor>,
+    pub da: Tensor,
+    pub db: Tensor,
+}
+
+impl LoraLinear {
+    /// The CPU kernels' backward pass; layer 0's input needs no gradient (`input_grad` false):
+    /// its largest GEMM is skipped.
+    fn grads(
+        &self,
+        x: &Tensor,
+        a: &Tensor,
+        b: &Tensor,
+        grad: &Tensor,
+        input_grad: bool,
+    ) -> Result<LoraGrads> {
+        let grad = grad.contiguous()?;
+        let (xd, ad, bd, gd) = (cpu::data(x), cpu::data(a), cpu::data(b), cpu::data(&grad));
+        let (xs, a_, b_, g) = (xd.f32()?, ad.f32()?, bd.f32()?, gd.f32()?);
+        let grads = self
+            .base
+            .on_cpu(|lin| lin.lora_backward(xs, a_, b_, g, self.scale, self.dropout, input_grad))?;
+        let dev = x.device();
+        Ok(LoraGrads {
+            dx: grads
+                .dx
+                .map(|dx| Tensor::from_vec(dx, x.shape(), dev))
+                .transpose()?,
+            da: Tensor::from_vec(grads.da, a.shape(), dev)?,
+            db: Tensor::from_vec(grads.db, b.shape(), dev)?,
+        })
+    }
 }
 
 impl CustomOp3 for LoraLinear {
@@ -274,21 +324,8 @@ impl CustomOp3 for LoraLinear {
         _res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let grad = grad.contiguous()?;
-        let (xd, ad, bd, gd) = (cpu::data(x), cpu::data(a), cpu::data(b), cpu::data(&grad));
-        let (xs, a_, b_, g) = (xd.f32()?, ad.f32()?, bd.f32()?, gd.f32()?);
-        // Layer 0's input needs no gradient: the largest GEMM is skipped.
-        let grads = self.base.on_cpu(|lin| {
-            lin.lora_backward(xs, a_, b_, g, self.scale, self.dropout, x.track_op())
-        })?;
-        let dev = x.device();
-        let dx = grads
-            .dx
-            .map(|dx| Tensor::from_vec(dx, x.shape(), dev))
-            .transpose()?;
-        let da = Tensor::from_vec(grads.da, a.shape(), dev)?;
-        let db = Tensor::from_vec(grads.db, b.shape(), dev)?;
-        Ok((dx, Some(da), Some(db)))
+        let grads = self.grads(x, a, b, grad, x.track_op())?;
+        Ok((grads.dx, Some(grads.da), Some(grads.db)))
     }
 }
 
@@ -341,6 +378,54 @@ pub(crate) fn lora_linear(
     };
     let (x, a, b) = (x.contiguous()?, a.contiguous()?, b.contiguous()?);
     Ok(Some(apply3(&x, &a, &b, op)?))
+}
+
+/// The gradients of `x · Wᵀ + b + scale · (dropout(x) · Aᵀ) · Bᵀ` for the output gradient
+/// `dy`, outside autograd (the hand-written backward pass): dx when `input_grad` (the frozen
+/// weight's part and the branch's), dA and dB in f32, as the LoRA matrices are. The CPU kernels
+/// where they apply, else candle's ops with the branch in f32 as `lora::Lora` computes it.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn lora_linear_grad(
+    x: &Tensor,
+    f: Frozen,
+    a: &Tensor,
+    b: &Tensor,
+    scale: f64,
+    key: Option<DropKey>,
+    dy: &Tensor,
+    input_grad: bool,
+    ctx: &Ctx,
+) -> Result<LoraGrads> {
+    f.check(x)?;
+    let key = ctx.place(key, x.dim(D::Minus1)?);
+    if f.on_cpu_kernels(x, ctx) && ctx.fused_for(&[a, b, dy]) {
+        let op = LoraLinear {
+            base: f.op(Act::None),
+            scale: scale as f32,
+            dropout: key,
+        };
+        let (x, a, b) = (x.contiguous()?, a.contiguous()?, b.contiguous()?);
+        return op.grads(&x, &a, &b, dy, input_grad);
+    }
+    let (n_in, n_out) = (x.dim(D::Minus1)?, dy.dim(D::Minus1)?);
+    let x2 = x.to_dtype(DType::F32)?.contiguous()?.reshape(((), n_in))?;
+    let xd = super::dropout(&x2, key, ctx)?;
+    let g2 = dy
+        .to_dtype(DType::F32)?
+        .contiguous()?
+        .reshape(((), n_out))?;
+    let u = xd.matmul(&a.t()?)?; // dropout(x)·Aᵀ
+    let gu = (g2.matmul(b)? * scale)?; // s·dy·B
+    let db = (g2.t()?.matmul(&u)? * scale)?; // s·dyᵀ·u
+    let da = gu.t()?.matmul(&xd)?; // guᵀ·dropout(x)
+    let dx = if input_grad {
+        let branch = super::dropout(&gu.matmul(a)?, key, ctx)?;
+        let branch = branch.reshape(x.shape())?.to_dtype(x.dtype())?;
+        Some((f.input_grad(dy)? + branch)?)
+    } else {
+        None
+    };
+    Ok(LoraGrads { dx, da, db })
 }
 
 #[cfg(test)]
@@ -402,5 +487,68 @@ mod tests {
                 assert!(grads.get(&w).is_none() && grads.get(&b).is_none());
             }
         }
+    }
+
+    /// The LoRA layer's hand-written gradients off the CPU kernels (candle's ops, what a GPU
+    /// runs) equal autograd's over the composed layer: dx, dA and dB, with the LoRA dropout on.
+    #[test]
+    fn composed_lora_gradients_equal_autograd() {
+        use crate::ops::{dropout, linear, lora_linear_grad, Ctx, Frozen};
+        let dev = Device::Cpu;
+        let (m, n_in, n_out, r, scale) = (6, 7, 5, 3, 2.5);
+        let t = |n: usize, k: f32, shape: (usize, usize)| {
+            let v: Vec<f32> = (0..n).map(|i| (i as f32 * k).sin()).collect();
+            Tensor::from_vec(v, shape, &dev).unwrap()
+        };
+        let (w, bias) = (
+            t(n_out * n_in, 0.7, (n_out, n_in)),
+            t(n_out, 1.3, (1, n_out)),
+        );
+        let bias = bias.squeeze(0).unwrap();
+        let x = Var::from_tensor(&t(m * n_in, 0.37, (m, n_in))).unwrap();
+        let a = Var::from_tensor(&t(r * n_in, 0.91, (r, n_in))).unwrap();
+        let b = Var::from_tensor(&t(n_out * r, 0.53, (n_out, r))).unwrap();
+        let g = t(m * n_out, 0.29, (m, n_out));
+        let c = Ctx {
+            fused: false,
+            dropout_seed: Some(3),
+            detach: false,
+            rows: None,
+        };
+        let key = c.dropout(0.3, 9);
+        let f = Frozen {
+            w: &w,
+            b: Some(&bias),
+            conv1d: false,
+            packed: None,
+        };
+        let branch = dropout(x.as_tensor(), key, &c)
+            .unwrap()
+            .matmul(&a.t().unwrap())
+            .unwrap()
+            .matmul(&b.t().unwrap())
+            .unwrap();
+        let y =
+            (linear(x.as_tensor(), f, Act::None, &c).unwrap() + (branch * scale).unwrap()).unwrap();
+        let want = (y * &g).unwrap().sum_all().unwrap().backward().unwrap();
+        let (xd, ad, bd) = (
+            x.as_detached_tensor(),
+            a.as_detached_tensor(),
+            b.as_detached_tensor(),
+        );
+        let got = lora_linear_grad(&xd, f, &ad, &bd, scale, key, &g, true, &c).unwrap();
+        for (name, got, var) in [
+            ("dx", got.dx.as_ref().unwrap(), &x),
+            ("dA", &got.da, &a),
+            ("dB", &got.db, &b),
+        ] {
+            let d = max_diff(got, want.get(var).unwrap());
+            assert!(d < 1e-5, "{name} differs by {d}");
+        }
+        let without = lora_linear_grad(&xd, f, &ad, &bd, scale, None, &g, true, &c).unwrap();
+        assert!(
+            max_diff(&without.da, &got.da) > 1e-2,
+            "the LoRA dropout is active"
+        );
     }
 }

@@ -6,6 +6,9 @@
 //! device and dtype, candle's autograd), which `Kernels::Composed` forces everywhere as the
 //! reference the others are tested against.
 //!
+//! The `*_grad` functions and [`AttentionTape`] are the same ops' backward passes called outside
+//! candle's autograd, for the hand-written backward pass of a training step (`bert::grad`).
+//!
 //! A new kernel variant (an AMX GEMM, a GPU fusion) is a function in `cpu/` or `cuda/` plus a
 //! line in its op's `cpu_fwd` or `cuda_fwd`; a new op is a file here.
 //!
@@ -25,11 +28,13 @@ mod tests;
 
 use candle_core::{DType, Result, Tensor, Var};
 
-pub(crate) use attention::{attention, KeyMask};
+pub(crate) use attention::{attention, attention_saving, AttentionTape, KeyMask};
 pub(crate) use dropout::dropout;
-pub(crate) use gelu::activation;
-pub(crate) use layer_norm::{add_layer_norm, layer_norm};
-pub(crate) use linear::{linear, lora_linear, Frozen, Isa, PackedLinear, Precision};
+pub(crate) use gelu::{activation, activation_grad};
+pub(crate) use layer_norm::{add_layer_norm, add_layer_norm_grad, layer_norm};
+pub(crate) use linear::{
+    linear, lora_linear, lora_linear_grad, Frozen, Isa, PackedLinear, Precision,
+};
 
 use crate::dropout_mask::DropKey;
 

@@ -1,5 +1,8 @@
 //! The body of HF's BertForSequenceClassification: embeddings, post-LayerNorm encoder layers,
-//! pooler (dense + tanh on [CLS]) and the classifier dropout. The head lives in lib.rs.
+//! pooler (dense + tanh on [CLS]) and the classifier dropout. The head lives in classifier.rs;
+//! the training step's hand-written backward pass in `grad`.
+
+mod grad;
 
 use anyhow::Result;
 use candle_core::Tensor;
@@ -81,6 +84,17 @@ impl Bert {
 
     /// input_ids [batch, seq] u32 → the classifier's input [batch, hidden].
     pub fn forward(&self, ids: &Tensor, mask: &KeyMask, ctx: &Ctx) -> candle_core::Result<Tensor> {
+        self.run(ids, mask, ctx, None)
+    }
+
+    /// `forward`, keeping in `tape` (when given) what the hand-written backward pass needs.
+    fn run(
+        &self,
+        ids: &Tensor,
+        mask: &KeyMask,
+        ctx: &Ctx,
+        mut tape: Option<&mut grad::Tape>,
+    ) -> candle_core::Result<Tensor> {
         let (b, n) = ids.dims2()?;
         let c = &self.cfg;
         let x = self
@@ -108,26 +122,66 @@ impl Bert {
             let k = l.key.forward(&x, Act::None, ctx)?;
             let v = l.value.forward(&x, Act::None, ctx)?;
             let key = ctx.dropout(c.attention_probs_dropout_prob, layer_site(i, 0));
-            let a = ops::attention(&q, &k, &v, heads, scale, false, mask, key, &rows_ctx)?;
-            let a = l.attn_out.forward(&a, Act::None, &rows_ctx)?;
+            let (a, attention) = match tape {
+                Some(_) => {
+                    let (a, t) = ops::attention_saving(
+                        &q, &k, &v, heads, scale, false, mask, key, &rows_ctx,
+                    )?;
+                    (a, Some(t))
+                }
+                None => {
+                    let a = ops::attention(&q, &k, &v, heads, scale, false, mask, key, &rows_ctx)?;
+                    (a, None)
+                }
+            };
+            let o = l.attn_out.forward(&a, Act::None, &rows_ctx)?;
             let y = l.attn_norm.forward_add(
-                &a,
+                &o,
                 ctx.dropout(c.hidden_dropout_prob, layer_site(i, 1)),
                 &xq,
                 &rows_ctx,
             )?;
-            let h = l.intermediate.forward(&y, self.act, &rows_ctx)?;
-            let h = l.output.forward(&h, Act::None, &rows_ctx)?;
-            x = l.out_norm.forward_add(
-                &h,
+            // The backward pass needs GELU's input: the activation apart when saving.
+            let (h_pre, h) = match tape {
+                Some(_) => {
+                    let h_pre = l.intermediate.forward(&y, Act::None, &rows_ctx)?;
+                    let h = ops::activation(&h_pre, self.act, &rows_ctx)?;
+                    (Some(h_pre), h)
+                }
+                None => (None, l.intermediate.forward(&y, self.act, &rows_ctx)?),
+            };
+            let f = l.output.forward(&h, Act::None, &rows_ctx)?;
+            let out = l.out_norm.forward_add(
+                &f,
                 ctx.dropout(c.hidden_dropout_prob, layer_site(i, 2)),
                 &y,
                 &rows_ctx,
             )?;
+            if let (Some(tape), Some(attention), Some(h_pre)) =
+                (tape.as_deref_mut(), attention, h_pre)
+            {
+                tape.layers.push(grad::LayerTape {
+                    x,
+                    xq,
+                    attention,
+                    a,
+                    o,
+                    y,
+                    h_pre,
+                    h,
+                    f,
+                    rows_ctx,
+                });
+            }
+            x = out;
         }
         let cls = x.narrow(1, 0, 1)?.squeeze(1)?;
         let pooled = self.pooler.forward(&cls, Act::None, ctx)?.tanh()?;
         let p = c.classifier_dropout.unwrap_or(c.hidden_dropout_prob);
+        if let Some(tape) = tape {
+            tape.cls = Some(cls);
+            tape.pooled = Some(pooled.clone());
+        }
         ops::dropout(&pooled, ctx.dropout(p, 2), ctx)
     }
 
