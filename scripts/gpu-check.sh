@@ -16,7 +16,8 @@
 #                            5,000, then evaluate the 20,000-review test split
 #                   bench    training-step and inference throughput and peak GPU memory, ours and
 #                            PyTorch + PEFT's, 128 tokens: all-MiniLM-L6-v2's shape at batch 16 and
-#                            128, bert-base's at batch 32 and 128
+#                            128, bert-base's at batch 32 and 128; and our training step with
+#                            autograd instead of the hand-written backward pass at the last
 #                   kernels and bench use random weights of the models' shapes (the time does not
 #                   depend on them): they need only the bundle's bin/; fixture needs fixtures/, real
 #                   needs minilm/, artifacts.tar.xz and sets.txt
@@ -200,6 +201,11 @@ for shape in "minilm-shape:$batch" "minilm-shape:$huge_batch" "bert-base:$big_ba
         emit "{\"bench\": \"torch-$model-b$b\", \"skipped\": \"$py has no torch/transformers/peft\"}"
     fi
 done
+# The hand-written backward pass (the default for BERT) against candle's autograd, at the shape
+# where autograd cost most (bert-base, the largest batch).
+measured_step "bench-bert-base-b$huge_batch-autograd" "$bin" bench --model bert-base \
+    --device "$device" --dtype "$bench_dtype" --batch "$huge_batch" --seq "$seq" \
+    --steps "$bench_steps" --warmup 3 --only train_step --backward autograd
 fi
 
 echo "== summary" >&2
@@ -208,7 +214,7 @@ import json, sys
 rows = [json.loads(l) for l in open(sys.argv[1]) if l.startswith("{")]
 bad = [r["check"] for r in rows if "check" in r and not r.get("ok")]
 print(f"parity: {sum(1 for r in rows if 'check' in r)} comparisons, {len(bad)} over tolerance {bad if bad else ''}")
-key = lambda r: (r["model"].split()[0].split("/")[-1], r["batch"], r["bench"])
+key = lambda r: (r["model"].split()[0].split("/")[-1], r["batch"], r["bench"] + ("" if r.get("backward", "hand-written") == "hand-written" else " (autograd)"))
 ours = {key(r): r for r in rows if "bench" in r and "impl" not in r and "samples_per_s" in r}
 theirs = {key(r): r for r in rows if r.get("impl") == "pytorch+peft"}
 for k, r in sorted(ours.items()):
