@@ -201,7 +201,7 @@ for shape in "minilm-shape:$batch" "minilm-shape:$huge_batch" "bert-base:$big_ba
         emit "{\"bench\": \"torch-$model-b$b\", \"skipped\": \"$py has no torch/transformers/peft\"}"
     fi
 done
-# The hand-written backward pass (the default for BERT) against candle's autograd, at the shape
+# The hand-written backward pass (the default) against candle's autograd, at the shape
 # where autograd cost most (bert-base, the largest batch).
 measured_step "bench-bert-base-b$huge_batch-autograd" "$bin" bench --model bert-base \
     --device "$device" --dtype "$bench_dtype" --batch "$huge_batch" --seq "$seq" \

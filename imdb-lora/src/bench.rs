@@ -61,7 +61,7 @@ struct Args {
     #[arg(long, default_value = "auto")]
     kernels: String,
     /// The training step's backward pass: auto (the hand-written one where the model has it,
-    /// BERT with the kernels, as train runs it; else autograd) or autograd (candle's, the
+    /// with the kernels, as train runs it; else autograd) or autograd (candle's, the
     /// reference).
     #[arg(long, default_value = "auto", value_parser = ["auto", "autograd"])]
     backward: String,

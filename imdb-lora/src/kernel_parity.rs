@@ -1,7 +1,7 @@
 //! The kernels a device runs (the fused CPU kernels, or the CUDA kernels and the frozen-weight
 //! matmul) against candle's composed ops on the same device — the reference every
 //! implementation is tested against — for one training step: logits, loss and the gradient of
-//! every trainable tensor, by autograd and (BERT) by the hand-written backward pass that train
+//! every trainable tensor, by autograd and by the hand-written backward pass that train
 //! runs, two AdamW updates (fused against composed, from the same gradients;
 //! only where a fused AdamW runs, on a GPU: elsewhere both sides would be the same code), and the
 //! merged model's inference logits. `imdb-lora check-kernels` and the kernel parity
@@ -147,7 +147,7 @@ pub fn compare(
             .with_context(|| format!("no reference gradient for {name}"))?;
         record(format!("grad {name}"), g, rg)?;
     }
-    // The hand-written backward pass (what train runs for BERT) against the same reference.
+    // The hand-written backward pass (what train runs) against the same reference.
     if let Some(hand) = tested.train_grads(&ids, &mask, &labels, 5, 1.0)? {
         record("hand-written loss".into(), &hand.loss, &ref_loss)?;
         for ((name, t), (_, r)) in tested.trainable().iter().zip(reference.trainable()) {

@@ -73,6 +73,13 @@ enum Body {
     Gpt2(gpt2::Gpt2),
 }
 
+/// A training-mode forward pass's record for the hand-written backward pass: the body's, and for
+/// GPT-2 the rows the classifier read and the hidden states' dims.
+enum Tape {
+    Bert(bert::Tape),
+    Gpt2(gpt2::Tape, Tensor, (usize, usize, usize)),
+}
+
 /// The classification head, trained in full (PEFT's `modules_to_save`), always f32.
 pub(crate) struct Head {
     /// "classifier" (BERT) or "score" (GPT-2, no bias).
@@ -308,9 +315,9 @@ impl SequenceClassifier {
     /// with respect to every trainable parameter, from a training-mode pass (dropout seeded by
     /// `dropout_seed`) with the hand-written backward pass: what `forward(…, Mode::Train)`,
     /// `candle_nn::loss::cross_entropy` and candle's `backward` give (tested), without an
-    /// autograd graph. None where it does not apply — GPT-2, a merged model, trained biases or
-    /// LoRA LayerNorms, `Kernels::Composed`, a device and dtype without the kernels — and the
-    /// caller takes the autograd path.
+    /// autograd graph. None where it does not apply — a merged model, trained biases or LoRA
+    /// LayerNorms, `Kernels::Composed`, a device and dtype without the kernels — and the caller
+    /// takes the autograd path.
     pub fn train_grads(
         &self,
         input_ids: &Tensor,
@@ -319,20 +326,29 @@ impl SequenceClassifier {
         dropout_seed: u64,
         loss_scale: f64,
     ) -> candle_core::Result<Option<BatchGrads>> {
-        let Body::Bert(m) = &self.body else {
-            return Ok(None);
-        };
         if !self.train_grads_apply() {
             return Ok(None);
         }
-        let (ids, _, mask) = self.inputs(input_ids, attention_mask)?;
+        let (ids, host_ids, mask) = self.inputs(input_ids, attention_mask)?;
         let ctx = Ctx {
             fused: true,
             dropout_seed: Some(dropout_seed),
             detach: true,
             rows: None,
         };
-        let (features, tape) = m.forward_saving(&ids, &mask, &ctx)?;
+        let (features, tape) = match &self.body {
+            Body::Bert(m) => {
+                let (features, tape) = m.forward_saving(&ids, &mask, &ctx)?;
+                (features, Tape::Bert(tape))
+            }
+            Body::Gpt2(m) => {
+                let (hidden, tape) = m.forward_saving(&ids, &mask, &ctx)?;
+                let rows = self.last_tokens(&host_ids, hidden.device())?;
+                let dims = hidden.dims3()?;
+                let flat = hidden.reshape((dims.0 * dims.1, dims.2))?;
+                (flat.index_select(&rows, 0)?, Tape::Gpt2(tape, rows, dims))
+            }
+        };
         let x = features.to_dtype(DType::F32)?;
         let w = self.head.weight.as_detached_tensor();
         let mut logits = x.matmul(&w.t()?)?;
@@ -360,7 +376,16 @@ impl SequenceClassifier {
             grads.push((bias.clone(), dlogits.sum(0)?));
         }
         let dfeatures = dlogits.matmul(&w)?.to_dtype(features.dtype())?;
-        m.backward(&tape, &dfeatures, &ctx, &mut grads)?;
+        match (&self.body, tape) {
+            (Body::Bert(m), Tape::Bert(tape)) => m.backward(&tape, &dfeatures, &ctx, &mut grads)?,
+            (Body::Gpt2(m), Tape::Gpt2(tape, rows, (b, n, h))) => {
+                // The read rows' gradients in place, zero elsewhere.
+                let zeros = Tensor::zeros((b * n, h), dfeatures.dtype(), dfeatures.device())?;
+                let dhidden = zeros.index_add(&rows, &dfeatures, 0)?.reshape((b, n, h))?;
+                m.backward(&tape, &dhidden, &ctx, &mut grads)?
+            }
+            _ => unreachable!("the tape is the body's"),
+        }
         Ok(Some(BatchGrads { loss, grads }))
     }
 
@@ -369,8 +394,25 @@ impl SequenceClassifier {
     pub fn train_grads_apply(&self) -> bool {
         match &self.body {
             Body::Bert(m) => self.kernels == Kernels::Auto && m.has_plain_grad() && m.has_kernels(),
-            Body::Gpt2(_) => false,
+            Body::Gpt2(m) => self.kernels == Kernels::Auto && m.has_plain_grad() && m.has_kernels(),
         }
+    }
+
+    /// GPT-2's classifier reads, as HF does, the rightmost token of each row that is not the
+    /// pad token (0 for a row of pads): those rows' indices in the flattened [batch · seq].
+    fn last_tokens(&self, host_ids: &[Vec<u32>], device: &Device) -> candle_core::Result<Tensor> {
+        let rows: Vec<u32> = host_ids
+            .iter()
+            .enumerate()
+            .map(|(i, row)| {
+                let last = row
+                    .iter()
+                    .rposition(|&t| t != self.pad_token_id)
+                    .unwrap_or(0);
+                (i * row.len() + last) as u32
+            })
+            .collect();
+        Tensor::from_vec(rows, host_ids.len(), device)
     }
 
     /// input_ids, attention_mask: [batch, seq] u32 (or i64) → logits [batch, num_labels] f32.
@@ -395,19 +437,7 @@ impl SequenceClassifier {
             Body::Bert(m) => m.forward(&ids, &mask, &ctx)?,
             Body::Gpt2(m) => {
                 let hidden = m.forward(&ids, &mask, &ctx)?;
-                // HF: the rightmost token that is not the pad token (0 for a row of pads).
-                let rows: Vec<u32> = host_ids
-                    .iter()
-                    .enumerate()
-                    .map(|(i, row)| {
-                        let last = row
-                            .iter()
-                            .rposition(|&t| t != self.pad_token_id)
-                            .unwrap_or(0);
-                        (i * n + last) as u32
-                    })
-                    .collect();
-                let rows = Tensor::from_vec(rows, b, hidden.device())?;
+                let rows = self.last_tokens(&host_ids, hidden.device())?;
                 hidden
                     .reshape((b * n, hidden.dim(2)?))?
                     .index_select(&rows, 0)?

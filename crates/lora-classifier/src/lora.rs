@@ -453,6 +453,12 @@ impl Norm {
         self.bias.var().is_none()
     }
 
+    /// The hand-written backward pass of `forward`: x's gradient.
+    pub fn grad(&self, x: &Tensor, dy: &Tensor, ctx: &Ctx) -> candle_core::Result<Tensor> {
+        let b = self.bias.detached();
+        ops::layer_norm_grad(x, &self.weight, &b, self.eps, dy, ctx)
+    }
+
     /// The hand-written backward pass of `forward_add`: (dx, dresidual).
     pub fn grad_add(
         &self,

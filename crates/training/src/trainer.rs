@@ -529,7 +529,7 @@ impl<'a> Loop<'a> {
             let labels = self.train.labels(batch, self.device)?;
             let seed = dropout_seed(settings.seed, run.step * accumulate + k as u64);
             let share = batch.len() as f64 / rows.len() as f64;
-            // The hand-written backward pass where the model has one (BERT), else autograd.
+            // The hand-written backward pass where it applies (see `train_grads`), else autograd.
             let (value, these) = match run.model.train_grads(&ids, &mask, &labels, seed, share)? {
                 Some(g) => (g.loss.to_scalar::<f32>()? as f64, g.into_grad_store()),
                 None => {

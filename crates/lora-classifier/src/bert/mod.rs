@@ -4,6 +4,8 @@
 
 mod grad;
 
+pub(crate) use grad::Tape;
+
 use anyhow::Result;
 use candle_core::Tensor;
 

@@ -315,3 +315,23 @@ pub(crate) fn add_layer_norm_grad(
     let dsum = op.input_grads(&s.contiguous()?, None, dy)?.1;
     Ok((dropout(&dsum, key, ctx)?, dsum))
 }
+
+/// The input gradient of [`layer_norm`] for the output gradient `dy`, outside autograd (the
+/// hand-written backward pass; the weight is frozen and the bias not trained).
+pub(crate) fn layer_norm_grad(
+    x: &Tensor,
+    w: &Tensor,
+    b: &Tensor,
+    eps: f64,
+    dy: &Tensor,
+    ctx: &Ctx,
+) -> Result<Tensor> {
+    let Some((op, _)) = op(x, w, b, None, eps, ctx)? else {
+        bail!(
+            "layer-norm: no kernel for the hand-written backward pass of {:?} on {:?}",
+            x.dtype(),
+            x.device()
+        )
+    };
+    Ok(op.input_grads(&x.contiguous()?, None, dy)?.0)
+}

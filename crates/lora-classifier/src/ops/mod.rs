@@ -31,7 +31,7 @@ use candle_core::{DType, Result, Tensor, Var};
 pub(crate) use attention::{attention, attention_saving, AttentionTape, KeyMask};
 pub(crate) use dropout::dropout;
 pub(crate) use gelu::{activation, activation_grad};
-pub(crate) use layer_norm::{add_layer_norm, add_layer_norm_grad, layer_norm};
+pub(crate) use layer_norm::{add_layer_norm, add_layer_norm_grad, layer_norm, layer_norm_grad};
 pub(crate) use linear::{
     linear, lora_linear, lora_linear_grad, Frozen, Isa, PackedLinear, Precision,
 };

@@ -1,5 +1,10 @@
 //! The body of HF's GPT2ForSequenceClassification: wte + wpe, pre-LayerNorm blocks with causal
-//! attention, ln_f. Conv1D weights are stored [in, out]. The `score` head lives in lib.rs.
+//! attention, ln_f. Conv1D weights are stored [in, out]. The `score` head lives in
+//! classifier.rs; the training step's hand-written backward pass in `grad`.
+
+mod grad;
+
+pub(crate) use grad::Tape;
 
 use anyhow::Result;
 use candle_core::Tensor;
@@ -57,6 +62,17 @@ impl Gpt2 {
 
     /// input_ids [batch, seq] u32 → hidden states [batch, seq, hidden] after ln_f.
     pub fn forward(&self, ids: &Tensor, mask: &KeyMask, ctx: &Ctx) -> candle_core::Result<Tensor> {
+        self.run(ids, mask, ctx, None)
+    }
+
+    /// `forward`, keeping in `tape` (when given) what the hand-written backward pass needs.
+    fn run(
+        &self,
+        ids: &Tensor,
+        mask: &KeyMask,
+        ctx: &Ctx,
+        mut tape: Option<&mut grad::Tape>,
+    ) -> candle_core::Result<Tensor> {
         let (b, n) = ids.dims2()?;
         let (c, h) = (&self.cfg, self.cfg.n_embd);
         let x = self
@@ -65,36 +81,79 @@ impl Gpt2 {
             .reshape((b, n, h))?;
         let x = x.broadcast_add(&self.wpe.narrow(0, 0, n)?)?;
         let mut x = ops::dropout(&x, ctx.dropout(c.embd_pdrop, 1), ctx)?;
-        let base = if c.scale_attn_weights {
-            1.0 / ((h / c.n_head) as f64).sqrt()
-        } else {
-            1.0
-        };
         for (i, blk) in self.blocks.iter().enumerate() {
-            let scale = if c.scale_attn_by_inverse_layer_idx {
-                base / (i + 1) as f64
-            } else {
-                base
-            };
-            let a = blk.ln_1.forward(&x, ctx)?;
-            let qkv = blk.c_attn.forward(&a, Act::None, ctx)?;
+            let scale = self.attention_scale(i);
+            let ln1 = blk.ln_1.forward(&x, ctx)?;
+            let qkv = blk.c_attn.forward(&ln1, Act::None, ctx)?;
             let (q, k, v) = (
                 qkv.narrow(2, 0, h)?,
                 qkv.narrow(2, h, h)?,
                 qkv.narrow(2, 2 * h, h)?,
             );
             let key = ctx.dropout(c.attn_pdrop, layer_site(i, 0));
-            let a = ops::attention(&q, &k, &v, c.n_head, scale, true, mask, key, ctx)?;
-            let a = blk.attn_proj.forward(&a, Act::None, ctx)?;
+            let (att, attention) = match tape {
+                Some(_) => {
+                    let (a, t) =
+                        ops::attention_saving(&q, &k, &v, c.n_head, scale, true, mask, key, ctx)?;
+                    (a, Some(t))
+                }
+                None => {
+                    let a = ops::attention(&q, &k, &v, c.n_head, scale, true, mask, key, ctx)?;
+                    (a, None)
+                }
+            };
+            let a = blk.attn_proj.forward(&att, Act::None, ctx)?;
             let a = ops::dropout(&a, ctx.dropout(c.resid_pdrop, layer_site(i, 1)), ctx)?;
-            x = (x + a)?;
-            let m = blk.ln_2.forward(&x, ctx)?;
-            let m = blk.c_fc.forward(&m, self.act, ctx)?;
-            let m = blk.mlp_proj.forward(&m, Act::None, ctx)?;
-            let m = ops::dropout(&m, ctx.dropout(c.resid_pdrop, layer_site(i, 2)), ctx)?;
-            x = (x + m)?;
+            let mid = (&x + a)?;
+            let ln2 = blk.ln_2.forward(&mid, ctx)?;
+            // The backward pass needs the activation's input: apart when saving.
+            let (h_pre, m) = match tape {
+                Some(_) => {
+                    let h_pre = blk.c_fc.forward(&ln2, Act::None, ctx)?;
+                    let m = ops::activation(&h_pre, self.act, ctx)?;
+                    (Some(h_pre), m)
+                }
+                None => (None, blk.c_fc.forward(&ln2, self.act, ctx)?),
+            };
+            let f = blk.mlp_proj.forward(&m, Act::None, ctx)?;
+            let f = ops::dropout(&f, ctx.dropout(c.resid_pdrop, layer_site(i, 2)), ctx)?;
+            let out = (&mid + f)?;
+            if let (Some(tape), Some(attention), Some(h_pre)) =
+                (tape.as_deref_mut(), attention, h_pre)
+            {
+                tape.blocks.push(grad::BlockTape {
+                    x,
+                    ln1,
+                    attention,
+                    att,
+                    mid,
+                    ln2,
+                    h_pre,
+                    m,
+                });
+            }
+            x = out;
         }
-        self.ln_f.forward(&x, ctx)
+        let hidden = self.ln_f.forward(&x, ctx)?;
+        if let Some(tape) = tape {
+            tape.last = Some(x);
+        }
+        Ok(hidden)
+    }
+
+    /// Block i's attention scale (HF's scale_attn_weights, scale_attn_by_inverse_layer_idx).
+    fn attention_scale(&self, i: usize) -> f64 {
+        let c = &self.cfg;
+        let base = if c.scale_attn_weights {
+            1.0 / ((c.n_embd / c.n_head) as f64).sqrt()
+        } else {
+            1.0
+        };
+        if c.scale_attn_by_inverse_layer_idx {
+            base / (i + 1) as f64
+        } else {
+            base
+        }
     }
 
     pub fn parts(&self) -> Vec<Part<'_>> {
