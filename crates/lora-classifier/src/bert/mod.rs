@@ -123,19 +123,14 @@ impl Bert {
             let q = l.query.forward(&xq, Act::None, &rows_ctx)?;
             let k = l.key.forward(&x, Act::None, ctx)?;
             let v = l.value.forward(&x, Act::None, ctx)?;
-            let key = ctx.dropout(c.attention_probs_dropout_prob, layer_site(i, 0));
-            let (a, attention) = match tape {
-                Some(_) => {
-                    let (a, t) = ops::attention_saving(
-                        &q, &k, &v, heads, scale, false, mask, key, &rows_ctx,
-                    )?;
-                    (a, Some(t))
-                }
-                None => {
-                    let a = ops::attention(&q, &k, &v, heads, scale, false, mask, key, &rows_ctx)?;
-                    (a, None)
-                }
+            let spec = ops::AttentionSpec {
+                heads,
+                scale,
+                causal: false,
+                mask,
+                key: ctx.dropout(c.attention_probs_dropout_prob, layer_site(i, 0)),
             };
+            let (a, attention) = ops::attention(&q, &k, &v, spec, &rows_ctx, tape.is_some())?;
             let o = l.attn_out.forward(&a, Act::None, &rows_ctx)?;
             let y = l.attn_norm.forward_add(
                 &o,

@@ -90,18 +90,14 @@ impl Gpt2 {
                 qkv.narrow(2, h, h)?,
                 qkv.narrow(2, 2 * h, h)?,
             );
-            let key = ctx.dropout(c.attn_pdrop, layer_site(i, 0));
-            let (att, attention) = match tape {
-                Some(_) => {
-                    let (a, t) =
-                        ops::attention_saving(&q, &k, &v, c.n_head, scale, true, mask, key, ctx)?;
-                    (a, Some(t))
-                }
-                None => {
-                    let a = ops::attention(&q, &k, &v, c.n_head, scale, true, mask, key, ctx)?;
-                    (a, None)
-                }
+            let spec = ops::AttentionSpec {
+                heads: c.n_head,
+                scale,
+                causal: true,
+                mask,
+                key: ctx.dropout(c.attn_pdrop, layer_site(i, 0)),
             };
+            let (att, attention) = ops::attention(&q, &k, &v, spec, ctx, tape.is_some())?;
             let a = blk.attn_proj.forward(&att, Act::None, ctx)?;
             let a = ops::dropout(&a, ctx.dropout(c.resid_pdrop, layer_site(i, 1)), ctx)?;
             let mid = (&x + a)?;

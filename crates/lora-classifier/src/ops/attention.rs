@@ -239,46 +239,64 @@ impl CustomOp1 for SwapMiddle {
     }
 }
 
-/// What an attention computes besides q, k and v (see [`attention`]); the dropout key placed.
+/// What an attention computes besides q, k and v: the heads, the scores' scale, causal or not,
+/// the key mask, and the dropout key of the probabilities (placed for the pass by `attention`).
 #[derive(Clone, Copy)]
-struct Spec<'a> {
-    heads: usize,
-    scale: f64,
-    causal: bool,
-    mask: &'a KeyMask,
-    key: Option<DropKey>,
+pub(crate) struct AttentionSpec<'a> {
+    pub heads: usize,
+    pub scale: f64,
+    pub causal: bool,
+    pub mask: &'a KeyMask,
+    pub key: Option<DropKey>,
 }
 
 /// Multi-head attention of queries q [batch, q_len, hidden] over keys and values k, v [batch,
 /// seq, hidden] (views with unit column stride are fine), the queries being the first q_len
-/// positions (all of them, or [CLS] alone with `ctx.first_rows(1, seq)`); scores scaled by
-/// `scale`, with the key mask, optionally causal, with dropout on the probabilities. Returns
-/// [batch, q_len, hidden].
-#[allow(clippy::too_many_arguments)]
+/// positions (all of them, or [CLS] alone with `ctx.first_rows(1, seq)`), as `spec` says.
+/// Returns [batch, q_len, hidden] and, with `save`, what its hand-written backward pass
+/// ([`AttentionTape::grads`]) takes, outside autograd: the device's kernels only (the CPU's
+/// fused op, or the parts on a GPU).
 pub(crate) fn attention(
     q: &Tensor,
     k: &Tensor,
     v: &Tensor,
-    heads: usize,
-    scale: f64,
-    causal: bool,
-    mask: &KeyMask,
-    key: Option<DropKey>,
+    spec: AttentionSpec,
     ctx: &Ctx,
-) -> Result<Tensor> {
-    let spec = Spec::checked(q, k, v, heads, scale, causal, mask, key, ctx)?;
+    save: bool,
+) -> Result<(Tensor, Option<AttentionTape>)> {
+    let spec = spec.checked(q, k, v, ctx)?;
     if ctx.fused_for(&[q, k, v]) {
         let (q, k, v) = (unit(q)?, unit(k)?, unit(v)?);
-        let save = q.track_op() || k.track_op() || v.track_op();
-        return apply3(&q, &k, &v, spec.cpu_op(save));
+        if !save {
+            let track = q.track_op() || k.track_op() || v.track_op();
+            return Ok((apply3(&q, &k, &v, spec.cpu_op(track))?, None));
+        }
+        let op = spec.cpu_op(true);
+        let out = q.apply_op3_no_bwd(&k, &v, &op)?;
+        let kind = Tape::Fused(op, out.clone());
+        return Ok((out, Some(AttentionTape { q, k, v, kind })));
     }
     if ctx.cuda_for(&[q, k, v]) {
-        return Ok(by_parts(q, k, v, &spec, ctx)?.0);
+        let (out, parts) = by_parts(q, k, v, &spec, ctx)?;
+        let tape = save.then(|| AttentionTape {
+            q: q.clone(),
+            k: k.clone(),
+            v: v.clone(),
+            kind: Tape::Parts(parts),
+        });
+        return Ok((out, tape));
     }
-    composed(q, k, v, &spec, ctx)
+    if save {
+        bail!(
+            "attention: no kernel for the hand-written backward pass of {:?} on {:?}",
+            q.dtype(),
+            q.device()
+        )
+    }
+    Ok((composed(q, k, v, &spec, ctx)?, None))
 }
 
-/// What the backward pass of one attention needs, kept by [`attention_saving`].
+/// What the backward pass of one attention needs, kept by [`attention`] with `save`.
 pub(crate) struct AttentionTape {
     q: Tensor,
     k: Tensor,
@@ -291,49 +309,6 @@ enum Tape {
     Fused(Attention, Tensor),
     /// The parts' intermediates.
     Parts(Parts),
-}
-
-/// [`attention`] outside autograd, keeping what its backward pass ([`AttentionTape::grads`])
-/// needs: the hand-written backward pass of a training step. The device's kernels only (the
-/// CPU's fused op, or the parts on a GPU).
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn attention_saving(
-    q: &Tensor,
-    k: &Tensor,
-    v: &Tensor,
-    heads: usize,
-    scale: f64,
-    causal: bool,
-    mask: &KeyMask,
-    key: Option<DropKey>,
-    ctx: &Ctx,
-) -> Result<(Tensor, AttentionTape)> {
-    let spec = Spec::checked(q, k, v, heads, scale, causal, mask, key, ctx)?;
-    if ctx.fused_for(&[q, k, v]) {
-        let (q, k, v) = (unit(q)?, unit(k)?, unit(v)?);
-        let op = spec.cpu_op(true);
-        let out = q.apply_op3_no_bwd(&k, &v, &op)?;
-        let kind = Tape::Fused(op, out.clone());
-        return Ok((out, AttentionTape { q, k, v, kind }));
-    }
-    if ctx.cuda_for(&[q, k, v]) {
-        let (out, parts) = by_parts(q, k, v, &spec, ctx)?;
-        let (q, k, v) = (q.clone(), k.clone(), v.clone());
-        return Ok((
-            out,
-            AttentionTape {
-                q,
-                k,
-                v,
-                kind: Tape::Parts(parts),
-            },
-        ));
-    }
-    bail!(
-        "attention: no kernel for the hand-written backward pass of {:?} on {:?}",
-        q.dtype(),
-        q.device()
-    )
 }
 
 impl AttentionTape {
@@ -363,23 +338,13 @@ fn unit(t: &Tensor) -> Result<Tensor> {
     }
 }
 
-impl<'a> Spec<'a> {
+impl<'a> AttentionSpec<'a> {
     /// The shapes checked and the dropout key placed for the probabilities [batch, heads,
     /// q_len, seq] (rows of `seq` elements).
-    #[allow(clippy::too_many_arguments)]
-    fn checked(
-        q: &Tensor,
-        k: &Tensor,
-        v: &Tensor,
-        heads: usize,
-        scale: f64,
-        causal: bool,
-        mask: &'a KeyMask,
-        key: Option<DropKey>,
-        ctx: &Ctx,
-    ) -> Result<Self> {
+    fn checked(self, q: &Tensor, k: &Tensor, v: &Tensor, ctx: &Ctx) -> Result<Self> {
         let (b, nq, hid) = q.dims3()?;
         let n = k.dim(1)?;
+        let mask = self.mask;
         let rows_fit = ctx.rows.map_or(nq == n, |(kept, of)| (kept, of) == (nq, n));
         if (b, n) != (mask.batch, mask.seq)
             || k.dims() != [b, n, hid]
@@ -396,12 +361,9 @@ impl<'a> Spec<'a> {
                 ctx.rows
             )
         }
-        Ok(Spec {
-            heads,
-            scale,
-            causal,
-            mask,
-            key: ctx.place(key, n),
+        Ok(AttentionSpec {
+            key: ctx.place(self.key, n),
+            ..self
         })
     }
 
@@ -421,7 +383,13 @@ impl<'a> Spec<'a> {
 /// Attention from the device's matmuls and the swap, masked softmax and dropout ops: each head
 /// split or merge one kernel, the softmax one kernel forward and one backward. Also returns the
 /// intermediates that its hand-written backward pass takes.
-fn by_parts(q: &Tensor, k: &Tensor, v: &Tensor, a: &Spec, ctx: &Ctx) -> Result<(Tensor, Parts)> {
+fn by_parts(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    a: &AttentionSpec,
+    ctx: &Ctx,
+) -> Result<(Tensor, Parts)> {
     let (heads, key) = (a.heads, a.key);
     let (b, nq, hid) = q.dims3()?;
     let d = hid / heads;
@@ -485,8 +453,8 @@ impl Parts {
 }
 
 /// candle's ops: the reference.
-fn composed(q: &Tensor, k: &Tensor, v: &Tensor, a: &Spec, ctx: &Ctx) -> Result<Tensor> {
-    let Spec {
+fn composed(q: &Tensor, k: &Tensor, v: &Tensor, a: &AttentionSpec, ctx: &Ctx) -> Result<Tensor> {
+    let AttentionSpec {
         heads,
         scale,
         causal,
@@ -528,7 +496,7 @@ mod tests {
 
     use candle_core::{Device, Tensor, Var};
 
-    use super::{by_parts, composed, KeyMask, Spec, MASKED};
+    use super::{by_parts, composed, AttentionSpec, KeyMask, MASKED};
     use crate::ops::Ctx;
     use crate::test_util::max_diff;
 
@@ -578,7 +546,7 @@ mod tests {
                 };
                 let g = tensor(&[b, query.dim(1).unwrap(), hid], 9);
                 let run = |parts: bool| {
-                    let spec = Spec {
+                    let spec = AttentionSpec {
                         heads,
                         scale: 0.5,
                         causal,
@@ -608,7 +576,7 @@ mod tests {
                     );
                 }
                 // The parts' hand-written backward pass (no autograd) gives the same gradients.
-                let spec = Spec {
+                let spec = AttentionSpec {
                     heads,
                     scale: 0.5,
                     causal,

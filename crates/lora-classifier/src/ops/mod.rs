@@ -28,7 +28,7 @@ mod tests;
 
 use candle_core::{DType, Result, Tensor, Var};
 
-pub(crate) use attention::{attention, attention_saving, AttentionTape, KeyMask};
+pub(crate) use attention::{attention, AttentionSpec, AttentionTape, KeyMask};
 pub(crate) use dropout::dropout;
 pub(crate) use gelu::{activation, activation_grad};
 pub(crate) use layer_norm::{add_layer_norm, add_layer_norm_grad, layer_norm, layer_norm_grad};

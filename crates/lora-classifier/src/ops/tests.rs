@@ -134,9 +134,18 @@ fn attention_of_the_first_query_is_the_full_one() {
         for causal in [false, true] {
             let c = ctx(fused);
             let key = c.dropout(P, 7);
+            let spec = |key| ops::AttentionSpec {
+                heads,
+                scale: 0.5,
+                causal,
+                mask: &mask,
+                key,
+            };
             let [q, k, v] = [1, 2, 3].map(|s| Var::from_tensor(&tensor(&[B, N, hid], s)).unwrap());
             let run = |query: &Tensor, c: &Ctx| {
-                let out = ops::attention(query, &k, &v, heads, 0.5, causal, &mask, key, c).unwrap();
+                let out = ops::attention(query, &k, &v, spec(key), c, false)
+                    .unwrap()
+                    .0;
                 let loss = (first_row(&out) * &g).unwrap().sum_all().unwrap();
                 let grads = loss.backward().unwrap();
                 let [dq, dk, dv] = [&q, &k, &v].map(|t| grads.get(t).unwrap().clone());
@@ -158,14 +167,12 @@ fn attention_of_the_first_query_is_the_full_one() {
                 &first_row(q.as_tensor()),
                 &k,
                 &v,
-                heads,
-                0.5,
-                causal,
-                &mask,
-                None,
+                spec(None),
                 &c.first_rows(1, N),
+                false,
             )
-            .unwrap();
+            .unwrap()
+            .0;
             assert!(
                 max_diff(&part.0, &none) > 1e-4,
                 "{what}: the dropout is active"
@@ -175,6 +182,13 @@ fn attention_of_the_first_query_is_the_full_one() {
     // A query count that does not match the rows of the pass is refused.
     let c = ctx(true);
     let t = tensor(&[B, N, hid], 1);
-    let err = ops::attention(&first_row(&t), &t, &t, heads, 0.5, false, &mask, None, &c);
+    let spec = ops::AttentionSpec {
+        heads,
+        scale: 0.5,
+        causal: false,
+        mask: &mask,
+        key: None,
+    };
+    let err = ops::attention(&first_row(&t), &t, &t, spec, &c, false);
     assert!(err.is_err(), "1 query row in a pass over all rows");
 }
