@@ -59,6 +59,11 @@ impl Bert {
         layers && self.pooler.has_plain_grad() && self.emb_norm.has_plain_grad()
     }
 
+    /// Whether the ops' kernels apply to this model's activations (those of its embeddings).
+    pub fn has_kernels(&self) -> bool {
+        ops::kernels_apply(&self.word)
+    }
+
     /// `forward` outside autograd, with the record its backward pass takes.
     pub fn forward_saving(
         &self,
@@ -132,19 +137,5 @@ impl Bert {
             }
         }
         Ok(())
-    }
-}
-
-impl Bert {
-    /// Whether the ops' kernels, which the hand-written backward pass runs, apply to this
-    /// model's activations: f32 on the CPU (its bf16 weights are packed, the activations f32),
-    /// any float type on a GPU.
-    pub fn has_kernels(&self) -> bool {
-        let dtype = self.word.dtype();
-        match self.word.device() {
-            candle_core::Device::Cpu => dtype == candle_core::DType::F32,
-            candle_core::Device::Cuda(_) => dtype.is_float(),
-            _ => false,
-        }
     }
 }

@@ -47,14 +47,9 @@ impl Gpt2 {
         }) && self.ln_f.has_plain_grad()
     }
 
-    /// Whether the ops' kernels apply to this model's activations (as `Bert::has_kernels`).
+    /// Whether the ops' kernels apply to this model's activations (those of its embeddings).
     pub fn has_kernels(&self) -> bool {
-        let dtype = self.wte.dtype();
-        match self.wte.device() {
-            candle_core::Device::Cpu => dtype == candle_core::DType::F32,
-            candle_core::Device::Cuda(_) => dtype.is_float(),
-            _ => false,
-        }
+        ops::kernels_apply(&self.wte)
     }
 
     /// `forward` outside autograd, with the record its backward pass takes.

@@ -107,6 +107,17 @@ impl Ctx {
     }
 }
 
+/// Whether the ops' kernels (which the hand-written backward passes run) apply to activations
+/// of `t`'s dtype and device: f32 on the CPU (bf16 weights there are packed, the activations
+/// f32), any float type on a GPU.
+pub(crate) fn kernels_apply(t: &Tensor) -> bool {
+    match t.device() {
+        candle_core::Device::Cpu => t.dtype() == DType::F32,
+        candle_core::Device::Cuda(_) => t.dtype().is_float(),
+        _ => false,
+    }
+}
+
 /// `op(x)`, recording the op for autograd only when x needs a gradient.
 fn apply1<C: candle_core::CustomOp1 + Send + Sync + 'static>(x: &Tensor, op: C) -> Result<Tensor> {
     if x.track_op() {
