@@ -110,6 +110,8 @@ build-cuda:
 lint-cuda:
     #!/usr/bin/env bash
     set -euo pipefail
+    # The toolkit script reads cudarc's sources, which only the cuda feature's builds fetch.
+    cargo fetch --quiet
     cuda_home=$(scripts/cuda-toolkit.sh .cuda | sed -n 's/^CUDA_HOME=//p')
     export CUDA_HOME=$cuda_home PATH=$cuda_home/bin:$PATH CUDA_COMPUTE_CAP=${CUDA_COMPUTE_CAP:-90}
     cargo clippy --release --features cuda -p train -p evaluate -p imdb-lora --target-dir target/cuda --all-targets -- -D warnings
