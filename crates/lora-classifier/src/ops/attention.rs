@@ -163,6 +163,18 @@ impl CustomOp1 for MaskedSoftmax {
     }
 }
 
+/// The probabilities and their gradient have one shape.
+fn same_dims(pl: &Layout, gl: &Layout) -> Result<()> {
+    if pl.dims() != gl.dims() {
+        bail!(
+            "masked softmax backward: probabilities {:?} vs gradient {:?}",
+            pl.dims(),
+            gl.dims()
+        )
+    }
+    Ok(())
+}
+
 impl CustomOp2 for MaskedSoftmaxBackward {
     fn name(&self) -> &'static str {
         "masked-softmax-backward"
@@ -175,13 +187,7 @@ impl CustomOp2 for MaskedSoftmaxBackward {
         g: &CpuStorage,
         gl: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        if pl.dims() != gl.dims() {
-            bail!(
-                "masked softmax backward: probabilities {:?} vs gradient {:?}",
-                pl.dims(),
-                gl.dims()
-            )
-        }
+        same_dims(pl, gl)?;
         let n = pl.dims().last().copied().unwrap_or(1);
         let (p, g) = (cpu::contiguous(p, pl)?, cpu::contiguous(g, gl)?);
         let ds = cpu::masked_softmax_backward(p, g, n, self.scale);
@@ -196,13 +202,7 @@ impl CustomOp2 for MaskedSoftmaxBackward {
         g: &candle_core::CudaStorage,
         gl: &Layout,
     ) -> Result<(candle_core::CudaStorage, Shape)> {
-        if pl.dims() != gl.dims() {
-            bail!(
-                "masked softmax backward: probabilities {:?} vs gradient {:?}",
-                pl.dims(),
-                gl.dims()
-            )
-        }
+        same_dims(pl, gl)?;
         let ds = crate::cuda::launch::masked_softmax_backward((p, pl), (g, gl), self.scale)?;
         Ok((ds, pl.shape().clone()))
     }

@@ -272,14 +272,31 @@ pub(crate) fn add_layer_norm(
     ctx: &Ctx,
 ) -> Result<Tensor> {
     let key = ctx.place(key, x.dim(D::Minus1)?);
-    let on_kernels = ctx.fused_for(&[x, residual]) || ctx.cuda_for(&[x, residual]);
-    if on_kernels && x.dims() == residual.dims() {
-        if let Some((op, b)) = op(x, w, b, key, eps, ctx)? {
-            let r = residual.to_dtype(x.dtype())?.contiguous()?;
-            return apply3(&x.contiguous()?, &r, &b, op);
-        }
+    if let Some((op, b, r)) = add_op(x, key, residual, w, b, eps, ctx)? {
+        return apply3(&x.contiguous()?, &r, &b, op);
     }
     layer_norm(&(dropout(x, key, ctx)? + residual)?, w, b, eps, ctx)
+}
+
+/// The fused residual op of [`add_layer_norm`] where it applies (`key` placed), with the bias
+/// and the residual in x's dtype.
+fn add_op(
+    x: &Tensor,
+    key: Option<DropKey>,
+    residual: &Tensor,
+    w: &Tensor,
+    b: &Tensor,
+    eps: f64,
+    ctx: &Ctx,
+) -> Result<Option<(LayerNorm, Tensor, Tensor)>> {
+    let on_kernels = ctx.fused_for(&[x, residual]) || ctx.cuda_for(&[x, residual]);
+    if !on_kernels || x.dims() != residual.dims() {
+        return Ok(None);
+    }
+    let Some((op, b)) = op(x, w, b, key, eps, ctx)? else {
+        return Ok(None);
+    };
+    Ok(Some((op, b, residual.to_dtype(x.dtype())?.contiguous()?)))
 }
 
 /// The gradients of [`add_layer_norm`] for the output gradient `dy`, outside autograd (the
@@ -296,23 +313,12 @@ pub(crate) fn add_layer_norm_grad(
     ctx: &Ctx,
 ) -> Result<(Tensor, Tensor)> {
     let key = ctx.place(key, x.dim(D::Minus1)?);
-    let on_kernels = ctx.fused_for(&[x, residual]) || ctx.cuda_for(&[x, residual]);
-    if on_kernels && x.dims() == residual.dims() {
-        if let Some((op, _)) = op(x, w, b, key, eps, ctx)? {
-            let r = residual.to_dtype(x.dtype())?.contiguous()?;
-            return op.input_grads(&x.contiguous()?, Some(&r), dy);
-        }
+    if let Some((op, _, r)) = add_op(x, key, residual, w, b, eps, ctx)? {
+        return op.input_grads(&x.contiguous()?, Some(&r), dy);
     }
     // The kernel without the dropout (CUDA with a placed key), on dropout(x) + residual.
     let s = (dropout(x, key, ctx)? + residual)?;
-    let Some((op, _)) = op(&s, w, b, None, eps, ctx)? else {
-        bail!(
-            "layer-norm: no kernel for the hand-written backward pass of {:?} on {:?}",
-            s.dtype(),
-            s.device()
-        )
-    };
-    let dsum = op.input_grads(&s.contiguous()?, None, dy)?.1;
+    let dsum = layer_norm_grad(&s, w, b, eps, dy, ctx)?;
     Ok((dropout(&dsum, key, ctx)?, dsum))
 }
 

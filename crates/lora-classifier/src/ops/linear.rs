@@ -367,17 +367,33 @@ pub(crate) fn lora_linear(
     key: Option<DropKey>,
     ctx: &Ctx,
 ) -> Result<Option<Tensor>> {
+    let Some(op) = fused_lora(x, f, a, b, scale, key, ctx)? else {
+        return Ok(None);
+    };
+    let (x, a, b) = (x.contiguous()?, a.contiguous()?, b.contiguous()?);
+    Ok(Some(apply3(&x, &a, &b, op)?))
+}
+
+/// The fused CPU op of [`lora_linear`] where it applies (x checked against the weight, the
+/// dropout key placed for the pass).
+fn fused_lora(
+    x: &Tensor,
+    f: Frozen,
+    a: &Tensor,
+    b: &Tensor,
+    scale: f64,
+    key: Option<DropKey>,
+    ctx: &Ctx,
+) -> Result<Option<LoraLinear>> {
     f.check(x)?;
     if !f.on_cpu_kernels(x, ctx) || !ctx.fused_for(&[a, b]) {
         return Ok(None);
     }
-    let op = LoraLinear {
+    Ok(Some(LoraLinear {
         base: f.op(Act::None),
         scale: scale as f32,
         dropout: ctx.place(key, x.dim(D::Minus1)?),
-    };
-    let (x, a, b) = (x.contiguous()?, a.contiguous()?, b.contiguous()?);
-    Ok(Some(apply3(&x, &a, &b, op)?))
+    }))
 }
 
 /// The gradients of `x · Wᵀ + b + scale · (dropout(x) · Aᵀ) · Bᵀ` for the output gradient
@@ -396,17 +412,11 @@ pub(crate) fn lora_linear_grad(
     input_grad: bool,
     ctx: &Ctx,
 ) -> Result<LoraGrads> {
-    f.check(x)?;
-    let key = ctx.place(key, x.dim(D::Minus1)?);
-    if f.on_cpu_kernels(x, ctx) && ctx.fused_for(&[a, b, dy]) {
-        let op = LoraLinear {
-            base: f.op(Act::None),
-            scale: scale as f32,
-            dropout: key,
-        };
+    if let Some(op) = fused_lora(x, f, a, b, scale, key, ctx)?.filter(|_| ctx.fused_for(&[dy])) {
         let (x, a, b) = (x.contiguous()?, a.contiguous()?, b.contiguous()?);
         return op.grads(&x, &a, &b, dy, input_grad);
     }
+    let key = ctx.place(key, x.dim(D::Minus1)?);
     let (n_in, n_out) = (x.dim(D::Minus1)?, dy.dim(D::Minus1)?);
     let x2 = x.to_dtype(DType::F32)?.contiguous()?.reshape(((), n_in))?;
     let xd = super::dropout(&x2, key, ctx)?;
