@@ -152,7 +152,7 @@ impl Stage for Train<'_> {
             Ok(tokens)
         };
         let (train_split, validation_split) = (read(Split::Train)?, read(Split::Validation)?);
-        let classifier = SequenceClassifier::new(
+        let mut classifier = SequenceClassifier::new(
             &ckpt,
             Some(&settings::lora_settings(config)),
             config.seed,
@@ -204,7 +204,7 @@ impl Stage for Train<'_> {
             JsonLog::new(&live_log),
         );
         let outcome = training::train(
-            &classifier,
+            &mut classifier,
             &examples(&train_split),
             &examples(&validation_split),
             &settings,

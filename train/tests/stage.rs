@@ -117,7 +117,7 @@ fn trains_end_to_end_then_is_up_to_date() {
     } else {
         DType::F32
     };
-    let model = SequenceClassifier::load_adapter(
+    let mut model = SequenceClassifier::load_adapter(
         &ckpt,
         &train_dir(&c).join("adapter"),
         &Device::Cpu,
@@ -126,7 +126,7 @@ fn trains_end_to_end_then_is_up_to_date() {
     .unwrap();
     let validation = split(8, 1);
     let v = training::evaluate(
-        &model,
+        &mut model,
         &train::examples(&validation),
         c.training.batch_size,
         &Device::Cpu,

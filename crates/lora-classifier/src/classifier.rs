@@ -511,6 +511,21 @@ impl SequenceClassifier {
         Ok(())
     }
 
+    /// `f` on the model with its adapter merged (inference without the LoRA branches, as
+    /// evaluate runs it: validation in train), then the unmerged weights restored exactly,
+    /// whatever `f` returned. A model whose adapter cannot be merged (`layer_norm`), or that
+    /// is merged already, is handed to `f` as it is.
+    pub fn with_merged<R>(&mut self, f: impl FnOnce(&Self) -> R) -> candle_core::Result<R> {
+        let mergeable = self.lora.as_ref().is_some_and(|l| !l.layer_norm);
+        if !mergeable || self.is_merged() {
+            return Ok(f(self));
+        }
+        self.merge()?;
+        let out = f(self);
+        self.unmerge()?;
+        Ok(out)
+    }
+
     /// Inference in int8 on the CPU (call it after `merge`): every frozen linear layer's
     /// weight quantized per output channel, its input per row, the products on AVX512-VNNI
     /// where the CPU has it (`vpdpbusd`), as ONNX Runtime's dynamic quantization. There is no

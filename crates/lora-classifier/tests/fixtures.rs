@@ -239,6 +239,36 @@ fn merge_and_unmerge() {
     }
 }
 
+/// Validation's view of the model (train's and evaluate's `training::evaluate`): merged inside,
+/// PEFT's logits there, and the training weights exactly as they were afterwards.
+#[test]
+fn with_merged_merges_for_the_call_only() {
+    for name in ARCHS {
+        let f = Fixture::load(name);
+        let mut m = adapter_model(&f, Kernels::Auto);
+        let before = m.forward(&f.ids, &f.mask, Mode::Inference).unwrap();
+        let inside = m
+            .with_merged(|m| {
+                assert!(m.is_merged(), "{name}: merged inside");
+                m.forward(&f.ids, &f.mask, Mode::Inference).unwrap()
+            })
+            .unwrap();
+        assert_close(
+            &inside,
+            f.get("lora_logits"),
+            TOL,
+            &format!("{name} with_merged"),
+        );
+        assert!(!m.is_merged(), "{name}: unmerged after");
+        let after = m.forward(&f.ids, &f.mask, Mode::Inference).unwrap();
+        assert_eq!(
+            max_diff(&before, &after),
+            0.0,
+            "{name}: with_merged leaves the weights exactly as they were"
+        );
+    }
+}
+
 #[test]
 fn parameter_counts_match_peft() {
     // PEFT's print_trainable_parameters for the fixture configs (bias none, all, lora_only), as

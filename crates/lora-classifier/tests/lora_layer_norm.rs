@@ -78,6 +78,14 @@ fn starts_as_the_base_model_and_refuses_to_merge() {
     // modules, the norm's weight and bias (2 × 32).
     assert_eq!(m.parameter_counts().trainable, 1090 + 4 * 64);
     assert!(m.merge().is_err());
+    // Validation (`with_merged`) runs it unmerged instead of failing.
+    let inside = m
+        .with_merged(|m| {
+            assert!(!m.is_merged());
+            m.forward(&f.ids, &f.mask, Mode::Eval).unwrap()
+        })
+        .unwrap();
+    assert_eq!(max_diff(&inside, &logits), 0.0);
 }
 
 /// Every trainable tensor's gradient (three elements of each: its largest and two at random)

@@ -55,7 +55,7 @@ fn settings(learning_rate: f64, batch_size: usize, epochs: usize) -> TrainSettin
 }
 
 fn run(
-    model: &SequenceClassifier,
+    model: &mut SequenceClassifier,
     train: &TokenSplit,
     validation: &TokenSplit,
     s: &TrainSettings,
@@ -74,7 +74,7 @@ fn run(
     .unwrap()
 }
 
-fn evaluate(model: &SequenceClassifier, split: &TokenSplit) -> Validation {
+fn evaluate(model: &mut SequenceClassifier, split: &TokenSplit) -> Validation {
     training::evaluate(model, &examples(split), 16, &Device::Cpu).unwrap()
 }
 
@@ -136,11 +136,12 @@ fn token_rule_split(n: usize, seed: u64, max_len: usize) -> TokenSplit {
 #[test]
 fn learns_a_separable_token_rule() {
     let ckpt = Checkpoint::open(&test_support::fixture("bert-tiny-lora/base")).unwrap();
-    let model = SequenceClassifier::new(&ckpt, Some(&lora(4, 8.0)), SEED, &Device::Cpu, DType::F32)
-        .unwrap();
+    let mut model =
+        SequenceClassifier::new(&ckpt, Some(&lora(4, 8.0)), SEED, &Device::Cpu, DType::F32)
+            .unwrap();
     let (train, validation) = (token_rule_split(96, 1, 24), token_rule_split(64, 2, 24));
-    let before = evaluate(&model, &validation);
-    let outcome = run(&model, &train, &validation, &settings(1e-2, 8, 6));
+    let before = evaluate(&mut model, &validation);
+    let outcome = run(&mut model, &train, &validation, &settings(1e-2, 8, 6));
     let epochs = epoch_rows(&outcome.history);
     let losses: Vec<f64> = epochs.iter().map(|r| r.train_loss).collect();
     let accuracies: Vec<f64> = epochs.iter().filter_map(|r| r.val_accuracy).collect();
@@ -164,7 +165,7 @@ fn learns_a_separable_token_rule() {
         outcome.last
     );
     // The model holds the trained adapter: evaluating it again gives the last epoch's figures.
-    assert_same(evaluate(&model, &validation), outcome.last);
+    assert_same(evaluate(&mut model, &validation), outcome.last);
 }
 
 /// The same figures, up to the f32 rounding of the loss the history keeps.
@@ -225,16 +226,16 @@ fn real_minilm_lowers_the_loss_on_real_reviews() {
     ));
     let split = real_split(&dir, real_reviews(&file, 0, 32));
     let ckpt = Checkpoint::open(&dir).unwrap();
-    let model =
+    let mut model =
         SequenceClassifier::new(&ckpt, Some(&lora(8, 32.0)), SEED, &Device::Cpu, DType::F32)
             .unwrap();
-    let before = evaluate(&model, &split);
+    let before = evaluate(&mut model, &split);
     // 8 steps rather than an epoch's 156: a constant rate of 3e-3 (6× pipeline.yaml's) makes
     // them count.
     let mut s = settings(3e-3, 8, 2);
     s.schedule = ScheduleKind::Constant;
-    let outcome = run(&model, &split, &split, &s);
-    let after = evaluate(&model, &split);
+    let outcome = run(&mut model, &split, &split, &s);
+    let after = evaluate(&mut model, &split);
     eprintln!("real MiniLM, 32 reviews: {before:?} before, {after:?} after 8 steps");
     assert_eq!(outcome.steps, 8);
     assert_same(after, outcome.last);
@@ -263,13 +264,13 @@ fn real_minilm_in_bf16_lowers_the_loss_on_reviews_it_did_not_train_on() {
     );
     let (train, validation) = (real_split(&dir, trained), real_split(&dir, held_out));
     let ckpt = Checkpoint::open(&dir).unwrap();
-    let model =
+    let mut model =
         SequenceClassifier::new(&ckpt, Some(&lora(8, 32.0)), SEED, &Device::Cpu, DType::BF16)
             .unwrap();
-    let before = evaluate(&model, &validation);
+    let before = evaluate(&mut model, &validation);
     let mut s = settings(3e-3, 8, 3);
     s.schedule = ScheduleKind::Constant;
-    let outcome = run(&model, &train, &validation, &s);
+    let outcome = run(&mut model, &train, &validation, &s);
     let after = outcome.last;
     eprintln!(
         "real MiniLM in bf16, 32 reviews: on 32 others {before:?} before, {after:?} after 12 steps"

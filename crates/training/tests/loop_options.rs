@@ -100,10 +100,10 @@ fn run(settings: &TrainSettings) -> (TrainOutcome, Vec<Vec<f32>>) {
         labels: &r.labels,
         max_len: r.max_len,
     };
-    let m = model(tmp.path());
+    let mut m = model(tmp.path());
     let store = CheckpointStore::new(&tmp.path().join("checkpoints"), "test");
     let outcome = training::train(
-        &m,
+        &mut m,
         &examples,
         &examples,
         settings,

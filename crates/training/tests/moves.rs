@@ -110,7 +110,7 @@ fn trains_lora_and_only_lora(fixture: &str, lora_modules: usize) {
     let ckpt = Checkpoint::open(&base).unwrap();
     // As the train stage builds it (f32 frozen weights: the train stage's choice on a CPU
     // without AVX512-BF16, and the one whose weights compare exactly with the checkpoint's).
-    let model =
+    let mut model =
         SequenceClassifier::new(&ckpt, Some(&lora()), 42, &Device::Cpu, DType::F32).unwrap();
     let trainable = model.trainable();
     let initial: Vec<Vec<f32>> = trainable.iter().map(|(_, v)| var_values(v)).collect();
@@ -142,7 +142,7 @@ fn trains_lora_and_only_lora(fixture: &str, lora_modules: usize) {
     let store = CheckpointStore::new(&tmp.path().join("checkpoints"), "moves test");
     let started = std::time::Instant::now();
     let outcome: TrainOutcome = training::train(
-        &model,
+        &mut model,
         &examples,
         &examples,
         &settings(),

@@ -85,7 +85,7 @@ fn log_lines_appear_while_the_run_trains() {
         max_len,
     };
     let ckpt = Checkpoint::open(&dir.join("base")).unwrap();
-    let model =
+    let mut model =
         SequenceClassifier::load_adapter(&ckpt, &dir.join("adapter"), &Device::Cpu, DType::F32)
             .unwrap();
     let settings = TrainSettings {
@@ -117,7 +117,7 @@ fn log_lines_appear_while_the_run_trains() {
         validating: None,
     };
     let outcome = training::train(
-        &model,
+        &mut model,
         &examples,
         &examples,
         &settings,
