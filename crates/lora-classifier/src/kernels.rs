@@ -30,7 +30,8 @@ impl Kernels {
 }
 
 /// The code that computes frozen linear layers on this CPU in `precision` ("bf16" or "int8"):
-/// "avx512" (AVX512-BF16 / AVX512-VNNI microkernels) or "portable" (f32 GEMMs on the rounded
+/// "amx" (AMX tiles, with `IMDB_LORA_CPU_ISA=amx`), "avx512" (AVX512-BF16 / AVX512-VNNI
+/// microkernels) or "portable" (f32 GEMMs on the rounded
 /// values, on a CPU without them or with `IMDB_LORA_CPU_ISA=portable`). For reports and tests.
 pub fn cpu_kernels(precision: &str) -> Option<&'static str> {
     let p = match precision {
@@ -39,15 +40,16 @@ pub fn cpu_kernels(precision: &str) -> Option<&'static str> {
         _ => return None,
     };
     Some(match cpu::Isa::detect(p) {
+        cpu::Isa::Amx => "amx",
         cpu::Isa::Avx512 => "avx512",
-        cpu::Isa::Portable => "portable",
+        _ => "portable",
     })
 }
 
 /// Whether this CPU computes bf16 frozen layers with its own instructions (AVX512-BF16), not
 /// by rounding to bf16 and multiplying in f32 as the portable code does.
 pub fn cpu_has_native_bf16() -> bool {
-    cpu::Isa::detect(cpu::Precision::Bf16) == cpu::Isa::Avx512
+    cpu::Isa::detect(cpu::Precision::Bf16).native()
 }
 
 /// Whether this CPU has AMX tiles for bf16 (Intel Xeon since Sapphire Rapids: CPUID leaf 7,

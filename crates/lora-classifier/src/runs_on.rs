@@ -15,8 +15,8 @@ pub enum FrozenWeights {
 }
 
 /// `device dtype kernel`: the device (`cpu`, `cuda`), the frozen weights' format, and on the
-/// CPU the code that multiplies by them: the fused AVX-512 microkernels (`avx512-bf16`,
-/// `avx512-vnni`), the f32 GEMM's widest instructions (`avx512`, `avx2`, `portable`), the
+/// CPU the code that multiplies by them: the AMX tiles (`amx-bf16`, `amx-int8`, with
+/// `IMDB_LORA_CPU_ISA=amx`), the fused AVX-512 microkernels (`avx512-bf16`, `avx512-vnni`), the f32 GEMM's widest instructions (`avx512`, `avx2`, `portable`), the
 /// portable fallback of the low-precision formats, or `composed` where `IMDB_LORA_KERNELS`
 /// asks for candle's composed ops.
 pub fn runs_on(device: &Device, weights: FrozenWeights, kernels: Kernels) -> String {
@@ -48,8 +48,12 @@ pub fn runs_on(device: &Device, weights: FrozenWeights, kernels: Kernels) -> Str
 
 fn low_precision(p: Precision, native: &'static str) -> &'static str {
     match Isa::detect(p) {
+        Isa::Amx => match p {
+            Precision::Bf16 => "amx-bf16",
+            Precision::Int8 => "amx-int8",
+        },
         Isa::Avx512 => native,
-        Isa::Portable => "portable",
+        _ => "portable",
     }
 }
 
@@ -81,13 +85,12 @@ mod tests {
             "{f32}"
         );
         let bf16 = runs_on(&cpu, FrozenWeights::Float(DType::BF16), Kernels::Auto);
-        let native = Isa::detect(Precision::Bf16) == Isa::Avx512;
         assert_eq!(
             bf16,
-            if native {
-                "cpu bf16 avx512-bf16"
-            } else {
-                "cpu bf16 portable"
+            match Isa::detect(Precision::Bf16) {
+                Isa::Amx => "cpu bf16 amx-bf16",
+                Isa::Avx512 => "cpu bf16 avx512-bf16",
+                _ => "cpu bf16 portable",
             }
         );
         let int8 = runs_on(&cpu, FrozenWeights::Int8, Kernels::Auto);

@@ -23,9 +23,13 @@
 //!   of where it is not fused;
 //! - `packed`: bf16 and int8 weights packed for their GEMMs, and those GEMMs;
 //! - `avx512`: the GEMMs' microkernels and conversions (x86-64, checked at run time);
+//! - `amx`: the same GEMMs on AMX tiles, and a scalar model of the tile instructions (x86-64;
+//!   off unless `IMDB_LORA_CPU_ISA=amx` until it has run on an AMX machine);
 //! - `dropout`: dropout with the masks of `crate::dropout_mask`, forward and backward;
 //! - `simd`: the elementwise and row loops, compiled per instruction set.
 
+#[cfg(target_arch = "x86_64")]
+mod amx;
 mod attention;
 #[cfg(target_arch = "x86_64")]
 mod avx512;

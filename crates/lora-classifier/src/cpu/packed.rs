@@ -1,12 +1,13 @@
 //! Frozen weights in low precision and the GEMMs on them: bf16 (training and inference) and
 //! per-channel int8 (inference), with f32 activations in and out.
 //!
-//! A layer's weight is packed once, into the panels the AVX-512 microkernels (`avx512`) read;
-//! each call converts its activations once (to bf16, or to int8 with one scale per row, as
-//! ONNX Runtime's dynamic quantization does per tensor) and runs tiles of C in parallel. On a
-//! CPU without the instructions (or with `IMDB_LORA_CPU_ISA=portable`) the same numbers come
-//! from the `gemm` crate's f32 GEMM on the rounded values: products of bf16 or small integers
-//! are exact in f32, so only the order of the sums differs.
+//! A layer's weight is packed once, into the panels the AVX-512 microkernels (`avx512`) read
+//! (and the AMX tiles, `amx`, with the inner dimension padded to whole tiles); each call
+//! converts its activations once (to bf16, or to int8 with one scale per row, as ONNX
+//! Runtime's dynamic quantization does per tensor) and runs tiles of C in parallel. On a CPU
+//! without the instructions (or with `IMDB_LORA_CPU_ISA=portable`) the same numbers come from
+//! the `gemm` crate's f32 GEMM on the rounded values: products of bf16 or small integers are
+//! exact in f32, so only the order of the sums differs.
 
 use std::sync::OnceLock;
 
@@ -14,29 +15,42 @@ use candle_core::{bail, Result};
 use rayon::prelude::*;
 
 #[cfg(target_arch = "x86_64")]
+use super::amx;
+#[cfg(target_arch = "x86_64")]
 use super::avx512::{self, Epilogue, Tile, MR, NR};
 use super::matrix::{gemm_acc, gemm_into, uninit_buffer, Mat};
 use super::simd::{bf16_bits, bf16_row_portable, max_abs_bits, quantize_into, quantize_row};
 
-/// Environment variable that forces the portable path (`portable`): a CPU without the feature.
+/// Environment variable that picks the low-precision GEMMs' code: `portable` forces the
+/// portable path (a CPU without the features); `amx` takes the AMX tiles where the CPU and OS
+/// allow them (off otherwise until that path has run on an AMX machine, see `amx`).
 pub const ISA_ENV: &str = "IMDB_LORA_CPU_ISA";
 
 /// Which code computes a low-precision GEMM.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Isa {
+    /// The AMX tiles (AMX-BF16, AMX-INT8) on the AVX-512 panels, padded (`amx`).
+    Amx,
     /// The AVX-512 microkernels (AVX512-BF16 for bf16, AVX512-VNNI for int8).
     Avx512,
     /// f32 GEMMs on the rounded values, on any CPU.
     Portable,
+    /// The AMX path with the tile instructions computed by `amx::TileModel`: tests only.
+    #[cfg(test)]
+    AmxModel,
 }
 
 impl Isa {
-    /// The best this CPU has for `precision`, unless `IMDB_LORA_CPU_ISA=portable`.
+    /// The best this CPU has for `precision` (AMX only when `IMDB_LORA_CPU_ISA=amx` asks),
+    /// unless `IMDB_LORA_CPU_ISA=portable`.
     pub fn detect(precision: Precision) -> Isa {
-        static FORCED: OnceLock<bool> = OnceLock::new();
-        let forced = *FORCED.get_or_init(|| std::env::var(ISA_ENV).as_deref() == Ok("portable"));
-        if forced {
-            return Isa::Portable;
+        static REQUESTED: OnceLock<Option<String>> = OnceLock::new();
+        let requested = REQUESTED.get_or_init(|| std::env::var(ISA_ENV).ok());
+        match requested.as_deref() {
+            Some("portable") => return Isa::Portable,
+            #[cfg(target_arch = "x86_64")]
+            Some("amx") if amx::available(precision).is_ok() => return Isa::Amx,
+            _ => {}
         }
         #[cfg(target_arch = "x86_64")]
         {
@@ -52,6 +66,44 @@ impl Isa {
         }
         let _ = precision;
         Isa::Portable
+    }
+
+    /// Whether this code runs the CPU's own vector instructions around its GEMM (conversions,
+    /// quantization), not the portable loops.
+    pub(crate) fn native(self) -> bool {
+        matches!(self, Isa::Amx | Isa::Avx512)
+    }
+
+    /// Whether the weights are packed into panels (else kept as f32 values for `gemm`).
+    fn panels(self) -> bool {
+        self != Isa::Portable
+    }
+
+    /// The multiple that the inner dimension's groups are padded to: whole AMX tiles.
+    fn whole_groups(self) -> usize {
+        match self {
+            #[cfg(target_arch = "x86_64")]
+            Isa::Amx => amx::GROUPS,
+            #[cfg(all(test, target_arch = "x86_64"))]
+            Isa::AmxModel => amx::GROUPS,
+            _ => 1,
+        }
+    }
+
+    /// Rows of A per tile of C, and the multiple A's rows are padded to.
+    #[cfg(target_arch = "x86_64")]
+    fn tile_rows(self) -> usize {
+        match self {
+            Isa::Amx => amx::ROWS,
+            #[cfg(test)]
+            Isa::AmxModel => amx::ROWS,
+            _ => MR,
+        }
+    }
+
+    #[cfg(not(target_arch = "x86_64"))]
+    fn tile_rows(self) -> usize {
+        1
     }
 }
 
@@ -82,9 +134,16 @@ const PANEL: usize = NR;
 const PANEL: usize = 48;
 
 impl Panels {
-    /// `get(k, n)` as `G` lanes of `bits` bits each (bf16: 2 × 16, int8: 4 × 8).
-    fn pack(k: usize, n: usize, g: usize, get: impl Fn(usize, usize) -> u32 + Sync) -> Self {
-        let groups = k.div_ceil(g);
+    /// `get(k, n)` as `G` lanes of `bits` bits each (bf16: 2 × 16, int8: 4 × 8), the groups
+    /// zero-padded to a multiple of `whole` (the AMX tiles read 16 at a time).
+    fn pack(
+        k: usize,
+        n: usize,
+        g: usize,
+        whole: usize,
+        get: impl Fn(usize, usize) -> u32 + Sync,
+    ) -> Self {
+        let groups = k.div_ceil(g).next_multiple_of(whole);
         let panels = n.div_ceil(PANEL);
         let bits = 32 / g;
         let mut data = vec![0u32; panels * groups * PANEL];
@@ -215,8 +274,10 @@ impl PackedLinear {
             }
         };
         let q = match isa {
-            Isa::Avx512 => {
-                let panels = Panels::pack(n_in, n_out, 4, |i, o| u32::from(q(o, i) as u8));
+            isa if isa.panels() => {
+                let panels = Panels::pack(n_in, n_out, 4, isa.whole_groups(), |i, o| {
+                    u32::from(q(o, i) as u8)
+                });
                 let mut offset = vec![0i32; panels.panels * PANEL];
                 offset[..n_out]
                     .par_iter_mut()
@@ -226,7 +287,7 @@ impl PackedLinear {
                     });
                 Int8B::Panels { panels, offset }
             }
-            Isa::Portable => {
+            _ => {
                 let mut f = vec![0f32; n_in * n_out];
                 f.par_chunks_mut(n_out).enumerate().for_each(|(i, row)| {
                     for (o, v) in row.iter_mut().enumerate() {
@@ -257,10 +318,12 @@ impl PackedLinear {
             (n_out, n_in, so, si)
         };
         match isa {
-            Isa::Avx512 => Bf16B::Panels(Panels::pack(k, n, 2, |r, c| {
-                u32::from(src[r * sk + c * sn])
-            })),
-            Isa::Portable => Bf16B::F32 {
+            isa if isa.panels() => {
+                Bf16B::Panels(Panels::pack(k, n, 2, isa.whole_groups(), |r, c| {
+                    u32::from(src[r * sk + c * sn])
+                }))
+            }
+            _ => Bf16B::F32 {
                 w: src.iter().map(|&b| bf16_value(b)).collect(),
                 rs: sk,
                 cs: sn,
@@ -305,12 +368,20 @@ impl PackedLinear {
         y: &mut [std::mem::MaybeUninit<f32>],
     ) {
         let m = x.len() / k;
-        // A rounded to bf16, rows padded to whole pairs.
-        let groups = k.div_ceil(2);
+        // A rounded to bf16, rows padded to whole pairs (and, for AMX, to the panels' whole
+        // tiles of groups, with whole tiles of rows).
+        let groups = match b {
+            Bf16B::Panels(p) => p.groups,
+            Bf16B::F32 { .. } => k.div_ceil(2),
+        };
+        let rows = m.next_multiple_of(self.isa.tile_rows());
         // Not zeroed first: the conversion writes every half (1.5% of a bf16 inference step
         // was the memset).
-        let mut a = Box::<[u32]>::new_uninit_slice(m * groups);
-        a.par_chunks_mut(groups * rows_per_task(k))
+        let mut a = Box::<[u32]>::new_uninit_slice(rows * groups);
+        let (a_rows, a_pad) = a.split_at_mut(m * groups);
+        a_pad.fill(std::mem::MaybeUninit::new(0));
+        a_rows
+            .par_chunks_mut(groups * rows_per_task(k))
             .zip(x.par_chunks(k * rows_per_task(k)))
             .for_each(|(dst, src)| {
                 for (d, s) in dst.chunks_mut(groups).zip(src.chunks(k)) {
@@ -319,23 +390,31 @@ impl PackedLinear {
                     let halves: &mut [u16] = unsafe {
                         std::slice::from_raw_parts_mut(d.as_mut_ptr().cast(), 2 * groups)
                     };
-                    bf16_row(s, halves, self.isa == Isa::Avx512);
+                    bf16_row(s, halves, self.isa.native());
                     halves[k..].fill(0);
                 }
             });
-        // SAFETY: the loop wrote every row.
+        // SAFETY: the loop wrote every row, the padding rows are zeros.
         let a = unsafe { a.assume_init() };
         match b {
             #[cfg(target_arch = "x86_64")]
-            Bf16B::Panels(p) => tiles(m, n, p, &a, y, |_, rows, t, panel| {
+            Bf16B::Panels(p) => tiles(m, n, p, &a, y, self.isa.tile_rows(), |_, rows, t, panel| {
                 let e = Epilogue {
                     bias: bias.map(|b| &b[panel * NR..][..NR]),
                     col_scale: None,
                     col_offset: None,
                     row_scale: None,
                 };
-                // SAFETY: packing made this ISA's panels only after detecting its features.
-                unsafe { avx512::bf16(rows, t, &e) }
+                // SAFETY: packing made this ISA's panels only after detecting its features;
+                // A's rows and groups are padded as its tiles read them.
+                unsafe {
+                    match self.isa {
+                        Isa::Amx => amx::bf16(&mut amx::Amx::new(), rows, t, &e),
+                        #[cfg(test)]
+                        Isa::AmxModel => amx::bf16(&mut amx::TileModel::default(), rows, t, &e),
+                        _ => avx512::bf16(rows, t, &e),
+                    }
+                }
             }),
             #[cfg(not(target_arch = "x86_64"))]
             Bf16B::Panels(_) => unreachable!("panels are packed only for x86-64"),
@@ -369,9 +448,14 @@ impl PackedLinear {
     ) {
         let (k, n) = (self.n_in, self.n_out);
         let m = x.len() / k;
-        // A quantized per row: u8 = q + 128, rows padded to whole quads (with q = 0).
-        let groups = k.div_ceil(4);
-        let mut a = vec![0x8080_8080u32; m * groups];
+        // A quantized per row: u8 = q + 128, rows padded to whole quads (with q = 0), and for
+        // AMX to the panels' whole tiles of groups, with whole tiles of rows.
+        let groups = match q {
+            Int8B::Panels { panels, .. } => panels.groups,
+            Int8B::F32(_) => k.div_ceil(4),
+        };
+        let rows = m.next_multiple_of(self.isa.tile_rows());
+        let mut a = vec![0x8080_8080u32; rows * groups];
         let mut row_scale = vec![0f32; m];
         a.par_chunks_mut(groups * rows_per_task(k))
             .zip(row_scale.par_chunks_mut(rows_per_task(k)))
@@ -383,16 +467,36 @@ impl PackedLinear {
             });
         match q {
             #[cfg(target_arch = "x86_64")]
-            Int8B::Panels { panels, offset } => tiles(m, n, panels, &a, y, |r0, rows, t, panel| {
-                let e = Epilogue {
-                    bias: bias.map(|b| &b[panel * NR..][..NR]),
-                    col_scale: Some(&scale[panel * NR..][..NR]),
-                    col_offset: Some(&offset[panel * NR..][..NR]),
-                    row_scale: Some(&row_scale[r0..r0 + rows]),
-                };
-                // SAFETY: packing made this ISA's panels only after detecting its features.
-                unsafe { avx512::int8(rows, t, &e) }
-            }),
+            Int8B::Panels { panels, offset } => {
+                tiles(
+                    m,
+                    n,
+                    panels,
+                    &a,
+                    y,
+                    self.isa.tile_rows(),
+                    |r0, rows, t, panel| {
+                        let e = Epilogue {
+                            bias: bias.map(|b| &b[panel * NR..][..NR]),
+                            col_scale: Some(&scale[panel * NR..][..NR]),
+                            col_offset: Some(&offset[panel * NR..][..NR]),
+                            row_scale: Some(&row_scale[r0..r0 + rows]),
+                        };
+                        // SAFETY: packing made this ISA's panels only after detecting its
+                        // features; A's rows and groups are padded as its tiles read them.
+                        unsafe {
+                            match self.isa {
+                                Isa::Amx => amx::int8(&mut amx::Amx::new(), rows, t, &e),
+                                #[cfg(test)]
+                                Isa::AmxModel => {
+                                    amx::int8(&mut amx::TileModel::default(), rows, t, &e)
+                                }
+                                _ => avx512::int8(rows, t, &e),
+                            }
+                        }
+                    },
+                )
+            }
             #[cfg(not(target_arch = "x86_64"))]
             Int8B::Panels { .. } => unreachable!("panels are packed only for x86-64"),
             Int8B::F32(w) => {
@@ -423,8 +527,8 @@ impl PackedLinear {
     /// One row of A quantized (`simd::quantize_row`), with the AVX-512 loops where the ISA is.
     fn quantize_row(&self, src: &[f32], dst: &mut [u8]) -> f32 {
         #[cfg(target_arch = "x86_64")]
-        if self.isa == Isa::Avx512 {
-            // SAFETY: Isa::Avx512 was chosen after detecting avx512f; dst holds a row.
+        if self.isa.native() {
+            // SAFETY: Isa::Avx512 and Amx are chosen after detecting avx512f; dst holds a row.
             return quantize_row(
                 src,
                 dst,
@@ -499,7 +603,7 @@ const MC: usize = 64;
 #[cfg(target_arch = "x86_64")]
 const GROUP_BYTES: usize = 192 << 10;
 
-/// Runs `tile(first row, rows, tile, panel)` over every MR × NR tile of C = A·B [m, n], in parallel tasks
+/// Runs `tile(first row, rows, tile, panel)` over every `mr` × NR tile of C = A·B [m, n], in parallel tasks
 /// of up to MC rows × a group of panels that fits in cache (A's tile stays in L1 across the
 /// group's panels; the group stays in L2 across the task's tiles). A is [m, groups] 32-bit
 /// groups; `y` is C, [m, n], written entirely.
@@ -510,6 +614,7 @@ fn tiles(
     b: &Panels,
     a: &[u32],
     y: &mut [std::mem::MaybeUninit<f32>],
+    mr: usize,
     tile: impl Fn(usize, usize, &Tile, usize) + Sync,
 ) {
     let groups = b.groups;
@@ -524,8 +629,8 @@ fn tiles(
         let (rt, ct) = (t / col_tasks, t % col_tasks);
         let rows = rt * MC..((rt + 1) * MC).min(m);
         let panels = ct * per_group..((ct + 1) * per_group).min(b.panels);
-        for r0 in rows.clone().step_by(MR) {
-            let mr = MR.min(rows.end - r0);
+        for r0 in rows.clone().step_by(mr) {
+            let mr = mr.min(rows.end - r0);
             for p in panels.clone() {
                 let t = Tile {
                     a: a[r0 * groups..].as_ptr(),

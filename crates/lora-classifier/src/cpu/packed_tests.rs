@@ -24,16 +24,30 @@ const SHAPES: [(usize, usize, usize); 9] = [
     (128, 384, 1536),
 ];
 
+/// The portable code, the AMX blocking on the scalar model of the tile instructions, and
+/// whichever of the AVX-512 microkernels and the AMX tiles this CPU runs.
 fn isas(p: Precision) -> Vec<Isa> {
-    let mut v = vec![Isa::Portable];
-    if Isa::detect(p) == Isa::Avx512 {
+    let mut v = vec![Isa::Portable, Isa::AmxModel];
+    let avx512 = match p {
+        Precision::Bf16 => is_x86_feature_detected!("avx512bf16"),
+        Precision::Int8 => is_x86_feature_detected!("avx512vnni"),
+    };
+    if avx512 && std::env::var(super::ISA_ENV).as_deref() != Ok("portable") {
         v.push(Isa::Avx512);
     } else {
         // Visible in the test output (not captured by libtest): this CPU checks only the fallback.
         test_support::report_platform_skip(
             &format!("AVX-512 {p:?} kernels"),
-            "this CPU lacks the instructions; only the portable fallback was checked",
+            "this CPU lacks the instructions (or IMDB_LORA_CPU_ISA=portable); not checked",
         );
+    }
+    // The tiles themselves, wherever they can run (not only when IMDB_LORA_CPU_ISA=amx).
+    match super::amx::available(p) {
+        Ok(()) => v.push(Isa::Amx),
+        Err(why) => test_support::report_platform_skip(
+            &format!("AMX {p:?} tiles"),
+            &format!("{why}; only their scalar model was checked"),
+        ),
     }
     v
 }
