@@ -1,7 +1,9 @@
 //! The low-precision GEMMs against answers computed here independently, in f64 from the
 //! rounded or quantized operands, on shapes that are not multiples of the tiles (the
-//! microkernels' 8 × 48, the pairs and quads of k), a single row, and with the AVX-512
-//! kernels and the portable fallback (what a CPU without the features runs).
+//! microkernels' 8 × 48, the AMX blocks' 16 rows and 16 groups of k, the pairs and quads of k),
+//! a single row, and with the AVX-512 kernels, the AMX tiles (where the CPU has them, and on
+//! every CPU through the scalar model of the tile instructions) and the portable fallback (what a
+//! CPU without the features runs).
 
 use std::mem::MaybeUninit;
 
@@ -12,7 +14,7 @@ use super::packed::{bf16_value, Isa, PackedLinear, Precision};
 use super::simd::bf16_bits;
 
 /// (m, k = in, n = out): one row, k and n below, at and past the tile sizes, odd everywhere.
-const SHAPES: [(usize, usize, usize); 9] = [
+const SHAPES: [(usize, usize, usize); 10] = [
     (1, 1, 1),
     (1, 7, 5),
     (3, 2, 48),
@@ -22,6 +24,9 @@ const SHAPES: [(usize, usize, usize); 9] = [
     (65, 130, 97),
     (70, 385, 145),
     (128, 384, 1536),
+    // BERT-base's MLP: k 3072 forward, 768 in the input gradient; a few rows (the f64
+    // reference and the tile model are slow).
+    (5, 3072, 768),
 ];
 
 /// The portable code, the AMX blocking on the scalar model of the tile instructions, and
