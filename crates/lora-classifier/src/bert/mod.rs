@@ -7,7 +7,7 @@ mod grad;
 pub(crate) use grad::Tape;
 
 use anyhow::Result;
-use candle_core::{DType, Tensor};
+use candle_core::Tensor;
 
 use crate::activation::Act;
 use crate::checkpoint::{activation, BertConfig, Loader};
@@ -35,9 +35,6 @@ pub(crate) struct Bert {
     pooler: Linear,
     act: Act,
     cfg: BertConfig,
-    /// The frozen weights are bf16 on the CPU (packed for the bf16 GEMMs): inference computes
-    /// the attention's products in bf16 too (`ops::AttentionSpec::bf16_products`).
-    bf16_products: bool,
 }
 
 impl Bert {
@@ -84,7 +81,6 @@ impl Bert {
             pooler: w.linear("bert.pooler.dense", h, h, false)?,
             act: activation(&cfg.hidden_act, w.ckpt.dir())?,
             cfg: cfg.clone(),
-            bf16_products: w.device.is_cpu() && w.dtype == DType::BF16,
         })
     }
 
@@ -132,7 +128,6 @@ impl Bert {
                 scale,
                 causal: false,
                 mask,
-                bf16_products: self.bf16_products,
                 key: ctx.dropout(c.attention_probs_dropout_prob, layer_site(i, 0)),
             };
             let (a, attention) = ops::attention(&q, &k, &v, spec, &rows_ctx, tape.is_some())?;

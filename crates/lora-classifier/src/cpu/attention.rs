@@ -27,9 +27,6 @@ pub(crate) struct Heads<'a> {
     /// [batch, seq] additive bias on the keys (0 or `ops::MASKED`).
     pub mask: &'a [f32],
     pub dropout: Option<DropKey>,
-    /// Inference (no `save`, no dropout) may compute Q·Kᵀ and P·V with bf16 products where the
-    /// CPU has AVX512-BF16 (`attention_bf16`): the model's frozen weights are bf16.
-    pub bf16_products: bool,
 }
 
 /// A [batch, seq, hidden] input: its data from `start`, batch and row strides.
@@ -60,11 +57,6 @@ impl<'a> Rows<'a> {
         ))
     }
 
-    /// Head columns [col, col + d) of row i of batch b.
-    pub(super) fn row(&self, b: usize, i: usize, col: usize, d: usize) -> &'a [f32] {
-        &self.data[b * self.batch + i * self.row + col..][..d]
-    }
-
     /// Head columns [col, col + d) of batch b: an n × d matrix.
     fn head(&self, b: usize, col: usize, n: usize, d: usize) -> Mat<'a> {
         Mat::strided(&self.data[b * self.batch + col..], n, d, self.row)
@@ -83,7 +75,7 @@ pub(crate) fn inputs<'a>(t: [(&'a [f32], &'a Layout); 3]) -> Result<([Rows<'a>; 
 }
 
 /// Every head's share of the hidden size: the heads together write every output column.
-pub(super) fn head_size(hidden: usize, heads: usize) -> Result<usize> {
+fn head_size(hidden: usize, heads: usize) -> Result<usize> {
     if heads == 0 || !hidden.is_multiple_of(heads) {
         bail!("attention: hidden size {hidden} is not a multiple of {heads} heads")
     }
@@ -99,11 +91,6 @@ impl Heads<'_> {
         dims: [usize; 4],
         save: bool,
     ) -> Result<(Vec<f32>, Vec<f32>)> {
-        if self.bf16_products && !save && self.dropout.is_none() {
-            if let Some(out) = super::attention_bf16::forward(self, [q, k, v], dims)? {
-                return Ok((out, Vec::new()));
-            }
-        }
         let [b, m, n, hid] = dims;
         let (h, d) = (self.heads, head_size(hid, self.heads)?);
         let block = m * n;

@@ -21,8 +21,6 @@
 //! - `elementwise`: GELU and the activations linear layers fuse;
 //! - `attention`: multi-head attention, and the masked softmax and head swap it is composed
 //!   of where it is not fused;
-//! - `attention_bf16`: the same at inference with bf16 products (AVX512-BF16), for models
-//!   whose frozen weights are bf16, as PyTorch's autocast;
 //! - `packed`: bf16 and int8 weights packed for their GEMMs, and those GEMMs;
 //! - `avx512`: the GEMMs' microkernels and conversions (x86-64, checked at run time);
 //! - `amx`: the same GEMMs on AMX tiles, and a scalar model of the tile instructions (x86-64;
@@ -33,9 +31,6 @@
 #[cfg(target_arch = "x86_64")]
 mod amx;
 mod attention;
-mod attention_bf16;
-#[cfg(test)]
-mod attention_bf16_tests;
 #[cfg(target_arch = "x86_64")]
 mod avx512;
 mod dropout;

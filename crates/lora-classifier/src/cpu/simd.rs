@@ -333,37 +333,6 @@ simd_fn!(
     }
 );
 simd_fn!(
-    /// `softmax_rows` up to the normalization: each row's live keys hold exp(s + bias − max)
-    /// (the others 0) and `inv` its 1 / Σ exp, the same operations in the same order, so that
-    /// exp · inv is `softmax_rows`' probability. The rows of `s` are query rows `first`,
-    /// `first` + 1, … (for `causal`). For a caller that scales and converts in one pass.
-    fn softmax_rows_unscaled(
-        s: &mut [f32],
-        n: usize,
-        bias: &[f32],
-        causal: bool,
-        first: usize,
-        inv: &mut [f32],
-    ) {
-        let bias = &bias[..n];
-        for ((i, row), inv) in s.chunks_exact_mut(n).enumerate().zip(inv) {
-            let (live, dead) = row.split_at_mut(if causal { (first + i + 1).min(n) } else { n });
-            // One length for both, so that LLVM drops the bounds checks (which would keep the
-            // last 64 elements out of the vector loop).
-            let bias = &bias[..live.len()];
-            for j in 0..live.len() {
-                live[j] += bias[j];
-            }
-            let m = max(live);
-            for j in 0..live.len() {
-                live[j] = exp(live[j] - m);
-            }
-            *inv = 1.0 / sum(live);
-            dead.fill(0.0);
-        }
-    }
-);
-simd_fn!(
     /// The scores' gradient for one query row, times the score scale, in place of dP_d:
     /// dS = scale · (P_d ⊙ dP_d − P · Σ(P_d ⊙ dP_d)), P_d being the dropped-out probabilities.
     fn softmax_backward_row(ds: &mut [f32], p: &[f32], pd: &[f32], scale: f32) {

@@ -7,7 +7,7 @@ mod grad;
 pub(crate) use grad::Tape;
 
 use anyhow::Result;
-use candle_core::{DType, Tensor};
+use candle_core::Tensor;
 
 use crate::activation::Act;
 use crate::checkpoint::{activation, Gpt2Config, Loader};
@@ -31,9 +31,6 @@ pub(crate) struct Gpt2 {
     ln_f: Norm,
     act: Act,
     cfg: Gpt2Config,
-    /// The frozen weights are bf16 on the CPU (packed for the bf16 GEMMs): inference computes
-    /// the attention's products in bf16 too (`ops::AttentionSpec::bf16_products`).
-    bf16_products: bool,
 }
 
 impl Gpt2 {
@@ -60,7 +57,6 @@ impl Gpt2 {
             ln_f: w.norm("transformer.ln_f", h, eps)?,
             act: activation(&cfg.activation_function, w.ckpt.dir())?,
             cfg: cfg.clone(),
-            bf16_products: w.device.is_cpu() && w.dtype == DType::BF16,
         })
     }
 
@@ -99,7 +95,6 @@ impl Gpt2 {
                 scale,
                 causal: true,
                 mask,
-                bf16_products: self.bf16_products,
                 key: ctx.dropout(c.attn_pdrop, layer_site(i, 0)),
             };
             let (att, attention) = ops::attention(&q, &k, &v, spec, ctx, tape.is_some())?;

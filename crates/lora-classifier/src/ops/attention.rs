@@ -31,7 +31,6 @@ struct Attention {
     causal: bool,
     mask: Arc<Vec<f32>>,
     dropout: Option<DropKey>,
-    bf16_products: bool,
     save: bool,
     probs: Mutex<Vec<f32>>,
 }
@@ -44,7 +43,6 @@ impl Attention {
             causal: self.causal,
             mask: &self.mask,
             dropout: self.dropout,
-            bf16_products: self.bf16_products,
         }
     }
 }
@@ -241,16 +239,6 @@ impl CustomOp1 for SwapMiddle {
     }
 }
 
-/// Whether models whose frozen weights are bf16 run their inference attention with bf16
-/// products (`AttentionSpec::bf16_products`, `cpu::attention_bf16`, tested there). Off: at the
-/// pipeline's 128 tokens it is not measurably faster (MiniLM bf16 inference, 16 × 128, 2
-/// threads, Zen 4: 253 against 250 samples/s, medians of 8 runs that spread ±3%: the
-/// softmax's exponentials and reading Q, K, V cost what they did, and the conversions and
-/// packing take most of what `vdpbf16ps` saves), while it moves the logits further from
-/// PEFT's (4.7e-3 → 6.7e-3 of tolerance 1e-2). Longer rows gain: +4% at 8 × 256, +8% at
-/// 4 × 512.
-const BF16_ATTENTION: bool = false;
-
 /// What an attention computes besides q, k and v: the heads, the scores' scale, causal or not,
 /// the key mask, and the dropout key of the probabilities (placed for the pass by `attention`).
 #[derive(Clone, Copy)]
@@ -260,9 +248,6 @@ pub(crate) struct AttentionSpec<'a> {
     pub causal: bool,
     pub mask: &'a KeyMask,
     pub key: Option<DropKey>,
-    /// The model's frozen weights are bf16 on the CPU: its inference may compute the
-    /// attention's two products in bf16 too (`cpu::Heads::bf16_products`), as autocast does.
-    pub bf16_products: bool,
 }
 
 /// Multi-head attention of queries q [batch, q_len, hidden] over keys and values k, v [batch,
@@ -389,7 +374,6 @@ impl<'a> AttentionSpec<'a> {
             causal: self.causal,
             mask: self.mask.bias.clone(),
             dropout: self.key,
-            bf16_products: self.bf16_products && BF16_ATTENTION,
             save,
             probs: Mutex::new(Vec::new()),
         }
@@ -476,7 +460,6 @@ fn composed(q: &Tensor, k: &Tensor, v: &Tensor, a: &AttentionSpec, ctx: &Ctx) ->
         causal,
         mask,
         key,
-        bf16_products: _,
     } = *a;
     let (b, nq, hid) = q.dims3()?;
     let n = k.dim(1)?;
@@ -569,7 +552,6 @@ mod tests {
                         causal,
                         mask: &mask,
                         key,
-                        bf16_products: false,
                     };
                     let out = if parts {
                         by_parts(&query, &k, &v, &spec, &c).unwrap().0
@@ -600,7 +582,6 @@ mod tests {
                     causal,
                     mask: &mask,
                     key,
-                    bf16_products: false,
                 };
                 let detached = [&query, k.as_tensor(), v.as_tensor()].map(|t| t.detach());
                 let [dq_, dk_, dv_] = &detached;

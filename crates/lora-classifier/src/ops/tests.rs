@@ -140,7 +140,6 @@ fn attention_of_the_first_query_is_the_full_one() {
                 causal,
                 mask: &mask,
                 key,
-                bf16_products: false,
             };
             let [q, k, v] = [1, 2, 3].map(|s| Var::from_tensor(&tensor(&[B, N, hid], s)).unwrap());
             let run = |query: &Tensor, c: &Ctx| {
@@ -189,7 +188,6 @@ fn attention_of_the_first_query_is_the_full_one() {
         causal: false,
         mask: &mask,
         key: None,
-        bf16_products: false,
     };
     let err = ops::attention(&first_row(&t), &t, &t, spec, &c, false);
     assert!(err.is_err(), "1 query row in a pass over all rows");
