@@ -21,7 +21,7 @@ torch.autocast (f32 master weights, bf16 matmuls), PyTorch's usual mixed precisi
 inference a second time with the merged model cast to bf16 (`model.to(torch.bfloat16)`, impl
 `pytorch-bf16-weights`): PyTorch's fastest bf16 inference, the anchor a user would pick.
 """
-import argparse, copy, glob, json, os, time
+import argparse, collections, copy, glob, json, os, sys, tempfile, time
 
 # Idle threads sleep instead of spinning (OpenMP here, ONNX Runtime's pool below): on a shared
 # machine spinning counts as CPU time, and CPU seconds per step is the figure compared.
@@ -83,6 +83,36 @@ def sync():
         torch.cuda.synchronize()
 
 
+def onednn_kernels(step):
+    """The oneDNN primitives one call of `step` ran, most frequent first, as
+    'kind:implementation ×count' (oneDNN's verbose lines, which it writes to the process's
+    stdout, caught at the file descriptor), or what ran instead when none did: PyTorch's f32
+    GEMMs go to its BLAS, not oneDNN."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    with tempfile.TemporaryFile(mode="w+") as out:
+        os.dup2(out.fileno(), 1)
+        try:
+            with torch.backends.mkldnn.verbose(torch.backends.mkldnn.VERBOSE_ON):
+                step()
+        finally:
+            sys.stdout.flush()
+            os.dup2(saved, 1)
+            os.close(saved)
+        out.seek(0)
+        lines = out.read().splitlines()
+    counts = collections.Counter()
+    for fields in (line.split(",") for line in lines if line.startswith("onednn_verbose")):
+        if "exec" in fields and len(fields) > fields.index("exec") + 3:
+            i = fields.index("exec")  # exec, engine, primitive kind, implementation
+            counts[f"{fields[i + 2]}:{fields[i + 3]}"] += 1
+    named = ", ".join(f"{k} ×{n}" for k, n in counts.most_common(3))
+    if any(k.split(":")[0] in ("matmul", "inner_product") for k in counts):
+        return named
+    blas = "MKL" if torch.backends.mkl.is_available() else "its BLAS"
+    return f"GEMMs through {blas}, not oneDNN" + (f"; oneDNN: {named}" if named else "")
+
+
 def bench(bench_name, step, impl="pytorch+peft", dtype=None, version=("torch", torch.__version__), extra=None):
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
@@ -101,6 +131,9 @@ def bench(bench_name, step, impl="pytorch+peft", dtype=None, version=("torch", t
     if dev.type == "cpu":
         line["cpu_s_per_step"] = round(cpu / args.steps, 3)
         line["threads"] = torch.get_num_threads()
+        if impl.startswith("pytorch"):
+            # What computed it: one more step with oneDNN's verbose output on.
+            line["kernel"] = onednn_kernels(step)
     else:
         # PyTorch's allocator's own peaks (tensors; and what its cache held), this benchmark only.
         line["peak_allocated_mib"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
@@ -122,6 +155,7 @@ def onnx_benchmarks(merged):
     """ONNX Runtime on the merged model exported in f32, and on its int8 dynamic quantization."""
     import tempfile
 
+    import onnx
     import onnxruntime as ort
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
@@ -141,13 +175,32 @@ def onnx_benchmarks(merged):
     with torch.no_grad():
         want = merged(input_ids=ids, attention_mask=mask).logits.float().cpu().numpy()
     for dtype, path in [("f32", f32_path), ("int8", int8_path)]:
+        # The graph as ONNX Runtime optimized it, to name the operators its kernels ran.
+        options.optimized_model_filepath = f"{path}.optimized.onnx"
         session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+        ops = collections.Counter(n.op_type for n in onnx.load(options.optimized_model_filepath).graph.node
+                                  if "MatMul" in n.op_type or "Gemm" in n.op_type or "Attention" in n.op_type)
+        kernel = "CPUExecutionProvider (MLAS): " + ", ".join(f"{k} ×{n}" for k, n in ops.most_common(3))
         # The exported model computes what PyTorch computes (int8: up to quantization).
         diff = float(abs(session.run(None, feeds)[0] - want).max())
         if dtype == "f32" and diff > 1e-3:
             raise SystemExit(f"ONNX Runtime f32 logits differ from PyTorch's by {diff}")
         bench("inference", lambda: session.run(None, feeds), impl="onnxruntime", dtype=dtype,
-              version=("onnxruntime", ort.__version__), extra={"max_abs_diff_vs_torch_f32": round(diff, 5)})
+              version=("onnxruntime", ort.__version__),
+              extra={"max_abs_diff_vs_torch_f32": round(diff, 5), "kernel": kernel})
+
+
+def openvino_kernels(compiled):
+    """The kernels of the compiled model's matrix products, most frequent first, as
+    'layer type:primitive ×count' (the runtime model's `layerType` and `primitiveType`)."""
+    counts = collections.Counter()
+    for op in compiled.get_runtime_model().get_ordered_ops():
+        info = op.get_rt_info()
+        layer = str(info["layerType"].astype(str)) if "layerType" in info else op.get_type_name()
+        if layer in ("FullyConnected", "MatMul", "Convolution"):
+            primitive = str(info["primitiveType"].astype(str)) if "primitiveType" in info else "?"
+            counts[f"{layer}:{primitive}"] += 1
+    return ", ".join(f"{k} ×{n}" for k, n in counts.most_common(3)) or "no matrix product found"
 
 
 def openvino_benchmarks(merged):
@@ -177,6 +230,7 @@ def openvino_benchmarks(merged):
               dtype=precision if dtype == "default" else "int8",
               version=("openvino", ov.__version__),
               extra={"precision_hint": precision, "max_abs_diff_vs_torch_f32": round(diff, 5),
+                     "kernel": openvino_kernels(compiled),
                      **({"nncf": nncf.__version__} if dtype == "int8" else {})})
 
 
