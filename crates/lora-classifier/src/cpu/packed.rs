@@ -45,11 +45,30 @@ impl Isa {
     /// unless `IMDB_LORA_CPU_ISA=portable`.
     pub fn detect(precision: Precision) -> Isa {
         static REQUESTED: OnceLock<Option<String>> = OnceLock::new();
-        let requested = REQUESTED.get_or_init(|| std::env::var(ISA_ENV).ok());
+        let requested = REQUESTED.get_or_init(|| {
+            let value = std::env::var(ISA_ENV).ok().filter(|v| !v.is_empty());
+            if let Some(v) = value
+                .as_deref()
+                .filter(|v| !["portable", "amx"].contains(v))
+            {
+                eprintln!("warning: {ISA_ENV}={v:?} is not portable or amx; ignored");
+            }
+            value
+        });
         match requested.as_deref() {
             Some("portable") => return Isa::Portable,
             #[cfg(target_arch = "x86_64")]
-            Some("amx") if amx::available(precision).is_ok() => return Isa::Amx,
+            Some("amx") => match amx::available(precision) {
+                Ok(()) => return Isa::Amx,
+                Err(why) => {
+                    static SAID: OnceLock<()> = OnceLock::new();
+                    SAID.get_or_init(|| {
+                        eprintln!(
+                            "warning: {ISA_ENV}=amx: {why}; the next kernel down runs instead"
+                        )
+                    });
+                }
+            },
             _ => {}
         }
         #[cfg(target_arch = "x86_64")]
