@@ -1,6 +1,7 @@
 //! `IMDB_LORA_CPU_ISA`, the switch that picks the low-precision GEMMs' code, as a user meets it:
 //! `amx` takes the AMX tiles where the CPU and OS allow them and otherwise says why and falls
-//! back; `portable` forces the fallback; anything else is named and ignored. Through `imdb-lora
+//! back; `avx512` keeps the AVX-512 kernels; `portable` forces the fallback; anything else is
+//! named and ignored. Through `imdb-lora
 //! bench` on the committed tiny BERT fixture, whose line says what ran (`runs_on`).
 
 use std::process::Command;
@@ -63,10 +64,18 @@ fn amx_runs_the_tiles_or_says_why_not() {
 fn portable_is_forced_and_an_unknown_value_is_named() {
     let (runs_on, _) = bench("portable", &["--dtype", "bf16"]);
     assert_eq!(runs_on, "cpu bf16 portable");
+    // avx512 is a choice, not a warning; it never runs the tiles.
+    let (runs_on, stderr) = bench("avx512", &["--dtype", "bf16"]);
+    assert!(
+        !runs_on.contains("amx") && !stderr.contains("warning"),
+        "{runs_on} {stderr}"
+    );
     let (runs_on, stderr) = bench("avx-9000", &["--dtype", "bf16"]);
     assert!(!runs_on.contains("amx"), "{runs_on}");
     assert!(
-        stderr.contains("IMDB_LORA_CPU_ISA=\"avx-9000\" is not portable or amx; ignored"),
+        stderr.contains(
+            r#"IMDB_LORA_CPU_ISA="avx-9000" is not one of ["portable", "avx512", "amx"]; ignored"#
+        ),
         "{stderr}"
     );
 }

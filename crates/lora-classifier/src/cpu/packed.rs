@@ -22,8 +22,9 @@ use super::matrix::{gemm_acc, gemm_into, uninit_buffer, Mat};
 use super::simd::{bf16_bits, bf16_row_portable, max_abs_bits, quantize_into, quantize_row};
 
 /// Environment variable that picks the low-precision GEMMs' code: `portable` forces the
-/// portable path (a CPU without the features); `amx` takes the AMX tiles where the CPU and OS
-/// allow them (off otherwise until that path has run on an AMX machine, see `amx`).
+/// portable path (a CPU without the features); `avx512` the AVX-512 microkernels where the CPU
+/// has them; `amx` takes the AMX tiles where the CPU and OS allow them (off otherwise until
+/// that path has run on an AMX machine, see `amx`).
 pub const ISA_ENV: &str = "IMDB_LORA_CPU_ISA";
 
 /// Which code computes a low-precision GEMM.
@@ -44,14 +45,13 @@ impl Isa {
     /// The best this CPU has for `precision` (AMX only when `IMDB_LORA_CPU_ISA=amx` asks),
     /// unless `IMDB_LORA_CPU_ISA=portable`.
     pub fn detect(precision: Precision) -> Isa {
+        // avx512: the AVX-512 kernels even where AMX could run (today's default anyway).
+        const CHOICES: [&str; 3] = ["portable", "avx512", "amx"];
         static REQUESTED: OnceLock<Option<String>> = OnceLock::new();
         let requested = REQUESTED.get_or_init(|| {
             let value = std::env::var(ISA_ENV).ok().filter(|v| !v.is_empty());
-            if let Some(v) = value
-                .as_deref()
-                .filter(|v| !["portable", "amx"].contains(v))
-            {
-                eprintln!("warning: {ISA_ENV}={v:?} is not portable or amx; ignored");
+            if let Some(v) = value.as_deref().filter(|v| !CHOICES.contains(v)) {
+                eprintln!("warning: {ISA_ENV}={v:?} is not one of {CHOICES:?}; ignored");
             }
             value
         });
