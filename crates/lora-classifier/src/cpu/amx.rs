@@ -150,9 +150,15 @@ pub(crate) fn available(precision: Precision) -> Result<(), String> {
     const AMX_BF16: u32 = 1 << 22;
     const AMX_TILE: u32 = 1 << 24;
     const AMX_INT8: u32 = 1 << 25;
-    #[allow(unused_unsafe)] // `__cpuid_count` is safe in newer Rust
-    // SAFETY: CPUID exists on every x86-64 CPU.
-    let edx = unsafe { std::arch::x86_64::__cpuid_count(7, 0) }.edx;
+    #[allow(unused_unsafe)] // `__cpuid` is safe in newer Rust
+    // SAFETY: CPUID exists on every x86-64 CPU; leaf 7 is read only where leaf 0 lists it.
+    let edx = unsafe {
+        use std::arch::x86_64::{__cpuid, __cpuid_count};
+        if __cpuid(0).eax < 7 {
+            return Err("the CPU has no CPUID leaf 7 (no AMX)".into());
+        }
+        __cpuid_count(7, 0).edx
+    };
     let (bit, name) = match precision {
         Precision::Bf16 => (AMX_BF16, "amx_bf16"),
         Precision::Int8 => (AMX_INT8, "amx_int8"),
@@ -160,8 +166,13 @@ pub(crate) fn available(precision: Precision) -> Result<(), String> {
     if edx & AMX_TILE == 0 || edx & bit == 0 {
         return Err(format!("the CPU lacks amx_tile or {name} (CPUID leaf 7)"));
     }
-    if !(is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512bw")) {
-        return Err("the CPU lacks avx512f or avx512bw".into());
+    // The conversions and quantization around the tiles are the AVX-512 path's.
+    let around = match precision {
+        Precision::Bf16 => is_x86_feature_detected!("avx512bf16"),
+        Precision::Int8 => true,
+    };
+    if !(is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512bw") && around) {
+        return Err("the CPU lacks avx512f, avx512bw or (for bf16) avx512bf16".into());
     }
     tile_permission()
 }
