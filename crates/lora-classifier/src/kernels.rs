@@ -31,8 +31,8 @@ impl Kernels {
 
 /// The code that computes frozen linear layers on this CPU in `precision` ("bf16" or "int8"):
 /// "amx" (AMX tiles, with `IMDB_LORA_CPU_ISA=amx`), "avx512" (AVX512-BF16 / AVX512-VNNI
-/// microkernels) or "portable" (f32 GEMMs on the rounded
-/// values, on a CPU without them or with `IMDB_LORA_CPU_ISA=portable`). For reports and tests.
+/// microkernels) or "portable" (f32 GEMMs on the rounded values, on a CPU without them or with
+/// `IMDB_LORA_CPU_ISA=portable`). For reports and tests.
 pub fn cpu_kernels(precision: &str) -> Option<&'static str> {
     let p = match precision {
         "bf16" => cpu::Precision::Bf16,
@@ -52,23 +52,14 @@ pub fn cpu_has_native_bf16() -> bool {
     cpu::Isa::detect(cpu::Precision::Bf16).native()
 }
 
-/// Whether this CPU has AMX tiles for bf16 (Intel Xeon since Sapphire Rapids: CPUID leaf 7,
-/// EDX bit 22). Our bf16 kernels do not use them yet, and on such a CPU the AVX512-BF16 path is
-/// slower than f32 (issue #31), which `training.dtype: auto` takes into account.
+/// Whether this CPU has AMX tiles for bf16 (Intel Xeon since Sapphire Rapids). Our AMX tiles
+/// run only with `IMDB_LORA_CPU_ISA=amx` until they have run on such a CPU, and there the
+/// AVX512-BF16 path is slower than f32 (issue #31), which `training.dtype: auto` takes into
+/// account.
 pub fn cpu_has_amx_bf16() -> bool {
     #[cfg(target_arch = "x86_64")]
-    {
-        // SAFETY: CPUID is available on every x86_64 CPU; leaf 7 is valid when the maximum
-        // basic leaf (leaf 0's EAX) is at least 7. (A safe fn in newer Rust than our MSRV, 1.89,
-        // where it is unsafe: hence the allowance.)
-        #[allow(unused_unsafe)]
-        unsafe {
-            use std::arch::x86_64::__cpuid_count;
-            if __cpuid_count(0, 0).eax >= 7 {
-                return __cpuid_count(7, 0).edx & (1 << 22) != 0;
-            }
-        }
-    }
+    return cpu::amx_cpu_has(cpu::Precision::Bf16);
+    #[cfg(not(target_arch = "x86_64"))]
     false
 }
 

@@ -146,24 +146,11 @@ pub(super) unsafe fn int8<T: TileOps>(u: &mut T, rows: usize, t: &Tile, e: &Epil
 /// conversions and epilogues around the tiles, and on Linux the kernel's permission to use
 /// the tile data state (`arch_prctl(ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA)`).
 pub(crate) fn available(precision: Precision) -> Result<(), String> {
-    // CPUID.(EAX=7, ECX=0):EDX bits.
-    const AMX_BF16: u32 = 1 << 22;
-    const AMX_TILE: u32 = 1 << 24;
-    const AMX_INT8: u32 = 1 << 25;
-    #[allow(unused_unsafe)] // `__cpuid` is safe in newer Rust
-    // SAFETY: CPUID exists on every x86-64 CPU; leaf 7 is read only where leaf 0 lists it.
-    let edx = unsafe {
-        use std::arch::x86_64::{__cpuid, __cpuid_count};
-        if __cpuid(0).eax < 7 {
-            return Err("the CPU has no CPUID leaf 7 (no AMX)".into());
-        }
-        __cpuid_count(7, 0).edx
-    };
-    let (bit, name) = match precision {
-        Precision::Bf16 => (AMX_BF16, "amx_bf16"),
-        Precision::Int8 => (AMX_INT8, "amx_int8"),
-    };
-    if edx & AMX_TILE == 0 || edx & bit == 0 {
+    if !cpu_has(precision) {
+        let name = match precision {
+            Precision::Bf16 => "amx_bf16",
+            Precision::Int8 => "amx_int8",
+        };
         return Err(format!("the CPU lacks amx_tile or {name} (CPUID leaf 7)"));
     }
     // The conversions and quantization around the tiles are the AVX-512 path's.
@@ -175,6 +162,22 @@ pub(crate) fn available(precision: Precision) -> Result<(), String> {
         return Err("the CPU lacks avx512f, avx512bw or (for bf16) avx512bf16".into());
     }
     tile_permission()
+}
+
+/// Whether the CPU has the AMX tiles and their `precision` (CPUID leaf 7, EDX: AMX-TILE bit 24,
+/// AMX-BF16 bit 22, AMX-INT8 bit 25), whether or not the OS lets this process use them.
+pub(crate) fn cpu_has(precision: Precision) -> bool {
+    const AMX_TILE: u32 = 1 << 24;
+    let bit = match precision {
+        Precision::Bf16 => 1 << 22,
+        Precision::Int8 => 1 << 25,
+    };
+    #[allow(unused_unsafe)] // `__cpuid` is safe in newer Rust
+    // SAFETY: CPUID exists on every x86-64 CPU; leaf 7 is read only where leaf 0 lists it.
+    unsafe {
+        use std::arch::x86_64::{__cpuid, __cpuid_count};
+        __cpuid(0).eax >= 7 && __cpuid_count(7, 0).edx & (AMX_TILE | bit) == AMX_TILE | bit
+    }
 }
 
 /// Linux hands out the tile data state (8 KiB of XSAVE area per thread) on request only.

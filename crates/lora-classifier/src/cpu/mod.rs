@@ -43,6 +43,8 @@ mod packed;
 mod packed_tests;
 mod simd;
 
+#[cfg(target_arch = "x86_64")]
+pub(crate) use amx::cpu_has as amx_cpu_has;
 pub(crate) use attention::{
     inputs, masked_softmax, masked_softmax_backward, swap_middle, Heads, Rows,
 };
