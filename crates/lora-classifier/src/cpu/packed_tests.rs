@@ -91,49 +91,50 @@ fn r(x: f32) -> f64 {
 
 #[test]
 fn bf16_forward_and_input_gradient_equal_f64_products_of_the_rounded_values() {
-    for isa in isas(Precision::Bf16) {
-        for (s, &(m, k, n)) in SHAPES.iter().enumerate() {
-            for conv1d in [false, true] {
-                let what = format!("{isa:?} m {m} k {k} n {n} conv1d {conv1d}");
-                let (x, w, b) = (
-                    random(m * k, s as u64),
-                    random(n * k, 100 + s as u64),
-                    random(n, 7),
-                );
-                let p = PackedLinear::bf16(&w, n, k, conv1d, isa).unwrap();
-                let with_bias = s % 2 == 0;
-                let y = run(|y| p.forward(&x, with_bias.then_some(&b[..]), y), m * n);
-                let (mut want, mut mag) = (vec![0f64; m * n], vec![0f64; m * n]);
-                for i in 0..m {
-                    for o in 0..n {
-                        let mut acc = if with_bias { b[o] as f64 } else { 0.0 };
-                        let mut s = acc.abs();
-                        for q in 0..k {
-                            let t = r(x[i * k + q]) * r(w_at(&w, n, k, conv1d, o, q));
-                            acc += t;
-                            s += t.abs();
-                        }
-                        (want[i * n + o], mag[i * n + o]) = (acc, s);
-                    }
-                }
-                // f32 accumulation of exact products: a few ulps of the magnitude.
-                assert_close(&y, &want, &mag, 1e-5, &format!("forward {what}"));
-
-                let g = random(m * n, 200 + s as u64);
-                let dx = run(|dx| p.input_grad(&g, dx).unwrap(), m * k);
-                let (mut want, mut mag) = (vec![0f64; m * k], vec![0f64; m * k]);
-                for i in 0..m {
+    let isas = isas(Precision::Bf16);
+    for (s, &(m, k, n)) in SHAPES.iter().enumerate() {
+        for conv1d in [false, true] {
+            let (x, w, b) = (
+                random(m * k, s as u64),
+                random(n * k, 100 + s as u64),
+                random(n, 7),
+            );
+            let with_bias = s % 2 == 0;
+            let g = random(m * n, 200 + s as u64);
+            // The f64 answers, once per shape for every ISA.
+            let (mut want_y, mut mag_y) = (vec![0f64; m * n], vec![0f64; m * n]);
+            for i in 0..m {
+                for o in 0..n {
+                    let mut acc = if with_bias { b[o] as f64 } else { 0.0 };
+                    let mut s = acc.abs();
                     for q in 0..k {
-                        let (mut acc, mut s) = (0f64, 0f64);
-                        for o in 0..n {
-                            let t = r(g[i * n + o]) * r(w_at(&w, n, k, conv1d, o, q));
-                            acc += t;
-                            s += t.abs();
-                        }
-                        (want[i * k + q], mag[i * k + q]) = (acc, s);
+                        let t = r(x[i * k + q]) * r(w_at(&w, n, k, conv1d, o, q));
+                        acc += t;
+                        s += t.abs();
                     }
+                    (want_y[i * n + o], mag_y[i * n + o]) = (acc, s);
                 }
-                assert_close(&dx, &want, &mag, 1e-5, &format!("input grad {what}"));
+            }
+            let (mut want_dx, mut mag_dx) = (vec![0f64; m * k], vec![0f64; m * k]);
+            for i in 0..m {
+                for q in 0..k {
+                    let (mut acc, mut s) = (0f64, 0f64);
+                    for o in 0..n {
+                        let t = r(g[i * n + o]) * r(w_at(&w, n, k, conv1d, o, q));
+                        acc += t;
+                        s += t.abs();
+                    }
+                    (want_dx[i * k + q], mag_dx[i * k + q]) = (acc, s);
+                }
+            }
+            for &isa in &isas {
+                let what = format!("{isa:?} m {m} k {k} n {n} conv1d {conv1d}");
+                let p = PackedLinear::bf16(&w, n, k, conv1d, isa).unwrap();
+                let y = run(|y| p.forward(&x, with_bias.then_some(&b[..]), y), m * n);
+                // f32 accumulation of exact products: a few ulps of the magnitude.
+                assert_close(&y, &want_y, &mag_y, 1e-5, &format!("forward {what}"));
+                let dx = run(|dx| p.input_grad(&g, dx).unwrap(), m * k);
+                assert_close(&dx, &want_dx, &mag_dx, 1e-5, &format!("input grad {what}"));
             }
         }
     }
@@ -157,49 +158,50 @@ fn quantize(v: &[f32]) -> (f64, Vec<i64>) {
 
 #[test]
 fn int8_forward_equals_the_integer_product_of_per_row_and_per_channel_quantization() {
-    for isa in isas(Precision::Int8) {
-        for (s, &(m, k, n)) in SHAPES.iter().enumerate() {
-            for conv1d in [false, true] {
+    let isas = isas(Precision::Int8);
+    for (s, &(m, k, n)) in SHAPES.iter().enumerate() {
+        for conv1d in [false, true] {
+            let (mut x, w, b) = (
+                random(m * k, s as u64),
+                random(n * k, 100 + s as u64),
+                random(n, 7),
+            );
+            // A zero row: scale 0, output = bias.
+            x[..k].fill(0.0);
+            // The f64 answers, once per shape for every ISA.
+            let mut want = vec![0f64; m * n];
+            let mut exact = vec![0f64; m * n];
+            let wq: Vec<(f64, Vec<i64>)> = (0..n)
+                .map(|o| {
+                    let row: Vec<f32> = (0..k).map(|q| w_at(&w, n, k, conv1d, o, q)).collect();
+                    // Weights: q = round(w / s) with s = max/127 (division, not 127/max).
+                    let max = row.iter().fold(0f32, |m, x| m.max(x.abs()));
+                    let sw = max / 127.0;
+                    (
+                        sw as f64,
+                        row.iter()
+                            .map(|&x| (x / sw).round_ties_even() as i64)
+                            .collect(),
+                    )
+                })
+                .collect();
+            for i in 0..m {
+                let (sa, qa) = quantize(&x[i * k..(i + 1) * k]);
+                for o in 0..n {
+                    let (sw, qw) = &wq[o];
+                    let dot: i64 = qa.iter().zip(qw).map(|(a, b)| a * b).sum();
+                    want[i * n + o] = (sa as f32 * *sw as f32) as f64 * dot as f64 + b[o] as f64;
+                    exact[i * n + o] = b[o] as f64
+                        + (0..k)
+                            .map(|q| x[i * k + q] as f64 * w_at(&w, n, k, conv1d, o, q) as f64)
+                            .sum::<f64>();
+                }
+            }
+            let mag: Vec<f64> = want.iter().map(|v| v.abs().max(1.0)).collect();
+            for &isa in &isas {
                 let what = format!("{isa:?} m {m} k {k} n {n} conv1d {conv1d}");
-                let (mut x, w, b) = (
-                    random(m * k, s as u64),
-                    random(n * k, 100 + s as u64),
-                    random(n, 7),
-                );
-                // A zero row: scale 0, output = bias.
-                x[..k].fill(0.0);
                 let p = PackedLinear::int8(&w, n, k, conv1d, isa).unwrap();
                 let y = run(|y| p.forward(&x, Some(&b), y), m * n);
-                let mut want = vec![0f64; m * n];
-                let mut exact = vec![0f64; m * n];
-                let wq: Vec<(f64, Vec<i64>)> = (0..n)
-                    .map(|o| {
-                        let row: Vec<f32> = (0..k).map(|q| w_at(&w, n, k, conv1d, o, q)).collect();
-                        // Weights: q = round(w / s) with s = max/127 (division, not 127/max).
-                        let max = row.iter().fold(0f32, |m, x| m.max(x.abs()));
-                        let sw = max / 127.0;
-                        (
-                            sw as f64,
-                            row.iter()
-                                .map(|&x| (x / sw).round_ties_even() as i64)
-                                .collect(),
-                        )
-                    })
-                    .collect();
-                for i in 0..m {
-                    let (sa, qa) = quantize(&x[i * k..(i + 1) * k]);
-                    for o in 0..n {
-                        let (sw, qw) = &wq[o];
-                        let dot: i64 = qa.iter().zip(qw).map(|(a, b)| a * b).sum();
-                        want[i * n + o] =
-                            (sa as f32 * *sw as f32) as f64 * dot as f64 + b[o] as f64;
-                        exact[i * n + o] = b[o] as f64
-                            + (0..k)
-                                .map(|q| x[i * k + q] as f64 * w_at(&w, n, k, conv1d, o, q) as f64)
-                                .sum::<f64>();
-                    }
-                }
-                let mag: Vec<f64> = want.iter().map(|v| v.abs().max(1.0)).collect();
                 assert_close(&y, &want, &mag, 1e-5, &format!("int8 {what}"));
                 // And a useful approximation of the f32 product: within 2% of its scale.
                 let d = test_support::compare::diff_of(&y, &exact, &what);
