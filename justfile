@@ -127,9 +127,16 @@ gpu-check-cpu:
     {{run}} scripts/gpu-bundle.sh --bin {{bin}}/imdb-lora --host-bin {{bin}}/imdb-lora --out .gpu/cpu-bundle --tiny
     scripts/gpu-check.sh --device cpu --bundle .gpu/cpu-bundle --out .gpu/cpu-check --quick
 
-# Run the whole test suite.
-test:
-    {{run}} cargo test --release --workspace
+# scripts/run_tests.py: `cargo test`'s binaries, as many at a time as there are cores, then the
+# counts and every skip. Options for cargo, then `--` and the test binaries' options:
+# `just test -p training -- learning`.
+# Run the whole test suite (its binaries side by side) and list every skip.
+test *ARGS:
+    {{run}} scripts/run_tests.py --release --workspace "$@"
+
+# The same tests one binary after another, as plain `cargo test` runs them.
+test-serial *ARGS:
+    {{run}} cargo test --release --workspace "$@"
 
 # Formatting and lints, as CI checks them.
 lint:

@@ -10,7 +10,7 @@ use std::mem::MaybeUninit;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-use super::packed::{bf16_value, Isa, PackedLinear, Precision};
+use super::packed::{bf16_value, round_ties_even_small, Isa, PackedLinear, Precision};
 use super::simd::bf16_bits;
 
 /// (m, k = in, n = out): one row, k and n below, at and past the tile sizes, odd everywhere.
@@ -234,5 +234,21 @@ fn int8_activations_with_nan_or_inf_give_nan_rows() {
         let y = run(|y| p.forward(&[1.0, f32::INFINITY, 0.5, 0.25], None, y), 6);
         assert!(y[..3].iter().all(|v| v.is_nan()), "{isa:?}: {y:?}");
         assert!(y[3..].iter().all(|v| v.is_finite()), "{isa:?}: {y:?}");
+    }
+}
+
+#[test]
+fn rounding_for_int8_equals_round_ties_even() {
+    // The ties both ways, their neighbours, the ends of int8's range and beyond it.
+    let mut xs: Vec<f32> = (-260..=260).map(|h| h as f32 / 2.0).collect();
+    for x in xs.clone() {
+        xs.extend([x.next_up(), x.next_down()]);
+    }
+    xs.extend([0.0, -0.0, 4_194_303.5, -4_194_302.5, 1e-30, -1e-30]);
+    xs.extend(random(100_000, 3).iter().map(|v| v * 130.0));
+    for x in xs {
+        // (−0 and +0 both count as 0: they quantize to the same integer.)
+        let (got, want) = (round_ties_even_small(x), x.round_ties_even());
+        assert!(got == want, "{x:e}: {got:e}, round_ties_even {want:e}");
     }
 }
