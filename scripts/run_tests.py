@@ -162,15 +162,15 @@ def main() -> int:
         )
         for name, package_dir, exe in binaries
     ]
-    # Longest first, by the last run's times (the longest left to the end would run alone);
-    # binaries without a time keep cargo's order, ahead of the others.
-    last = load_times()
-    jobs.sort(key=lambda job: -last.get(time_key(job), float("inf")))
     # The doc tests, unless the options chose other targets (cargo refuses to mix them): cargo
     # builds and runs them itself (the only cargo process by now).
     if not any(a.split("=")[0] in TARGET_OPTIONS for a in cargo_args):
         doc = ["cargo", "test", "--doc"] + cargo_args + ["--"] + test_args
         jobs.append(("Doc-tests", ROOT, doc, {}))
+    # Longest first, by the last run's times (the longest left to the end would run alone);
+    # jobs without a time keep cargo's order, ahead of the others.
+    last = load_times()
+    jobs.sort(key=lambda job: -last.get(time_key(job), float("inf")))
 
     failed, skips, counts, times = [], [], [0, 0, 0], {}
     with ThreadPoolExecutor(max_workers=opts.parallel) as pool:
