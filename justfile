@@ -129,14 +129,15 @@ gpu-check-cpu:
 
 # scripts/run_tests.py: `cargo test`'s binaries, as many at a time as there are cores, then the
 # counts and every skip. Options for cargo, then `--` and the test binaries' options:
-# `just test -p training -- learning`.
+# `just test -p training -- learning`. (No --workspace: at this virtual manifest cargo tests
+# every member anyway, and --workspace would override -p.)
 # Run the whole test suite (its binaries side by side) and list every skip.
 test *ARGS:
-    {{run}} scripts/run_tests.py --release --workspace "$@"
+    {{run}} scripts/run_tests.py --release "$@"
 
 # The same tests one binary after another, as plain `cargo test` runs them.
 test-serial *ARGS:
-    {{run}} cargo test --release --workspace "$@"
+    {{run}} cargo test --release "$@"
 
 # Formatting and lints, as CI checks them.
 lint:

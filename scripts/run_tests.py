@@ -8,7 +8,7 @@ would (`cargo test --no-run`), then runs the binaries `--parallel` at a time, ea
 cargo runs it: from its package's folder, with `.cargo/config.toml`'s `[env]` and
 `CARGO_MANIFEST_DIR` (the one of cargo's variables a test could read at run time), the same
 arguments after `--`. The doc tests run as one more job. The longest binaries start first,
-by the times of the last run (kept in target/test-times.json).
+by the times of the last run (kept in target/release/test-times.json).
 
 Each binary's output is printed whole when it ends, under cargo's `Running` line. At the
 end: the counts, every `SKIPPED:` line the tests printed (test-support's skips, which
@@ -64,30 +64,27 @@ def config_env() -> dict:
     return out
 
 
-TIMES = ROOT / "target" / "test-times.json"
-
-
 def time_key(job) -> str:
     """A binary's name across builds: its package folder and target, without cargo's hash."""
     name, cwd, _, _ = job
     return f"{os.path.relpath(cwd, ROOT)} {name.split(' (')[0]}"
 
 
-def load_times() -> dict:
+def load_times(path: Path) -> dict:
     try:
-        return json.loads(TIMES.read_text())
+        return json.loads(path.read_text())
     except (OSError, ValueError):
         return {}
 
 
-def save_times(times: dict) -> None:
+def save_times(path: Path, times: dict) -> None:
     """Written to a temporary name and renamed: a crash leaves the last complete file."""
-    tmp = TIMES.with_suffix(".tmp")
+    tmp = path.with_suffix(".tmp")
     try:
         tmp.write_text(json.dumps(times, indent=1, sort_keys=True) + "\n")
-        tmp.replace(TIMES)
+        tmp.replace(path)
     except OSError as e:
-        print(f"note: could not save the test times to {TIMES}: {e}", file=sys.stderr)
+        print(f"note: could not save the test times to {path}: {e}", file=sys.stderr)
 
 
 def build(cargo_args: list) -> list:
@@ -123,7 +120,7 @@ def main() -> int:
     parser.add_argument(
         "--parallel",
         type=int,
-        default=os.cpu_count() or 2,
+        default=len(os.sched_getaffinity(0)),
         metavar="N",
         help="test binaries run at a time (default: the cores)",
     )
@@ -169,7 +166,9 @@ def main() -> int:
         jobs.append(("Doc-tests", ROOT, doc, {}))
     # Longest first, by the last run's times (the longest left to the end would run alone);
     # jobs without a time keep cargo's order, ahead of the others.
-    last = load_times()
+    # Beside the profile's binaries (target/release/), wherever CARGO_TARGET_DIR puts them.
+    times_file = Path(binaries[0][2]).parent.parent / "test-times.json" if binaries else None
+    last = load_times(times_file) if times_file else {}
     jobs.sort(key=lambda job: -last.get(time_key(job), float("inf")))
 
     failed, skips, counts, times = [], [], [0, 0, 0], {}
@@ -194,7 +193,8 @@ def main() -> int:
             if code != 0:
                 failed.append(f"{name}: exit status {code}")
 
-    save_times(dict(last, **times))
+    if times_file:
+        save_times(times_file, dict(last, **times))
     print(
         f"\n{len(jobs)} test jobs, {opts.parallel} at a time: {counts[0]} passed, {counts[1]} failed, "
         f"{counts[2]} ignored in {time.monotonic() - started:.1f} s"
