@@ -135,6 +135,10 @@ gpu-check-cpu:
 test *ARGS:
     {{run}} scripts/run_tests.py --release "$@"
 
+# The tests of `just test`'s runner, on a throwaway Cargo package (CI runs them first).
+test-runner:
+    python3 scripts/test_run_tests.py
+
 # The same tests one binary after another, as plain `cargo test` runs them.
 test-serial *ARGS:
     {{run}} cargo test --release "$@"

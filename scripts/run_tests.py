@@ -36,7 +36,17 @@ except ImportError:  # Python < 3.11
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+
+def workspace_root() -> Path:
+    """The folder of the Cargo workspace around the current directory."""
+    cmd = ["cargo", "locate-project", "--workspace", "--message-format", "plain"]
+    out = subprocess.run(cmd, capture_output=True, text=True)
+    if out.returncode != 0:
+        sys.exit(f"run_tests.py: no Cargo workspace around {Path.cwd()}: {out.stderr.strip()}")
+    return Path(out.stdout.strip()).parent
+
+
+ROOT = workspace_root()
 # cargo test's options that pick targets, which `--doc` cannot be mixed with.
 TARGET_OPTIONS = {
     "--lib", "--bin", "--bins", "--test", "--tests", "--bench", "--benches",
