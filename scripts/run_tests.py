@@ -144,7 +144,10 @@ def main() -> int:
         parser.error(f"--parallel must be at least 1 (got {opts.parallel})")
 
     started = time.monotonic()
-    binaries = build(cargo_args)
+    try:
+        binaries = build(cargo_args)
+    except KeyboardInterrupt:
+        return 130
     env = dict(os.environ, **config_env())
 
     def run(job):
@@ -182,8 +185,9 @@ def main() -> int:
     jobs.sort(key=lambda job: -last.get(time_key(job), float("inf")))
 
     failed, skips, counts, times = [], [], [0, 0, 0], {}
-    with ThreadPoolExecutor(max_workers=opts.parallel) as pool:
-        futures = [pool.submit(run, job) for job in jobs]
+    pool = ThreadPoolExecutor(max_workers=opts.parallel)
+    futures = [pool.submit(run, job) for job in jobs]
+    try:
         for future in as_completed(futures):
             name, key, code, output, secs = future.result()
             times[key] = round(secs, 3)
@@ -202,6 +206,12 @@ def main() -> int:
                             counts[k] += int(words[words.index(what) - 1])
             if code != 0:
                 failed.append(f"{name}: exit status {code}")
+    except KeyboardInterrupt:
+        # Ctrl-C reached the running binaries too (one process group); start no more.
+        pool.shutdown(wait=False, cancel_futures=True)
+        print("\ninterrupted: the binaries not yet started did not run", file=sys.stderr)
+        return 130
+    pool.shutdown()
 
     if times_file:
         save_times(times_file, dict(last, **times))
