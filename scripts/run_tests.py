@@ -2,10 +2,10 @@
 """`cargo test`, with the test binaries run side by side (`just test`).
 
 cargo runs the workspace's ~80 test binaries one after another. Most use both cores while
-they run, but many are short, single-threaded or waiting on child processes, so on 2 cores
-the suite used them 1.5× over its wall time. This builds every test target as `cargo test`
-would (`cargo test --no-run`), then runs the binaries `--parallel` at a time, each exactly as
-cargo runs it: from its package's folder, with `.cargo/config.toml`'s `[env]` and
+they run, but many are short, single-threaded or waiting on child processes: on 2 cores the
+suite kept 1.5 of them busy on average (44.6 CPU-seconds in 28.9 s). This builds every test
+target as `cargo test` would (`cargo test --no-run`), then runs the binaries `--parallel` at a
+time, each as cargo runs it: from its package's folder, with `.cargo/config.toml`'s `[env]` and
 `CARGO_MANIFEST_DIR` (the one of cargo's variables a test could read at run time), the same
 arguments after `--`. The doc tests run as one more job. The longest binaries start first,
 by the times of the last run (kept in target/release/test-times.json).
@@ -178,8 +178,8 @@ def main() -> int:
         doc = ["cargo", "test", "--doc"] + cargo_args + ["--"] + test_args
         jobs.append(("Doc-tests", ROOT, doc, {}))
     # Longest first, by the last run's times (the longest left to the end would run alone);
-    # jobs without a time keep cargo's order, ahead of the others.
-    # Beside the profile's binaries (target/release/), wherever CARGO_TARGET_DIR puts them.
+    # jobs without a time keep cargo's order, ahead of the others. The times are kept beside
+    # the profile's binaries (target/release/), wherever CARGO_TARGET_DIR puts them.
     times_file = Path(binaries[0][2]).parent.parent / "test-times.json" if binaries else None
     last = load_times(times_file) if times_file else {}
     jobs.sort(key=lambda job: -last.get(time_key(job), float("inf")))
