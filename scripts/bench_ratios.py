@@ -5,7 +5,8 @@ ONNX Runtime f32 and int8 dynamic quantization, OpenVINO at its default precisio
 which it picked) and NNCF int8; `*` marks the best anchor of each dtype. Repeated lines keep their
 best (the machine is shared: the least CPU time per step, the most samples per second). Then the
 kernels each side ran: ours' `runs_on`, the anchors' `kernel` (oneDNN's verbose primitives for
-PyTorch, the runtime model's primitive types for OpenVINO).
+PyTorch, the runtime model's primitive types for OpenVINO, the optimized graph's operators for
+ONNX Runtime).
 Standard library only; `just bench` pipes into it.
 
     python3 scripts/bench_ratios.py < bench.jsonl

@@ -153,8 +153,6 @@ def train_step():
 
 def onnx_benchmarks(merged):
     """ONNX Runtime on the merged model exported in f32, and on its int8 dynamic quantization."""
-    import tempfile
-
     import onnx
     import onnxruntime as ort
     from onnxruntime.quantization import QuantType, quantize_dynamic

@@ -17,8 +17,9 @@ pub enum FrozenWeights {
 /// `device dtype kernel`: the device (`cpu`, `cuda`), the frozen weights' format, and on the
 /// CPU the code that multiplies by them: the AMX tiles (`amx-bf16`, `amx-int8`, with
 /// `IMDB_LORA_CPU_ISA=amx`), the fused AVX-512 microkernels (`avx512-bf16`, `avx512-vnni`),
-/// the f32 GEMM's widest instructions (`avx512`, `avx2`, `portable`), the portable fallback of the low-precision formats, or `composed` where `IMDB_LORA_KERNELS`
-/// asks for candle's composed ops.
+/// the f32 GEMM's widest instructions (`avx512`, `avx2`, `portable`), the portable fallback of
+/// the low-precision formats, or `composed` where `IMDB_LORA_KERNELS` asks for candle's
+/// composed ops.
 pub fn runs_on(device: &Device, weights: FrozenWeights, kernels: Kernels) -> String {
     let dtype = match weights {
         FrozenWeights::Float(DType::F32) => "f32",
